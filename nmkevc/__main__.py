@@ -1,0 +1,5 @@
+"""`python -m nmkevc` runs the CLI."""
+
+from .cli.app import run
+
+run()

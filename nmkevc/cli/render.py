@@ -1,0 +1,95 @@
+"""Text rendering of porcelain records (the JSON form is the records' own to_json)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+
+def emit_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def when(t: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(t))
+
+
+def decorate(refs: list[str]) -> str:
+    return f" ({', '.join(refs)})" if refs else ""
+
+
+def fact_line(r: dict) -> str:
+    text = r["prompt"].format(r["subject"]) if "{}" in r["prompt"] else r["prompt"]
+    old = f" (was {r['target_true']!r})" if r.get("target_true") else ""
+    return f"{text} -> {r['target_new']!r}{old}"
+
+
+def commit_header(ci) -> list[str]:
+    lines = [click.style(f"commit {ci.id}", fg="yellow") + decorate(ci.refs)]
+    if len(ci.parents) > 1:
+        lines.append("Merge:  " + " ".join(p[:10] for p in ci.parents))
+    lines.append(f"Author: {ci.author}")
+    lines.append(f"Date:   {when(ci.time)}")
+    lines.append("")
+    lines.extend("    " + m for m in ci.message.splitlines())
+    return lines
+
+
+def stat_lines(ci) -> list[str]:
+    lines = []
+    for r in ci.requests:
+        lines.append(f"    + {fact_line(r)}")
+    if ci.cancels:
+        lines.append(f"    cancels: {', '.join(c[:10] for c in ci.cancels)}")
+    for w in ci.weights:
+        extra = ""
+        if "rho_r" in w.info:
+            extra = f"  rho_r {w.info['rho_r']:.3f} rho_b {w.info['rho_b']:.3f}"
+        lines.append(
+            f"    layer {w.layer:>3}  neurons {w.neurons:>6}/{w.d_ff:<6} ({w.neurons / w.d_ff:5.1%})"
+            f"  rank {w.rank:<3} |dW| {w.norm:.4g}{extra}"
+        )
+    if ci.delta:
+        ratio = ci.dense_bytes / ci.stored_bytes if ci.stored_bytes else 0
+        lines.append(
+            f"    delta {ci.delta[:10]}: {human_bytes(ci.stored_bytes)} stored "
+            f"(dense float32: {human_bytes(ci.dense_bytes)}, {ratio:.1f}x smaller)"
+        )
+    return lines
+
+
+def graph_prefixes(entries) -> list[str]:
+    """A compact lane graph for `log --graph`: '*' marks the commit's lane."""
+    lanes: list[str] = []
+    out = []
+    for ci in entries:
+        if ci.id in lanes:
+            col = lanes.index(ci.id)
+        else:
+            lanes.append(ci.id)
+            col = len(lanes) - 1
+        out.append(" ".join("*" if i == col else "|" for i in range(len(lanes))))
+        parents = ci.parents
+        if parents:
+            lanes[col] = parents[0]
+            for p in parents[1:]:
+                if p not in lanes:
+                    lanes.insert(col + 1, p)
+        else:
+            lanes.pop(col)
+        seen: list[str] = []
+        for lane in lanes:  # lanes that met the same parent merge into one
+            if lane not in seen:
+                seen.append(lane)
+        lanes = seen
+    return out

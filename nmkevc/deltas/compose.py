@@ -1,0 +1,63 @@
+"""Applying many factored deltas to one weight: one matrix product, canonical order.
+
+All deltas touching a weight are concatenated along the rank axis (in the effective
+set's canonical order) and applied as a single float64 product, then added to the
+float64 base and cast once to the base dtype. One product is fast; float64 with a
+fixed order makes the bytes depend only on the effective set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .delta import WeightDelta
+
+
+def stacked_factors(deltas: Sequence[WeightDelta]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(U_full d_ff × R, V_full d_model × R) in float64 so that Σ ΔW = V_full U_fullᵀ."""
+    deltas = [d for d in deltas if d.idx.numel() and d.rank]
+    if not deltas:
+        return None
+    d_model, d_ff = deltas[0].d_model, deltas[0].d_ff
+    total_r = sum(d.rank for d in deltas)
+    u_full = torch.zeros(d_ff, total_r, dtype=torch.float64)
+    v_full = torch.empty(d_model, total_r, dtype=torch.float64)
+    col = 0
+    for d in deltas:
+        r = d.rank
+        u_full[d.idx, col : col + r] = d.U.double()
+        v_full[:, col : col + r] = d.V.double()
+        col += r
+    return u_full, v_full
+
+
+def summed_out_in(deltas: Sequence[WeightDelta]) -> torch.Tensor | None:
+    """Σ ΔW (d_model × d_ff, float64) of deltas on one weight, or None if there are none."""
+    factors = stacked_factors(deltas)
+    if factors is None:
+        return None
+    u_full, v_full = factors
+    return v_full @ u_full.T
+
+
+def apply_to_weight(base: torch.Tensor, deltas: Sequence[WeightDelta]) -> torch.Tensor:
+    """base + Σ ΔW, computed in float64 and cast to the base dtype; base if no deltas."""
+    total = summed_out_in(deltas)
+    if total is None:
+        return base
+    if deltas[0].orientation == "in_out":
+        total = total.T
+    if tuple(total.shape) != tuple(base.shape):
+        raise ValueError(f"delta shape {tuple(total.shape)} does not match weight {tuple(base.shape)}")
+    return (base.double() + total).to(base.dtype).contiguous()
+
+
+def group_by_weight(deltas: Sequence[Sequence[WeightDelta]]) -> dict[str, list[WeightDelta]]:
+    """{weight name: [its deltas in the given (canonical) order]}."""
+    out: dict[str, list[WeightDelta]] = {}
+    for weight_deltas in deltas:
+        for w in weight_deltas:
+            out.setdefault(w.name, []).append(w)
+    return out

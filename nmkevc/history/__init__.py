@@ -1,0 +1,1 @@
+"""History layer: commit records and DAG queries (ancestry, merge base, effective sets)."""

@@ -1,0 +1,1 @@
+"""Models layer: architecture adapters, base manifests, loading and the embedded default."""

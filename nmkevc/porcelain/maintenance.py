@@ -1,0 +1,175 @@
+"""fsck (check everything), gc (drop what nothing reaches), and recording bases."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ..deltas.delta import Delta
+from ..errors import NmkevcError
+from ..history.commit import Commit
+from ..models.manifest import BaseManifest, build_manifest
+from ..models.source import BaseSource, resolve_dir
+from ..repo.repository import Repo
+from ..storage.fsutil import remove_stale_temps
+from ..storage.objects import decode
+from ..storage.refs import HEADS, TAGS
+from .changes import check_delta_against_base
+
+STATS_REFS = "refs/stats/"
+
+
+@dataclass
+class FsckReport:
+    objects: int = 0
+    problems: list[str] = field(default_factory=list)
+    dangling: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+
+def fsck(repo: Repo) -> FsckReport:
+    rep = FsckReport()
+    kinds: dict[str, str] = {}
+    commits: dict[str, Commit] = {}
+    for oid in repo.store:
+        rep.objects += 1
+        try:
+            kind, payload = decode(repo.store.read_raw(oid), oid)
+            kinds[oid] = kind
+            if kind == "commit":
+                commits[oid] = Commit.from_bytes(payload, oid)
+            elif kind == "delta":
+                Delta.from_bytes(payload, oid)
+            elif kind == "base":
+                BaseManifest.from_bytes(payload)
+        except NmkevcError as e:
+            rep.problems.append(str(e))
+        except Exception:
+            rep.problems.append(f"object {oid[:12]} cannot be parsed")
+    for cid, c in commits.items():
+        for p in c.parents:
+            if kinds.get(p) != "commit":
+                rep.problems.append(f"commit {cid[:12]}: parent {p[:12]} is missing or not a commit")
+        if kinds.get(c.base) != "base":
+            rep.problems.append(f"commit {cid[:12]}: base {c.base[:12]} is missing")
+        for x in c.cancels:
+            if kinds.get(x) != "commit":
+                rep.problems.append(f"commit {cid[:12]}: cancelled commit {x[:12]} is missing")
+        if c.delta is not None:
+            if kinds.get(c.delta) != "delta":
+                rep.problems.append(f"commit {cid[:12]}: delta {c.delta[:12]} is missing or corrupt")
+            elif kinds.get(c.base) == "base":
+                try:
+                    check_delta_against_base(repo, c.base, repo.delta(c.delta))
+                except NmkevcError as e:
+                    rep.problems.append(f"commit {cid[:12]}: {e}")
+    try:
+        head = repo.head()
+        if head.commit is None or kinds.get(head.commit) != "commit":
+            rep.problems.append("HEAD does not point at a valid commit")
+    except NmkevcError as e:
+        rep.problems.append(str(e))
+    for prefix in (HEADS, TAGS):
+        try:
+            for name, oid in repo.refs.list(prefix).items():
+                if kinds.get(oid) != "commit":
+                    rep.problems.append(f"ref {prefix}{name} points at missing commit {oid[:12]}")
+        except NmkevcError as e:
+            rep.problems.append(str(e))
+    for base_id in repo.config.bases:
+        if kinds.get(base_id) != "base":
+            rep.problems.append(f"config names base {base_id[:12]}, which is missing")
+    reachable = _reachable(repo, commits, kinds)
+    rep.dangling = sorted(o for o in kinds if o not in reachable)
+    return rep
+
+
+def _roots(repo: Repo) -> set[str]:
+    roots: set[str] = set()
+    for prefix in (HEADS, TAGS, STATS_REFS):
+        try:
+            roots |= set(repo.refs.list(prefix).values())
+        except NmkevcError:
+            pass
+    try:
+        h = repo.head().commit
+        if h:
+            roots.add(h)
+    except NmkevcError:
+        pass
+    roots |= set(repo.config.bases)
+    return roots
+
+
+def _reachable(repo: Repo, commits: dict[str, Commit], kinds: dict[str, str]) -> set[str]:
+    seen: set[str] = set()
+    stack = list(_roots(repo))
+    while stack:
+        oid = stack.pop()
+        if oid in seen:
+            continue
+        seen.add(oid)
+        c = commits.get(oid)
+        if c is not None:
+            stack.extend(c.parents)
+            stack.extend(c.cancels)
+            stack.append(c.base)
+            if c.delta:
+                stack.append(c.delta)
+    return seen
+
+
+@dataclass
+class GcReport:
+    removed: int
+    freed_bytes: int
+    temp_files: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def gc(repo: Repo) -> GcReport:
+    with repo.writing():
+        rep = fsck(repo)
+        if not rep.ok:
+            raise NmkevcError("gc refused: fsck reports problems; fix them first ('nmkevc fsck')")
+        freed = 0
+        for oid in rep.dangling:
+            freed += repo.store.stored_size(oid)
+            repo.store.delete(oid)
+        temps = remove_stale_temps(repo.dir)
+        return GcReport(len(rep.dangling), freed, temps)
+
+
+def add_base(repo: Repo, source: BaseSource) -> str:
+    """Record another base (e.g. for an orphan branch on a newer model)."""
+    with repo.writing():
+        manifest = build_manifest(resolve_dir(source))
+        base_id = repo.store.put("base", manifest.to_bytes())
+        repo.config.bases[base_id] = source
+        repo.config.save(repo.dir / "config.json")
+        return base_id
+
+
+def relocate_base(repo: Repo, base_id: str, source: BaseSource) -> None:
+    """Point a recorded base at a new location; the content must match."""
+    with repo.writing():
+        if base_id not in repo.config.bases:
+            raise NmkevcError(f"unknown base {base_id[:12]}")
+        old = repo.config.bases[base_id]
+        repo.config.bases[base_id] = source
+        repo._verified.pop(base_id, None)
+        try:
+            repo.base_dir(base_id)
+        except NmkevcError:
+            repo.config.bases[base_id] = old
+            raise
+        repo.config.save(repo.dir / "config.json")

@@ -1,0 +1,56 @@
+"""On-disk layout and the repository config file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import NotARepositoryError
+from ..models.source import BaseSource
+from ..storage.fsutil import atomic_write
+from ..storage.objects import canonical_json
+
+REPO_DIR = ".nmkevc"
+FORMAT = 1
+
+
+def find_repo_dir(start: Path) -> Path:
+    """The `.nmkevc` directory of `start` or of its nearest parent that has one."""
+    start = Path(start).resolve()
+    for d in (start, *start.parents):
+        cand = d / REPO_DIR
+        if (cand / "config.json").is_file():
+            return cand
+    raise NotARepositoryError(f"not an nmkevc repository (or any parent up to /): {start}")
+
+
+@dataclass
+class RepoConfig:
+    """Mutable settings. Bases are keyed by content id; the source says where they live."""
+
+    bases: dict[str, BaseSource] = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(
+            {
+                "format": FORMAT,
+                "bases": {k: v.to_json() for k, v in sorted(self.bases.items())},
+                "settings": self.settings,
+            }
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> RepoConfig:
+        try:
+            d = json.loads(Path(path).read_text("utf-8"))
+            return cls(
+                bases={k: BaseSource.from_json(v) for k, v in d.get("bases", {}).items()},
+                settings=d.get("settings") or {},
+            )
+        except (ValueError, KeyError, TypeError):
+            raise NotARepositoryError(f"{path} is corrupt; the repository cannot be opened") from None
+
+    def save(self, path: Path) -> None:
+        atomic_write(path, self.to_bytes())

@@ -1,0 +1,281 @@
+"""One repository: the objects, refs and lock on disk, and the models they describe.
+
+Everything a porcelain verb needs, and nothing about how verbs combine. Caches (loaded
+deltas, verified bases, the live model) belong to this object, never to the module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import hashlib
+import json
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+from ..deltas.delta import Delta, WeightDelta
+from ..errors import BaseMismatchError, NmkevcError, RefError
+from ..history.commit import Commit
+from ..history.dag import CommitGraph
+from ..models.live import LiveModel
+from ..models.manifest import BaseManifest, build_manifest
+from ..models.source import BaseSource, resolve_dir
+from ..storage.fsutil import atomic_write
+from ..storage.lock import RepoLock
+from ..storage.objects import canonical_json
+from ..storage.refs import HEADS, Head, RefStore, check_ref_name
+from ..storage.store import ObjectStore
+from .layout import REPO_DIR, RepoConfig, find_repo_dir
+from .revisions import resolve_revision
+
+Progress = Callable[[int, int], None] | None
+DELTA_CACHE_SIZE = 4096
+
+
+class Repo:
+    def __init__(self, repo_dir: Path):
+        self.dir = Path(repo_dir)
+        self.root = self.dir.parent
+        self.store = ObjectStore(self.dir / "objects")
+        self.refs = RefStore(self.dir)
+        self.lock = RepoLock(self.dir / "lock")
+        self.config = RepoConfig.load(self.dir / "config.json")
+        self.graph = CommitGraph(self._load_commit)
+        self._deltas: OrderedDict[str, Delta] = OrderedDict()
+        self._manifests: dict[str, BaseManifest] = {}
+        self._verified: dict[str, Path] = {}
+        self._live: LiveModel | None = None
+        self._live_base: str | None = None
+
+    # -- opening -------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path = ".") -> Repo:
+        return cls(find_repo_dir(Path(path)))
+
+    @classmethod
+    def create(cls, path: str | Path, source: BaseSource, progress: Progress = None,
+               branch: str = "main", message: str | None = None) -> Repo:
+        """Make `.nmkevc` with the base recorded and a root commit on `branch`."""
+        root = Path(path)
+        root.mkdir(parents=True, exist_ok=True)
+        repo_dir = root / REPO_DIR
+        if (repo_dir / "config.json").exists():
+            raise NmkevcError(f"{root} is already an nmkevc repository")
+        check_ref_name(branch)
+        model_dir = resolve_dir(source, progress=progress)
+        hash_cache: dict = {}
+        manifest = build_manifest(model_dir, progress=progress, hash_cache=hash_cache)
+        tmp = root / f".{REPO_DIR}.init-{os.getpid()}"
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        for sub in ("objects", "refs/heads", "refs/tags", "logs", "cache"):
+            (tmp / sub).mkdir(parents=True, exist_ok=True)
+        store = ObjectStore(tmp / "objects")
+        base_id = store.put("base", manifest.to_bytes())
+        RepoConfig(bases={base_id: source}).save(tmp / "config.json")
+        atomic_write(tmp / "cache" / "hashes.json", json.dumps(hash_cache).encode())
+        root_commit = Commit(
+            kind="init",
+            parents=(),
+            base=base_id,
+            message=message or f"Initial commit: base {source.describe()}",
+            author=default_author(),
+            time=int(time.time()),
+        )
+        cid = store.put("commit", root_commit.to_bytes())
+        refs = RefStore(tmp)
+        refs.set(HEADS + branch, cid, "init")
+        atomic_write(tmp / "HEAD", f"ref: {HEADS}{branch}\n".encode())
+        os.rename(tmp, repo_dir)  # the repository appears whole or not at all
+        repo = cls(repo_dir)
+        repo._verified[base_id] = model_dir
+        return repo
+
+    # -- locking -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the repository lock while objects are written and refs moved."""
+        with self.lock:
+            yield
+
+    # -- objects -------------------------------------------------------------------------
+    def _load_commit(self, oid: str) -> Commit:
+        return Commit.from_bytes(self.store.get(oid, "commit"), oid)
+
+    def is_commit(self, oid: str) -> bool:
+        try:
+            return self.store.kind(oid) == "commit"
+        except NmkevcError:
+            return False
+
+    def commit(self, oid: str) -> Commit:
+        return self.graph.commit(oid)
+
+    def delta(self, oid: str) -> Delta:
+        d = self._deltas.get(oid)
+        if d is None:
+            d = Delta.from_bytes(self.store.get(oid, "delta"), oid)
+            self._deltas[oid] = d
+            while len(self._deltas) > DELTA_CACHE_SIZE:
+                self._deltas.popitem(last=False)
+        else:
+            self._deltas.move_to_end(oid)
+        return d
+
+    def put_delta(self, delta: Delta) -> str:
+        oid = self.store.put("delta", delta.to_bytes())
+        self._deltas[oid] = delta
+        return oid
+
+    def manifest(self, base_id: str) -> BaseManifest:
+        m = self._manifests.get(base_id)
+        if m is None:
+            m = BaseManifest.from_bytes(self.store.get(base_id, "base"))
+            self._manifests[base_id] = m
+        return m
+
+    # -- revisions -----------------------------------------------------------------------
+    def head(self) -> Head:
+        return self.refs.head()
+
+    def resolve(self, rev: str = "HEAD") -> str:
+        return resolve_revision(rev, self.refs, self.store, self.graph, self.is_commit)
+
+    def branches(self) -> dict[str, str]:
+        return self.refs.list(HEADS)
+
+    # -- the effective set ---------------------------------------------------------------
+    def effective(self, cid: str) -> list[str]:
+        return self.graph.active(cid)
+
+    def plan(self, cid: str) -> dict[str, list[tuple[str, WeightDelta]]]:
+        """weight name → [(delta id, weight delta)] in canonical order, for commit cid."""
+        return self.plan_of(self.effective(cid))
+
+    def plan_of(self, commits: list[str]) -> dict[str, list[tuple[str, WeightDelta]]]:
+        """The same for an ordered list of commits (a hypothetical effective set)."""
+        out: dict[str, list[tuple[str, WeightDelta]]] = {}
+        for _, did in self.graph.deltas_of(commits):
+            for w in self.delta(did).weights:
+                out.setdefault(w.name, []).append((did, w))
+        return out
+
+    def state_key(self, base_id: str, commits: list[str]) -> str:
+        """An id of a model state: the base and the ordered deltas in effect."""
+        ids = [d for _, d in self.graph.deltas_of(commits)]
+        return hashlib.sha256(canonical_json([base_id, ids])).hexdigest()
+
+    def keys_cov(self, commits: list[str], weight_names: list[str]) -> dict[str, torch.Tensor]:
+        """C_l = Σ K Kᵀ over the keys stored with the deltas of an effective set."""
+        out: dict[str, torch.Tensor] = {}
+        plan = self.plan_of(commits)
+        for name in weight_names:
+            acc = None
+            for _, w in plan.get(name, ()):
+                if w.K is None:
+                    continue
+                k = w.K.double()
+                acc = k @ k.T if acc is None else acc + k @ k.T
+            if acc is not None:
+                out[name] = acc.float()
+        return out
+
+    # -- bases ---------------------------------------------------------------------------
+    def base_source(self, base_id: str) -> BaseSource:
+        try:
+            return self.config.bases[base_id]
+        except KeyError:
+            raise BaseMismatchError(f"the repository has no location for base {base_id[:12]}") from None
+
+    def base_dir(self, base_id: str, progress: Progress = None) -> Path:
+        """The base's directory, verified tensor by tensor against its manifest."""
+        if base_id in self._verified:
+            return self._verified[base_id]
+        source = self.base_source(base_id)
+        model_dir = resolve_dir(source, progress=progress)
+        cache_path = self.dir / "cache" / "hashes.json"
+        try:
+            hash_cache = json.loads(cache_path.read_text("utf-8"))
+        except (FileNotFoundError, ValueError):
+            hash_cache = {}
+        found = build_manifest(model_dir, progress=progress, hash_cache=hash_cache)
+        with contextlib.suppress(OSError):
+            atomic_write(cache_path, json.dumps(hash_cache).encode())
+        want = self.manifest(base_id)
+        problem = _manifest_difference(want, found)
+        if problem:
+            raise BaseMismatchError(
+                f"the base at {source.describe()} is not the one this repository was built on "
+                f"({problem}); refusing to use it"
+            )
+        self._verified[base_id] = model_dir
+        return model_dir
+
+    def live_model(self, cid: str, progress: Progress = None) -> LiveModel:
+        """The model at commit cid, cached: moving between commits rewrites only changed weights."""
+        return self.live_model_of(self.commit(cid).base, self.effective(cid), progress)
+
+    def live_model_of(self, base_id: str, commits: list[str], progress: Progress = None) -> LiveModel:
+        """The model of any effective set (e.g. a merge not yet committed)."""
+        model_dir = self.base_dir(base_id, progress=progress)
+        if self._live is None or self._live_base != base_id:
+            self._live = None
+            self._live = LiveModel.load(model_dir)
+            self._live_base = base_id
+        key = self.state_key(base_id, commits)
+        if self._live.state_key != key:
+            self._live.sync(self.plan_of(commits), key)
+        return self._live
+
+    # -- writing -------------------------------------------------------------------------
+    def write_commit(self, commit: Commit) -> str:
+        for p in commit.parents:
+            if not self.is_commit(p):
+                raise RefError(f"parent {p[:12]} is not a commit")
+        return self.store.put("commit", commit.to_bytes())
+
+    def advance_head(self, commit: Commit, reflog: str) -> str:
+        """Write a commit whose first parent is HEAD and move HEAD (or its branch) to it."""
+        with self.writing():
+            head = self.head()
+            if commit.parents[:1] != ((head.commit,) if head.commit else ()):
+                raise RefError("HEAD moved while the command ran; nothing was changed")
+            cid = self.write_commit(commit)
+            self.refs.update_head(cid, reflog)
+        return cid
+
+
+def default_author() -> str:
+    env = os.environ.get("NMKEVC_AUTHOR")
+    if env:
+        return env
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def _manifest_difference(want: BaseManifest, found: BaseManifest) -> str:
+    if want.architecture != found.architecture:
+        return f"architecture {found.architecture} != {want.architecture}"
+    missing = sorted(set(want.tensors) - set(found.tensors))
+    if missing:
+        return f"tensor {missing[0]} is missing"
+    for name, t in want.tensors.items():
+        if found.tensors[name] != t:
+            return f"tensor {name} differs"
+    extra = sorted(set(found.tensors) - set(want.tensors))
+    if extra:
+        return f"unexpected tensor {extra[0]}"
+    if want.tokenizer_sha256 != found.tokenizer_sha256:
+        return "the tokenizer files differ"
+    if want.config != found.config:
+        return "config.json differs"
+    return ""

@@ -1,0 +1,1 @@
+"""Storage layer: content-addressed objects, refs, the repository lock. Knows no ML."""

@@ -1,0 +1,51 @@
+"""Object encoding: kinds, canonical bytes and identity.
+
+An object's id is the sha256 of `b"<kind> <size>\\0" + payload` (git's shape), so the
+kind is part of what is hashed and a delta can never be mistaken for a commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from ..errors import CorruptObjectError
+
+KINDS = ("delta", "commit", "base", "stats", "blob")
+ID_HEX_LEN = 64
+
+
+def canonical_json(obj: Any) -> bytes:
+    """One byte string per value: sorted keys, no spaces, UTF-8, no NaN."""
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def encode(kind: str, payload: bytes) -> bytes:
+    if kind not in KINDS:
+        raise ValueError(f"unknown object kind {kind!r}")
+    return kind.encode("ascii") + b" " + str(len(payload)).encode("ascii") + b"\0" + payload
+
+
+def object_id(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def decode(raw: bytes, expected_id: str | None = None) -> tuple[str, bytes]:
+    """Split canonical bytes into (kind, payload), checking size and (optionally) identity."""
+    if expected_id is not None and object_id(raw) != expected_id:
+        raise CorruptObjectError(f"object {expected_id[:12]} is corrupt (hash mismatch)")
+    head, sep, payload = raw.partition(b"\0")
+    if not sep or b" " not in head:
+        raise CorruptObjectError(f"object {(expected_id or '?')[:12]} has no valid header")
+    kind_b, size_b = head.split(b" ", 1)
+    kind = kind_b.decode("ascii", "replace")
+    if kind not in KINDS or not size_b.isdigit() or int(size_b) != len(payload):
+        raise CorruptObjectError(f"object {(expected_id or '?')[:12]} has a bad header")
+    return kind, payload
+
+
+def is_object_id(text: str) -> bool:
+    return len(text) == ID_HEX_LEN and all(c in "0123456789abcdef" for c in text)

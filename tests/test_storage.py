@@ -1,0 +1,126 @@
+import os
+
+import pytest
+import torch
+
+from nmkevc import tensorio
+from nmkevc.errors import CorruptObjectError, ObjectNotFoundError, RefError, RepositoryLockedError
+from nmkevc.storage.fsutil import atomic_write
+from nmkevc.storage.lock import RepoLock
+from nmkevc.storage.objects import canonical_json, decode, encode, object_id
+from nmkevc.storage.refs import RefStore, check_ref_name
+from nmkevc.storage.store import ObjectStore
+
+
+def test_object_roundtrip_and_identity(tmp_path):
+    store = ObjectStore(tmp_path / "objects")
+    oid = store.put("commit", b'{"a":1}')
+    assert oid == object_id(encode("commit", b'{"a":1}'))
+    assert store.put("commit", b'{"a":1}') == oid  # idempotent
+    assert store.get(oid, "commit") == b'{"a":1}'
+    assert store.kind(oid) == "commit"
+    assert list(store) == [oid]
+    assert store.resolve_prefix(oid[:6]) == [oid]
+    # the kind is hashed: the same payload as another kind is another object
+    assert store.put("blob", b'{"a":1}') != oid
+
+
+def test_wrong_kind_and_missing(tmp_path):
+    store = ObjectStore(tmp_path / "objects")
+    oid = store.put("blob", b"x")
+    with pytest.raises(CorruptObjectError):
+        store.get(oid, "commit")
+    with pytest.raises(ObjectNotFoundError):
+        store.get("0" * 64)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "garbage"])
+def test_corrupt_object_detected(tmp_path, damage):
+    store = ObjectStore(tmp_path / "objects")
+    oid = store.put("blob", b"hello world" * 100)
+    p = store.path(oid)
+    os.chmod(p, 0o644)
+    data = bytearray(p.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+    elif damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data = bytearray(b"not zstd at all")
+    p.write_bytes(bytes(data))
+    with pytest.raises(CorruptObjectError):
+        store.get(oid)
+
+
+def test_decode_rejects_bad_header():
+    with pytest.raises(CorruptObjectError):
+        decode(b"commit 5\0abc")
+    with pytest.raises(CorruptObjectError):
+        decode(b"nonsense")
+
+
+def test_canonical_json_is_canonical():
+    assert canonical_json({"b": 1, "a": [1, 2]}) == canonical_json({"a": [1, 2], "b": 1})
+    with pytest.raises(ValueError):
+        canonical_json({"x": float("nan")})
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
+    p = tmp_path / "f"
+    atomic_write(p, b"old")
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(p, b"new")
+    assert p.read_bytes() == b"old"
+    assert [x.name for x in tmp_path.iterdir()] == ["f"]  # no temp file left
+
+
+def test_lock_excludes_second_writer(tmp_path):
+    a, b = RepoLock(tmp_path / "lock"), RepoLock(tmp_path / "lock")
+    with a:
+        with a:  # re-entrant for the holder
+            pass
+        with pytest.raises(RepositoryLockedError, match="locked"):
+            b.acquire()
+    b.acquire()
+    b.release()
+
+
+def test_refs_head_and_reflog(tmp_path):
+    refs = RefStore(tmp_path)
+    oid = "a" * 64
+    refs.set("refs/heads/main", oid, "first")
+    refs.set_head_branch("main", "switch")
+    assert refs.head().branch == "main" and refs.head().commit == oid
+    refs.update_head("b" * 64, "advance")
+    assert refs.read("refs/heads/main") == "b" * 64
+    refs.set_head_detached(oid, "detach")
+    assert refs.head().branch is None and refs.head().commit == oid
+    # a torn reflog line (crash mid-append) is skipped
+    with open(tmp_path / "logs" / "HEAD", "a") as fh:
+        fh.write('{"old": "x", "ne')
+    assert [e.message for e in refs.reflog("HEAD")][-1] == "detach"
+    with pytest.raises(RefError):
+        refs.set("refs/heads/x", "not-an-id", "bad")
+
+
+@pytest.mark.parametrize("name", ["", "a..b", "-x", "a b", "x.lock", "HEAD", "a~1", "a^", "x/"])
+def test_bad_ref_names(name):
+    with pytest.raises(RefError):
+        check_ref_name(name)
+
+
+def test_tensorio_canonical_and_readable(tmp_path):
+    from safetensors.torch import load_file
+
+    t = {"b": torch.arange(6, dtype=torch.float32).reshape(2, 3), "a": torch.tensor([1, 2], dtype=torch.int64)}
+    raw = tensorio.dumps(t, {"k": "v"})
+    assert raw == tensorio.dumps(dict(reversed(list(t.items()))), {"k": "v"})
+    back, meta = tensorio.loads(raw)
+    assert meta == {"k": "v"} and torch.equal(back["b"], t["b"]) and torch.equal(back["a"], t["a"])
+    (tmp_path / "x.safetensors").write_bytes(raw)
+    assert torch.equal(load_file(tmp_path / "x.safetensors")["b"], t["b"])
