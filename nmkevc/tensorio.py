@@ -67,7 +67,9 @@ def tensor_bytes(t: torch.Tensor) -> bytes:
     t = t.detach().contiguous().cpu()
     if t.numel() == 0:
         return b""
-    return t.view(torch.uint8).numpy().tobytes() if t.dim() else t.reshape(1).view(torch.uint8).numpy().tobytes()
+    if t.dim() == 0:
+        t = t.reshape(1)
+    return t.view(torch.uint8).numpy().tobytes()
 
 
 def dumps(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:

@@ -56,7 +56,8 @@ def cli(ctx: click.Context, path: str) -> None:
 # -- repository -----------------------------------------------------------------------------
 @cli.command()
 @click.argument("directory", default=".", required=False)
-@click.option("--base", default=None, help="Local HF model directory or hub id (default: embedded SmolLM2-135M-Instruct).")
+@click.option("--base", default=None,
+              help="Local HF model directory or hub id (default: embedded SmolLM2-135M-Instruct).")
 @click.option("--branch", "-b", default="main", show_default=True, help="Name of the first branch.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -369,6 +370,139 @@ def export(ctx, rev, directory, as_json):
         return
     click.echo(f"Exported {rep.commit[:10]} to {rep.path}: {rep.tensors} tensors "
                f"({rep.edited_tensors} edited), {render.human_bytes(rep.bytes_written)}")
+
+
+# -- editing ------------------------------------------------------------------------------------
+class _StageBars:
+    """One progress bar per stage name (statistics, edit, ...)."""
+
+    def __init__(self):
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self.bars = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        bar = self.bars.get(stage)
+        if bar is None:
+            bar = self.bars[stage] = self._tqdm(total=total, desc=stage, leave=False, file=sys.stderr,
+                                               disable=None, dynamic_ncols=True)
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    def close(self):
+        for bar in self.bars.values():
+            bar.close()
+
+
+@cli.command()
+@click.option("--subject", "-s", default=None, help="The subject, as it appears in the prompt.")
+@click.option("--prompt", "-p", default=None, help="Prompt with {} for the subject (or containing it).")
+@click.option("--target", "-t", default=None, help="The new answer.")
+@click.option("--target-true", default=None, help="The current answer (for efficacy checks).")
+@click.option("--paraphrase", "paraphrases", multiple=True, help="A paraphrase prompt to check (repeatable).")
+@click.option("--file", "-f", "path", default=None, help="JSON/JSONL file of edit requests.")
+@click.option("--batch-size", "-b", type=int, default=None, help="With --file: requests per commit (default: all).")
+@click.option("-m", "--message", default=None)
+@click.option("--method", type=click.Choice(["nmke", "alphaedit", "memit"]), default="nmke", show_default=True)
+@click.option("--layers", default=None, help="Edited layers, e.g. 3-7 or 3,4,5 (default: by architecture/depth).")
+@click.option("--corpus", default=None, help="Text file for covariance statistics (default: shipped corpus).")
+@click.option("--stats-tokens", type=int, default=None, help="Tokens of corpus for the statistics.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def edit(ctx, subject, prompt, target, target_true, paraphrases, path, batch_size, message, method, layers,
+         corpus, stats_tokens, as_json):
+    """Teach the model new facts with NMKE and commit the delta."""
+    from ..errors import UsageError
+    from ..facts import EditRequest
+    from ..porcelain.statistics import DEFAULT_STATS_TOKENS
+
+    if path is not None:
+        if subject or prompt or target:
+            raise UsageError("give either --file or --subject/--prompt/--target, not both")
+        from ..datasets import read_edit_file
+
+        requests = read_edit_file(path)
+    else:
+        missing = [n for n, v in (("--subject", subject), ("--prompt", prompt), ("--target", target)) if v is None]
+        if missing:
+            raise UsageError(f"missing {', '.join(missing)} (or give --file)")
+        requests = [EditRequest(subject=subject, prompt=prompt, target_new=target, target_true=target_true,
+                                paraphrases=tuple(paraphrases))]
+    repo = _open(ctx)
+    overrides = {"layers": _parse_layers(layers)} if layers else {}
+    bars = _StageBars()
+    try:
+        outcomes = repo.edit_batches(
+            requests, batch_size or len(requests), method=method, message=message, corpus=corpus,
+            stats_tokens=stats_tokens or DEFAULT_STATS_TOKENS, progress=bars, **overrides,
+        )
+    finally:
+        bars.close()
+    if as_json:
+        render.emit_json([o.to_json() for o in outcomes])
+        return
+    for o in outcomes:
+        click.echo(f"[{o.commit[:10]}] {len(o.requests)} fact(s) edited with {method} in {o.seconds:.1f}s, "
+                   f"delta {render.human_bytes(o.stored_bytes)}")
+        for layer in o.layers:
+            click.echo(f"    layer {layer['layer']:>3}: {layer['neurons']}/{layer['d_ff']} neurons"
+                       + (f" (rho_r {layer['rho_r']:.3f}, rho_b {layer['rho_b']:.3f})" if "rho_r" in layer else ""))
+        for c in o.checks:
+            click.echo(f"    {c['text']!r} -> {c['target_new']!r}: P {c['p_before']:.3f} -> {c['p_after']:.3f}"
+                       f" ({'holds' if c['efficacy'] else 'does not hold'})")
+
+
+def _parse_layers(text: str) -> list[int]:
+    from ..errors import UsageError
+
+    try:
+        if "-" in text:
+            a, b = text.split("-", 1)
+            return list(range(int(a), int(b) + 1))
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--layers {text!r}: expected a range like 3-7 or a list like 3,4,5") from None
+
+
+@cli.command()
+@click.argument("prompt")
+@click.option("--rev", "-r", default="HEAD", show_default=True)
+@click.option("--top-k", "-k", type=int, default=5, show_default=True)
+@click.option("--max-new-tokens", type=int, default=12, show_default=True, help="Greedy continuation length.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def ask(ctx, prompt, rev, top_k, max_new_tokens, as_json):
+    """What the model at REV says next after PROMPT (top-k with probabilities)."""
+    ans = _open(ctx).ask(prompt, rev, top_k, max_new_tokens)
+    if as_json:
+        render.emit_json(ans.to_json())
+        return
+    click.echo(f"{ans.commit[:10]}  {prompt!r}")
+    for tok, p in ans.top:
+        click.echo(f"  {p:7.2%}  {tok!r}")
+    if ans.continuation:
+        click.echo(f"  greedy: {prompt}{ans.continuation}")
+
+
+@cli.command()
+@click.argument("prompt")
+@click.option("--rev", "-r", default="HEAD", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def blame(ctx, prompt, rev, as_json):
+    """Which commits changed the model's top answer to PROMPT."""
+    rep = _open(ctx).blame(prompt, rev)
+    if as_json:
+        render.emit_json(rep.to_json())
+        return
+    click.echo(f"{prompt!r} -> {rep.answer!r} at {rev}")
+    if not rep.lines:
+        click.echo("  no commit changed the answer (it is the base model's)")
+    for line in rep.lines:
+        click.echo(f"  {line.commit[:10]} {line.before!r} ({line.p_before:.2%}) -> {line.after!r} "
+                   f"({line.p_after:.2%})  {line.summary}")
 
 
 # -- maintenance --------------------------------------------------------------------------------

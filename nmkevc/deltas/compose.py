@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .delta import WeightDelta
+from .delta import Delta, WeightDelta
 
 
 def stacked_factors(deltas: Sequence[WeightDelta]) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -61,3 +61,30 @@ def group_by_weight(deltas: Sequence[Sequence[WeightDelta]]) -> dict[str, list[W
         for w in weight_deltas:
             out.setdefault(w.name, []).append(w)
     return out
+
+
+def combine(deltas: Sequence[Delta]) -> Delta:
+    """One delta equal to the sum of several: per weight, the union of neuron indices,
+    factors concatenated along the rank axis, keys along the key axis."""
+    by_name: dict[str, list[WeightDelta]] = {}
+    for d in deltas:
+        for w in d.weights:
+            by_name.setdefault(w.name, []).append(w)
+    out = []
+    for name, ws in sorted(by_name.items()):
+        idx = torch.unique(torch.cat([w.idx for w in ws]))  # sorted
+        pos = {int(i): j for j, i in enumerate(idx.tolist())}
+        total_r = sum(w.rank for w in ws)
+        U = torch.zeros(len(idx), total_r, dtype=torch.float32)
+        col = 0
+        for w in ws:
+            rows = torch.tensor([pos[int(i)] for i in w.idx.tolist()], dtype=torch.int64)
+            U[rows, col : col + w.rank] = w.U.float()
+            col += w.rank
+        V = torch.cat([w.V.float() for w in ws], dim=1)
+        keys = [w.K.float() for w in ws if w.K is not None]
+        K = torch.cat(keys, dim=1) if keys else None
+        w0 = ws[0]
+        out.append(WeightDelta(name, w0.layer, w0.orientation, w0.d_model, w0.d_ff, idx, U, V, K,
+                               {"combined": [w.info for w in ws]}))
+    return Delta(tuple(out), {"combined": len(deltas)})

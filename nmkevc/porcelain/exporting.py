@@ -37,7 +37,8 @@ class ExportReport:
         return asdict(self)
 
 
-def export(repo: Repo, rev: str, out_dir: str | Path, progress: Callable[[int, int], None] | None = None) -> ExportReport:
+def export(repo: Repo, rev: str, out_dir: str | Path,
+           progress: Callable[[int, int], None] | None = None) -> ExportReport:
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise NmkevcError(f"export target {out} exists and is not an empty directory")

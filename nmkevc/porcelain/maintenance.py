@@ -15,8 +15,6 @@ from ..storage.objects import decode
 from ..storage.refs import HEADS, TAGS
 from .changes import check_delta_against_base
 
-STATS_REFS = "refs/stats/"
-
 
 @dataclass
 class FsckReport:
@@ -93,11 +91,10 @@ def fsck(repo: Repo) -> FsckReport:
 
 def _roots(repo: Repo) -> set[str]:
     roots: set[str] = set()
-    for prefix in (HEADS, TAGS, STATS_REFS):
-        try:
-            roots |= set(repo.refs.list(prefix).values())
-        except NmkevcError:
-            pass
+    try:  # branches, tags, and the stats / context-template refs
+        roots |= set(repo.refs.list("refs/").values())
+    except NmkevcError:
+        pass
     try:
         h = repo.head().commit
         if h:

@@ -7,11 +7,13 @@ from pathlib import Path
 
 from ..deltas.delta import Delta
 from ..deltas.measure import DEFAULT_MASK_THRESHOLD
+from ..errors import EditRequestError
 from ..facts import EditRequest
 from ..models.live import LiveModel
 from ..models.source import BaseSource, parse_base_argument
 from ..repo.repository import Repo
-from . import branching, changes, describe, exporting, maintenance, merging
+from . import branching, changes, describe, edit, exporting, inspect, maintenance, merging
+from .statistics import DEFAULT_STATS_TOKENS
 
 Progress = Callable[[int, int], None] | None
 
@@ -82,13 +84,42 @@ class Repository(Repo):
         return merging.merge(
             self, rev, strategy=strategy, message=message, no_ff=no_ff,
             allow_unrelated=allow_unrelated, mask_threshold=mask_threshold,
-            functional_check=self._functional_check if functional else None,
-            replay=self._replay,
+            functional_check=(lambda b, m, r: inspect.functional_check(self, b, m, r)) if functional else None,
+            replay=lambda repo, b, keep, theirs: edit.replay(repo, b, keep, theirs),
         )
 
-    # hooks filled by the editing/evaluation layers (see edit.py); None = not available
-    _functional_check = None
-    _replay = None
+    # -- editing -------------------------------------------------------------------------
+    def edit(self, requests: EditRequest | list[EditRequest], method: str | None = None,
+             message: str | None = None, hparams=None, corpus: str | Path | None = None,
+             stats_tokens: int = DEFAULT_STATS_TOKENS, progress=None, **overrides) -> edit.EditOutcome:
+        """Teach the model at HEAD the requests (one batch, one commit).
+
+        `hparams` is an EditHparams; keyword overrides (e.g. layers=[3, 4]) adjust it."""
+        from ..corpus import load_corpus
+        from ..editing import EditHparams
+
+        reqs = [requests] if isinstance(requests, EditRequest) else list(requests)
+        hp = hparams or EditHparams()
+        if method is not None or overrides:
+            d = hp.to_json()
+            if method is not None:
+                d["method"] = method
+            d.update(overrides)
+            hp = EditHparams.from_json(d)
+        return edit.edit(self, reqs, hp, message, load_corpus(corpus) if corpus else None,
+                         stats_tokens, progress)
+
+    def edit_batches(self, requests: list[EditRequest], batch_size: int, **kw) -> list[edit.EditOutcome]:
+        """Sequential batches, one commit each (the lifelong-editing setting)."""
+        if batch_size < 1:
+            raise EditRequestError("batch size must be at least 1")
+        return [self.edit(requests[i : i + batch_size], **kw) for i in range(0, len(requests), batch_size)]
+
+    def ask(self, prompt: str, rev: str = "HEAD", top_k: int = 5, max_new_tokens: int = 12) -> inspect.Answer:
+        return inspect.ask(self, prompt, rev, top_k, max_new_tokens)
+
+    def blame(self, prompt: str, rev: str = "HEAD") -> inspect.BlameReport:
+        return inspect.blame(self, prompt, rev)
 
     # -- models --------------------------------------------------------------------------
     def load_model(self, rev: str = "HEAD", progress: Progress = None) -> LiveModel:

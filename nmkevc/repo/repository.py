@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -159,23 +159,27 @@ class Repo:
         """weight name → [(delta id, weight delta)] in canonical order, for commit cid."""
         return self.plan_of(self.effective(cid))
 
-    def plan_of(self, commits: list[str]) -> dict[str, list[tuple[str, WeightDelta]]]:
-        """The same for an ordered list of commits (a hypothetical effective set)."""
+    def delta_ids(self, commits: list[str], extra: Sequence[str] = ()) -> list[str]:
+        """Delta ids of an ordered commit list, plus stored deltas not yet committed."""
+        return [d for _, d in self.graph.deltas_of(commits)] + [d for d in extra]
+
+    def plan_of(self, commits: list[str], extra: Sequence[str] = ()) -> dict[str, list[tuple[str, WeightDelta]]]:
+        """The plan of any effective set (e.g. a merge not yet committed), plus extra deltas."""
         out: dict[str, list[tuple[str, WeightDelta]]] = {}
-        for _, did in self.graph.deltas_of(commits):
+        for did in self.delta_ids(commits, extra):
             for w in self.delta(did).weights:
                 out.setdefault(w.name, []).append((did, w))
         return out
 
-    def state_key(self, base_id: str, commits: list[str]) -> str:
+    def state_key(self, base_id: str, commits: list[str], extra: Sequence[str] = ()) -> str:
         """An id of a model state: the base and the ordered deltas in effect."""
-        ids = [d for _, d in self.graph.deltas_of(commits)]
-        return hashlib.sha256(canonical_json([base_id, ids])).hexdigest()
+        return hashlib.sha256(canonical_json([base_id, self.delta_ids(commits, extra)])).hexdigest()
 
-    def keys_cov(self, commits: list[str], weight_names: list[str]) -> dict[str, torch.Tensor]:
+    def keys_cov(self, commits: list[str], weight_names: list[str],
+                 extra: Sequence[str] = ()) -> dict[str, torch.Tensor]:
         """C_l = Σ K Kᵀ over the keys stored with the deltas of an effective set."""
         out: dict[str, torch.Tensor] = {}
-        plan = self.plan_of(commits)
+        plan = self.plan_of(commits, extra)
         for name in weight_names:
             acc = None
             for _, w in plan.get(name, ()):
@@ -220,18 +224,19 @@ class Repo:
 
     def live_model(self, cid: str, progress: Progress = None) -> LiveModel:
         """The model at commit cid, cached: moving between commits rewrites only changed weights."""
-        return self.live_model_of(self.commit(cid).base, self.effective(cid), progress)
+        return self.live_model_of(self.commit(cid).base, self.effective(cid), progress=progress)
 
-    def live_model_of(self, base_id: str, commits: list[str], progress: Progress = None) -> LiveModel:
-        """The model of any effective set (e.g. a merge not yet committed)."""
+    def live_model_of(self, base_id: str, commits: list[str], extra: Sequence[str] = (),
+                      progress: Progress = None) -> LiveModel:
+        """The model of any effective set (plus stored, uncommitted deltas)."""
         model_dir = self.base_dir(base_id, progress=progress)
         if self._live is None or self._live_base != base_id:
             self._live = None
             self._live = LiveModel.load(model_dir)
             self._live_base = base_id
-        key = self.state_key(base_id, commits)
+        key = self.state_key(base_id, commits, extra)
         if self._live.state_key != key:
-            self._live.sync(self.plan_of(commits), key)
+            self._live.sync(self.plan_of(commits, extra), key)
         return self._live
 
     # -- writing -------------------------------------------------------------------------
