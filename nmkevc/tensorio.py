@@ -67,9 +67,8 @@ def tensor_bytes(t: torch.Tensor) -> bytes:
     t = t.detach().contiguous().cpu()
     if t.numel() == 0:
         return b""
-    if t.dim() == 0:
-        t = t.reshape(1)
-    return t.view(torch.uint8).numpy().tobytes()
+    # flatten: a size-1 dimension may carry any stride and still count as contiguous
+    return t.reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
 def dumps(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:

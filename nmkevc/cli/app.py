@@ -505,6 +505,51 @@ def blame(ctx, prompt, rev, as_json):
                    f"({line.p_after:.2%})  {line.summary}")
 
 
+@cli.command("eval")
+@click.option("--rev", "-r", default="HEAD", show_default=True)
+@click.option("--dataset", "-d", default=None, help="CounterFact / zsRE / edit-request file (default: the history's facts).")
+@click.option("--no-perplexity", is_flag=True, help="Skip the held-out perplexity check.")
+@click.option("--records", is_flag=True, help="With --json: include per-record results.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def eval_(ctx, rev, dataset, no_perplexity, records, as_json):
+    """Efficacy, generalisation, specificity and perplexity of the model at REV."""
+    res = _open(ctx).evaluate(rev, dataset, perplexity=not no_perplexity, records=records and as_json)
+    if as_json:
+        render.emit_json(res.to_json())
+        return
+    what = f"{res.count} fact(s) in effect" if res.kind == "history" else f"{res.count} {res.kind} record(s)"
+    click.echo(f"{res.commit[:10]}: {what}")
+    for key in ("efficacy", "generalization", "specificity", "score", "locality_vs"):
+        v = res.summary.get(key)
+        if v is not None:
+            click.echo(f"  {key:<15} {v:.3f}" if isinstance(v, float) else f"  {key:<15} {v}")
+    if res.perplexity:
+        p = res.perplexity
+        click.echo(f"  perplexity      {p['model']:.3f} (base {p['base']:.3f}, {p['relative']:+.2%})")
+
+
+@cli.group()
+def dataset():
+    """Build fact datasets."""
+
+
+@dataset.command("build")
+@click.argument("name", type=click.Choice(["countryinfo"]))
+@click.argument("out")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--relation", "relations", multiple=True, help="Only these relations (repeatable).")
+@click.option("--max-per-relation", type=int, default=None)
+def dataset_build(name, out, seed, relations, max_per_relation):
+    """Write a CounterFact-schema set built from real-world data (countryinfo, MIT)."""
+    from ..datasets import build_countryinfo, count_by_relation, write_dataset
+
+    recs = build_countryinfo(seed=seed, relations=list(relations) or None, max_per_relation=max_per_relation)
+    path = write_dataset(recs, out)
+    counts = ", ".join(f"{k} {v}" for k, v in count_by_relation(recs).items())
+    click.echo(f"wrote {len(recs)} records to {path} ({counts})")
+
+
 # -- maintenance --------------------------------------------------------------------------------
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
@@ -586,8 +631,8 @@ def main(argv: list[str] | None = None) -> int:
         return rv if isinstance(rv, int) else 0
     except click.exceptions.Exit as e:
         return e.exit_code
-    except click.ClickException as e:
-        e.show()
+    except click.ClickException as e:  # usage errors too: one line, not click's three
+        click.echo(f"error: {e.format_message()}", err=True)
         return e.exit_code
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)

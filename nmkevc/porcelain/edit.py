@@ -80,7 +80,7 @@ def check_requests(model, tokenizer, requests: Sequence[EditRequest]) -> list[di
 
     report = evaluate_requests(model, tokenizer, list(requests))
     out = []
-    for r, res in zip(requests, report.requests, strict=True):
+    for r, res in zip(requests, report.records, strict=True):
         rec = {"text": r.text, "target_new": r.target_new, "p": res.rewrite.p_new,
                "efficacy": bool(res.rewrite.success)}
         if res.generalization is not None:

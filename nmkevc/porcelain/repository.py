@@ -12,7 +12,7 @@ from ..facts import EditRequest
 from ..models.live import LiveModel
 from ..models.source import BaseSource, parse_base_argument
 from ..repo.repository import Repo
-from . import branching, changes, describe, edit, exporting, inspect, maintenance, merging
+from . import branching, changes, describe, edit, evaluate, exporting, inspect, maintenance, merging
 from .statistics import DEFAULT_STATS_TOKENS
 
 Progress = Callable[[int, int], None] | None
@@ -120,6 +120,11 @@ class Repository(Repo):
 
     def blame(self, prompt: str, rev: str = "HEAD") -> inspect.BlameReport:
         return inspect.blame(self, prompt, rev)
+
+    def evaluate(self, rev: str = "HEAD", dataset: str | Path | None = None, perplexity: bool = True,
+                 records: bool = False) -> evaluate.EvalResult:
+        """Edit metrics at rev (its own facts, or a CounterFact / zsRE / edit file) and perplexity."""
+        return evaluate.evaluate(self, rev, dataset, perplexity, records)
 
     # -- models --------------------------------------------------------------------------
     def load_model(self, rev: str = "HEAD", progress: Progress = None) -> LiveModel:

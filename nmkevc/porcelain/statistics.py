@@ -51,11 +51,11 @@ def second_moments(
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[int, torch.Tensor], dict[int, str]]:
     """Σ_l = E[k kᵀ] of the *base* model's keys per layer, from the store or computed now."""
-    from ..editing.covariance import key_second_moments
+    from ..editing.covariance import key_second_moment
 
-    manifest = repo.manifest(base_id)
     from ..models.adapters import adapter_for
 
+    manifest = repo.manifest(base_id)
     adapter = adapter_for(manifest.config)
     out: dict[int, torch.Tensor] = {}
     ids: dict[int, str] = {}
@@ -69,8 +69,8 @@ def second_moments(
     if missing:
         live = repo.live_model_of(base_id, [])  # statistics are of the unedited base
         texts = corpus.stats_texts(max_chars=tokens * 8)
-        sigmas, count = key_second_moments(
-            live.model, live.tokenizer, missing, texts, max_tokens=tokens, progress=progress
+        sigmas, count = key_second_moment(
+            live.model, live.tokenizer, texts, missing, max_tokens=tokens, progress=progress
         )
         for layer in missing:
             key = stats_key(base_id, adapter.weight_name(layer), corpus.id, tokens)

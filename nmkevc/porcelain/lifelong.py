@@ -1,0 +1,153 @@
+"""The lifelong-editing benchmark: T edits in sequential batches of B, per method.
+
+Every batch is a real commit in a real repository: each method runs on its own branch
+from the root commit, so the base statistics and context templates are shared and the
+result is a history anyone can inspect (`nmkevc log --stat`, `nmkevc eval --rev`).
+After every batch the model is evaluated on all edits so far (efficacy, generalisation,
+specificity), on the first batch alone (retention, i.e. forgetting), and on held-out
+perplexity; wall time and stored bytes are recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..facts import EditRequest
+from ..repo.repository import Repo
+from . import edit as edit_verb
+from .branching import create_branch, switch
+from .evaluate import perplexity_change
+
+METHODS = ("nmke", "alphaedit", "memit")
+
+
+@dataclass
+class BatchPoint:
+    method: str
+    edits: int
+    seconds: float
+    stored_bytes: int
+    efficacy: float | None
+    generalization: float | None
+    specificity: float | None
+    retention: float | None
+    perplexity: float | None
+    perplexity_change: float | None
+    mean_mask_fraction: float | None
+    commit: str
+
+
+@dataclass
+class LifelongRun:
+    edits: int
+    batch_size: int
+    methods: list[str]
+    points: list[BatchPoint] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+    def final(self) -> dict[str, BatchPoint]:
+        out: dict[str, BatchPoint] = {}
+        for p in self.points:
+            out[p.method] = p
+        return out
+
+    def to_json(self) -> dict:
+        return {"edits": self.edits, "batch_size": self.batch_size, "methods": self.methods,
+                "info": self.info, "points": [asdict(p) for p in self.points]}
+
+
+def _request(case) -> EditRequest:
+    return case if isinstance(case, EditRequest) else case.request
+
+
+def run_lifelong(
+    repo: Repo,
+    cases: list,
+    batch_size: int,
+    methods: tuple[str, ...] = METHODS,
+    perplexity_every: int = 1,
+    log: Callable[[str], None] = print,
+    hparams_overrides: dict | None = None,
+) -> LifelongRun:
+    """Run the benchmark on `cases` (EditRequests, or EvalCases carrying per-neighbour answers)."""
+    from ..editing import EditHparams
+    from ..evaluation.metrics import evaluate_requests
+
+    root = repo.graph.first_parent_walk(repo.resolve("HEAD"))[-1]
+    base_id = repo.commit(root).base
+    run = LifelongRun(len(cases), batch_size, list(methods))
+    first = cases[:batch_size]
+    for method in methods:
+        branch = f"lifelong-{method}-{int(time.time())}"
+        create_branch(repo, branch, root)
+        switch(repo, branch)
+        done: list = []
+        stored = 0
+        for b, start in enumerate(range(0, len(cases), batch_size)):
+            batch = cases[start : start + batch_size]
+            hp = EditHparams.from_json({**EditHparams().to_json(), **(hparams_overrides or {}), "method": method})
+            t0 = time.time()
+            out = edit_verb.edit(repo, [_request(c) for c in batch], hp, message=f"lifelong {method}: edits {start}..{start + len(batch) - 1}")
+            seconds = time.time() - t0
+            stored += out.stored_bytes
+            done.extend(batch)
+            commits = repo.effective(out.commit)
+            live = repo.live_model_of(base_id, commits)
+            rep = evaluate_requests(live.model, live.tokenizer, done)
+            ret = evaluate_requests(live.model, live.tokenizer, first)
+            ppl = None
+            if perplexity_every and (b % perplexity_every == 0 or start + batch_size >= len(cases)):
+                ppl = perplexity_change(repo, base_id, commits)
+            fractions = [x["neurons"] / x["d_ff"] for x in out.layers]
+            point = BatchPoint(
+                method=method, edits=len(done), seconds=round(seconds, 3), stored_bytes=stored,
+                efficacy=rep.efficacy, generalization=rep.generalization, specificity=rep.specificity,
+                retention=ret.efficacy, perplexity=ppl["model"] if ppl else None,
+                perplexity_change=ppl["relative"] if ppl else None,
+                mean_mask_fraction=round(sum(fractions) / len(fractions), 4) if fractions else None,
+                commit=out.commit,
+            )
+            run.points.append(point)
+            log(f"{method:>9} {point.edits:>5} edits  eff {_f(point.efficacy)}  gen {_f(point.generalization)}  "
+                f"spec {_f(point.specificity)}  ret {_f(point.retention)}  ppl {_f(point.perplexity_change, '+.2%')}"
+                f"  mask {_f(point.mean_mask_fraction)}  {seconds:.1f}s")
+    return run
+
+
+def _f(x, fmt: str = ".3f") -> str:
+    return "  -  " if x is None else format(x, fmt)
+
+
+def write_outputs(run: LifelongRun, out_dir: Path) -> list[Path]:
+    """results.json and one PNG per metric (metric vs number of edits, a line per method)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "results.json"]
+    paths[0].write_text(json.dumps(run.to_json(), indent=2) + "\n", "utf-8")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return paths
+    metrics = ("efficacy", "generalization", "specificity", "retention", "perplexity_change", "seconds")
+    for metric in metrics:
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+        for method in run.methods:
+            pts = [p for p in run.points if p.method == method and getattr(p, metric) is not None]
+            ax.plot([p.edits for p in pts], [getattr(p, metric) for p in pts], marker="o", label=method)
+        ax.set_xlabel("edits")
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        p = out_dir / f"{metric}.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths
