@@ -60,7 +60,7 @@ def main() -> None:
     t0 = time.time()
     run = run_lifelong(repo, cases, args.batch, tuple(args.methods.split(",")))
     run.info = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {platform.processor() or ''}",
-                "date": time.strftime("%Y-%m-%d"), "dataset": "countryinfo (seed %d)" % args.seed,
+                "date": time.strftime("%Y-%m-%d"), "dataset": f"countryinfo (seed {args.seed})",
                 "neighbours": args.neighbours, "seconds": round(time.time() - t0, 1), "repository": str(repo.root)}
     for p in write_outputs(run, Path(args.out)):
         print("wrote", p)

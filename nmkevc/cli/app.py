@@ -507,7 +507,8 @@ def blame(ctx, prompt, rev, as_json):
 
 @cli.command("eval")
 @click.option("--rev", "-r", default="HEAD", show_default=True)
-@click.option("--dataset", "-d", default=None, help="CounterFact / zsRE / edit-request file (default: the history's facts).")
+@click.option("--dataset", "-d", default=None,
+              help="CounterFact / zsRE / edit-request file (default: the history's facts).")
 @click.option("--no-perplexity", is_flag=True, help="Skip the held-out perplexity check.")
 @click.option("--records", is_flag=True, help="With --json: include per-record results.")
 @click.option("--json", "as_json", is_flag=True)

@@ -81,9 +81,9 @@ def evaluate(repo: Repo, rev: str = "HEAD", dataset: str | Path | None = None,
     kind = "history" if dataset is None else dataset_kind(dataset)
     if kind == "zsre":
         from ..datasets import load_zsre
-        from ..evaluation.metrics import ZsreRecord, zsre_accuracy, zsre_locality_reference
+        from ..evaluation.metrics import ZsreProbe, zsre_accuracy, zsre_locality_reference
 
-        items = [ZsreRecord(prompt=z.request.text, target=z.request.target_new,
+        items = [ZsreProbe(prompt=z.request.text, target=z.request.target_new,
                             rephrase=(z.request.paraphrases or (z.request.text,))[0], loc=z.loc, loc_ans=z.loc_ans)
                  for z in load_zsre(dataset)]
         live = repo.live_model_of(base_id, [])

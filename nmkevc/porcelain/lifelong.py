@@ -89,9 +89,12 @@ def run_lifelong(
         stored = 0
         for b, start in enumerate(range(0, len(cases), batch_size)):
             batch = cases[start : start + batch_size]
-            hp = EditHparams.from_json({**EditHparams().to_json(), **(hparams_overrides or {}), "method": method})
+            hp = EditHparams.from_json(
+                {**EditHparams().to_json(), **(hparams_overrides or {}), "method": method}
+            )
             t0 = time.time()
-            out = edit_verb.edit(repo, [_request(c) for c in batch], hp, message=f"lifelong {method}: edits {start}..{start + len(batch) - 1}")
+            message = f"lifelong {method}: edits {start}..{start + len(batch) - 1}"
+            out = edit_verb.edit(repo, [_request(c) for c in batch], hp, message=message)
             seconds = time.time() - t0
             stored += out.stored_bytes
             done.extend(batch)

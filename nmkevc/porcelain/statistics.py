@@ -52,7 +52,6 @@ def second_moments(
 ) -> tuple[dict[int, torch.Tensor], dict[int, str]]:
     """Σ_l = E[k kᵀ] of the *base* model's keys per layer, from the store or computed now."""
     from ..editing.covariance import key_second_moment
-
     from ..models.adapters import adapter_for
 
     manifest = repo.manifest(base_id)
