@@ -19,28 +19,37 @@ def _open(ctx: click.Context):
     return Repository.open(ctx.obj["path"])
 
 
-@contextmanager
-def progress_bar(label: str):
-    """A callback(done, total) drawing a bar on stderr when it is a terminal."""
-    from tqdm import tqdm
+class StageBars:
+    """Progress bars on stderr (when it is a terminal), one per named stage."""
 
-    bar = None
+    def __init__(self):
+        from tqdm import tqdm
 
-    def cb(done: int, total: int) -> None:
-        nonlocal bar
+        self._tqdm = tqdm
+        self.bars = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        bar = self.bars.get(stage)
         if bar is None:
-            bar = tqdm(total=total, desc=label, unit="it", leave=False, file=sys.stderr,
-                       disable=None, dynamic_ncols=True)
-        if bar.total != total:
-            bar.total = total
+            bar = self.bars[stage] = self._tqdm(total=total, desc=stage, leave=False, file=sys.stderr,
+                                               disable=None, dynamic_ncols=True)
+        bar.total = total
         bar.n = done
         bar.refresh()
 
-    try:
-        yield cb
-    finally:
-        if bar is not None:
+    def close(self) -> None:
+        for bar in self.bars.values():
             bar.close()
+
+
+@contextmanager
+def progress_bar(label: str):
+    """A callback(done, total) for one stage, its bar closed on exit."""
+    bars = StageBars()
+    try:
+        yield lambda done, total: bars(label, done, total)
+    finally:
+        bars.close()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -373,29 +382,6 @@ def export(ctx, rev, directory, as_json):
 
 
 # -- editing ------------------------------------------------------------------------------------
-class _StageBars:
-    """One progress bar per stage name (statistics, edit, ...)."""
-
-    def __init__(self):
-        from tqdm import tqdm
-
-        self._tqdm = tqdm
-        self.bars = {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        bar = self.bars.get(stage)
-        if bar is None:
-            bar = self.bars[stage] = self._tqdm(total=total, desc=stage, leave=False, file=sys.stderr,
-                                               disable=None, dynamic_ncols=True)
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    def close(self):
-        for bar in self.bars.values():
-            bar.close()
-
-
 @cli.command()
 @click.option("--subject", "-s", default=None, help="The subject, as it appears in the prompt.")
 @click.option("--prompt", "-p", default=None, help="Prompt with {} for the subject (or containing it).")
@@ -432,7 +418,7 @@ def edit(ctx, subject, prompt, target, target_true, paraphrases, path, batch_siz
                                 paraphrases=tuple(paraphrases))]
     repo = _open(ctx)
     overrides = {"layers": _parse_layers(layers)} if layers else {}
-    bars = _StageBars()
+    bars = StageBars()
     try:
         outcomes = repo.edit_batches(
             requests, batch_size or len(requests), method=method, message=message, corpus=corpus,
