@@ -70,9 +70,11 @@ RELATIONS: tuple[Relation, ...] = (
         "continent",
         "P30",
         (
+            # the rewrite prompt keeps the subject off position 0: with no BOS token (SmolLM2)
+            # the first position's keys are unlike the subject's keys anywhere else
+            "The continent on which {} lies is",
             "{} is located in the continent of",
             "{} is part of the continent of",
-            "The continent on which {} lies is",
             "{} belongs to the continent of",
         ),
     ),

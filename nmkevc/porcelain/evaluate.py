@@ -59,12 +59,15 @@ def dataset_kind(path: str | Path) -> str:
     raise EditRequestError(f"{path}: records are neither CounterFact, zsRE nor simple edit records")
 
 
-def perplexity_change(repo: Repo, base_id: str, commits: list[str], heldout_chars: int = HELDOUT_CHARS) -> dict:
+def perplexity_change(repo: Repo, base_id: str, commits: list[str], heldout_chars: int = HELDOUT_CHARS,
+                      base_ppl: float | None = None) -> dict:
+    """Held-out perplexity of the model of `commits` and of the base (pass `base_ppl` to reuse it)."""
     from ..evaluation.perplexity import perplexity
 
     texts = load_corpus().heldout_texts(heldout_chars)
-    live = repo.live_model_of(base_id, [])
-    base_ppl = perplexity(live.model, live.tokenizer, texts)
+    if base_ppl is None:
+        live = repo.live_model_of(base_id, [])
+        base_ppl = perplexity(live.model, live.tokenizer, texts)
     live = repo.live_model_of(base_id, commits)
     ppl = perplexity(live.model, live.tokenizer, texts)
     return {"base": round(base_ppl, 4), "model": round(ppl, 4), "change": round(ppl - base_ppl, 4),

@@ -81,6 +81,7 @@ def run_lifelong(
     base_id = repo.commit(root).base
     run = LifelongRun(len(cases), batch_size, list(methods))
     first = cases[:batch_size]
+    base_ppl = perplexity_change(repo, base_id, [])["base"] if perplexity_every else None
     for method in methods:
         branch = f"lifelong-{method}-{int(time.time())}"
         create_branch(repo, branch, root)
@@ -104,7 +105,7 @@ def run_lifelong(
             ret = evaluate_requests(live.model, live.tokenizer, first)
             ppl = None
             if perplexity_every and (b % perplexity_every == 0 or start + batch_size >= len(cases)):
-                ppl = perplexity_change(repo, base_id, commits)
+                ppl = perplexity_change(repo, base_id, commits, base_ppl=base_ppl)
             fractions = [x["neurons"] / x["d_ff"] for x in out.layers]
             point = BatchPoint(
                 method=method, edits=len(done), seconds=round(seconds, 3), stored_bytes=stored,

@@ -1,0 +1,69 @@
+"""Context templates: the bare prompt plus short model-sampled prefixes.
+
+Editing a fact only at the bare prompt makes it brittle; the method averages keys and
+the target loss over a few random-looking contexts. They are sampled once per base
+model and stored, so the sampling here must be a pure function of (model, seed): a
+private generator, no global RNG, no `generate()` defaults that drift between versions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..models.adapters import adapter_for
+from .hooks import frozen_eval, run_base
+from .tokens import Batch, encode, escape_braces
+
+DEFAULT_PREFIXES = ("The", "Therefore", "Because", "I", "You")
+
+
+@torch.no_grad()
+def generate_context_templates(
+    model,
+    tokenizer,
+    seed: int = 0,
+    n_tokens: int = 10,
+    prefixes: Sequence[str] = DEFAULT_PREFIXES,
+    top_k: int = 5,
+) -> list[str]:
+    """["{}"] + one "<prefix + n_tokens sampled tokens>. {}" per prefix (braces escaped).
+
+    Sampling is top-k (k=5) from the model's next-token distribution with special tokens
+    excluded, so the prefixes are plain, fluent-ish text."""
+    head = adapter_for(model).lm_head_module(model)
+    special = sorted({int(t) for t in getattr(tokenizer, "all_special_ids", []) or []})
+    gen = torch.Generator().manual_seed(int(seed))
+    templates = ["{}"]
+    with frozen_eval(model):
+        for prefix in prefixes:
+            batch = encode(tokenizer, [prefix])
+            ids = batch.input_ids
+            new: list[int] = []
+            for _ in range(n_tokens):
+                hidden = run_base(model, encode_ids(ids))
+                logits = head(hidden[0, -1]).float()
+                if special:
+                    logits[torch.tensor(special, dtype=torch.long)] = float("-inf")
+                k = min(top_k, int(torch.isfinite(logits).sum()))
+                top = torch.topk(logits, k)
+                choice = torch.multinomial(torch.softmax(top.values, -1), 1, generator=gen)
+                tid = int(top.indices[choice])
+                new.append(tid)
+                ids = torch.cat([ids, torch.tensor([[tid]])], dim=1)
+            text = prefix + tokenizer.decode(new, skip_special_tokens=True)
+            templates.append(escape_braces(text) + ". {}")
+    return templates
+
+
+def encode_ids(ids: torch.Tensor):
+    """A one-row batch of raw ids (no padding)."""
+    n = ids.shape[1]
+    return Batch(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        lengths=torch.tensor([n]),
+        prompt_lengths=torch.tensor([n]),
+        subject_pos=torch.tensor([-1]),
+    )

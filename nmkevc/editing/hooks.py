@@ -1,0 +1,105 @@
+"""Forward hooks and model-state guards shared by the editing steps.
+
+Decoder layers return a tensor in some transformers versions/families and a tuple in
+others; every read or write of a layer's output goes through `hidden_of`/`with_hidden`
+so no step depends on which. Hooks are always removed (context managers), so an
+exception mid-edit never leaves a model instrumented.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .tokens import Batch
+
+
+def hidden_of(output) -> torch.Tensor:
+    """The hidden-state tensor of a module output (tensor, tuple or ModelOutput)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    return output[0]  # ModelOutput supports integer indexing
+
+
+def with_hidden(output, hidden: torch.Tensor):
+    """`output` with its hidden-state tensor replaced, same container type."""
+    if isinstance(output, torch.Tensor):
+        return hidden
+    if isinstance(output, tuple):
+        return (hidden, *output[1:])
+    if isinstance(output, list):
+        return [hidden, *output[1:]]
+    output[0] = hidden
+    return output
+
+
+@contextmanager
+def hooks(pre: dict[nn.Module, Callable] | None = None,
+          post: dict[nn.Module, Callable] | None = None) -> Iterator[None]:
+    """Register forward pre-hooks fn(module, args) and forward hooks fn(module, args, output)."""
+    handles = []
+    try:
+        for module, fn in (pre or {}).items():
+            handles.append(module.register_forward_pre_hook(fn))
+        for module, fn in (post or {}).items():
+            handles.append(module.register_forward_hook(fn))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def first_input(args) -> torch.Tensor:
+    return args[0] if isinstance(args, tuple) else args
+
+
+@contextmanager
+def frozen_eval(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no weight gradients for the duration; the caller's flags come back after."""
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass early (everything needed has been read)."""
+
+
+@contextmanager
+def stop_after(module: nn.Module) -> Iterator[None]:
+    """Abort forward passes right after `module` ran: statistics and keys of early layers
+    never pay for the rest of the network. Use with `run_until`."""
+
+    def hook(_m, _a, _o):
+        raise StopForward
+
+    with hooks(post={module: hook}):
+        yield
+
+
+def run_until(model: nn.Module, batch: Batch) -> None:
+    """A forward pass whose outputs are read by hooks only (may be cut short by `stop_after`)."""
+    try:
+        model.base_model(**batch.model_inputs(), use_cache=False)
+    except StopForward:
+        pass
+
+
+def run_base(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Final (normed) hidden states (B, L, d_model) of the decoder stack, without the
+    full-vocabulary logits of every position (the lm head is applied only where needed)."""
+    out = model.base_model(**batch.model_inputs(), use_cache=False)
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else hidden_of(out)

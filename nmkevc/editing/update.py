@@ -1,0 +1,131 @@
+"""Step 4: the layer-by-layer weight update (NMKE, AlphaEdit and MEMIT in one path).
+
+Per layer l_i (ascending): keys K with the *current* weights (so the residual already
+written by earlier layers is seen), R = (z − h_{l_m}) / (m − i + 1), a neuron-space
+factor U, then ΔW = R Uᵀ on the masked neurons, applied in place before the next
+layer's keys. The update is only ever handled in factored form (idx, U[idx], R).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..models.adapters import ArchAdapter
+from .hooks import first_input, hidden_of, hooks, run_until, stop_after
+from .tokens import Batch
+
+
+@dataclass
+class LayerStep:
+    layer: int
+    idx: torch.Tensor  # (k,) int64 sorted: the neurons written
+    U: torch.Tensor  # (k, n) float32
+    V: torch.Tensor  # (d_model, n) float32 (= R)
+
+
+@torch.no_grad()
+def rewrite_keys(
+    model,
+    adapter: ArchAdapter,
+    batch: Batch,
+    n_templates: int,
+    layers: Sequence[int],
+    tap: int | None = None,
+) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
+    """Keys K_l (d_ff × n) at the subject's last token averaged over the templates (rows are
+    request-major, see `tokens.templated`), and optionally the output of layer `tap` at the
+    subject's last token of each request's first-template row (d_model × n)."""
+    rows, spos = batch.rows, batch.subject_pos
+    n = batch.input_ids.shape[0] // n_templates
+    keys: dict[int, torch.Tensor] = {}
+    out: dict[str, torch.Tensor] = {}
+
+    def key_hook(layer):
+        def fn(_m, args):
+            k = first_input(args)[rows, spos].float()
+            keys[layer] = k.view(n, n_templates, -1).mean(1).T.contiguous()
+
+        return fn
+
+    def tap_hook(_m, _a, output):
+        first = torch.arange(n) * n_templates
+        out["h"] = hidden_of(output)[first, spos[first]].float().T.contiguous()
+
+    pre = {adapter.mlp_out_module(model, layer): key_hook(layer) for layer in layers}
+    post = {adapter.layer(model, tap): tap_hook} if tap is not None else {}
+    deepest = max([*layers, *([tap] if tap is not None else [])])
+    with hooks(pre=pre, post=post), stop_after(adapter.layer(model, deepest)):
+        run_until(model, batch)
+    return keys, out.get("h")
+
+
+def nullspace_factor(
+    keys: torch.Tensor,
+    projector: torch.Tensor | None,
+    prior_cov: torch.Tensor | None,
+    ridge: float,
+) -> torch.Tensor:
+    """U = (P (K Kᵀ + C) + λ I)⁻¹ P K  (d_ff × n, float64); P None = identity, C None = 0."""
+    k = keys.double()
+    d = k.shape[0]
+    gram = k @ k.T
+    if prior_cov is not None:
+        gram = gram + prior_cov.double()
+    if projector is None:
+        a, rhs = gram, k
+    else:
+        p = projector.double()
+        a, rhs = p @ gram, p @ k
+    a = a + ridge * torch.eye(d, dtype=torch.float64)
+    return torch.linalg.solve(a, rhs)
+
+
+def memit_factor(keys: torch.Tensor, second_moment: torch.Tensor, lambda0: float) -> torch.Tensor:
+    """U = (λ0 Σ + K Kᵀ)⁻¹ K  (d_ff × n, float64)."""
+    k = keys.double()
+    return torch.linalg.solve(lambda0 * second_moment.double() + k @ k.T, k)
+
+
+@torch.no_grad()
+def add_factored(adapter: ArchAdapter, weight: torch.Tensor, idx: torch.Tensor, u: torch.Tensor,
+                 v: torch.Tensor) -> None:
+    """W[:, idx] += V Uᵀ in the (d_model × d_ff) view, whatever the storage orientation."""
+    view = adapter.to_out_in(weight)
+    view[:, idx] += (v.float() @ u.float().T).to(weight.dtype)
+
+
+def run_layers(
+    model,
+    adapter: ArchAdapter,
+    batch: Batch,
+    n_templates: int,
+    layers: Sequence[int],
+    z: torch.Tensor,
+    factor: Callable[[int, torch.Tensor], torch.Tensor],
+    masks: dict[int, torch.Tensor] | None,
+    progress: Callable[[int], None] | None = None,
+) -> list[LayerStep]:
+    """Apply the update layer by layer (in place) and return each layer's factored ΔW.
+
+    `factor(layer, K)` returns U (d_ff × n); `masks[layer]` (bool d_ff) selects the rows
+    written (None = all neurons)."""
+    steps = []
+    m = len(layers)
+    for i, layer in enumerate(layers):
+        keys, h = rewrite_keys(model, adapter, batch, n_templates, [layer], tap=layers[-1])
+        k = keys[layer]
+        resid = (z.float() - h) / (m - i)
+        u = factor(layer, k)
+        if masks is not None and layer in masks:
+            idx = torch.nonzero(masks[layer], as_tuple=False)[:, 0]
+        else:
+            idx = torch.arange(k.shape[0])
+        u_rows = u[idx].float().contiguous()
+        add_factored(adapter, adapter.weight(model, layer), idx, u_rows, resid)
+        steps.append(LayerStep(layer=layer, idx=idx.long(), U=u_rows, V=resid.contiguous()))
+        if progress is not None:
+            progress(i + 1)
+    return steps

@@ -1,0 +1,113 @@
+"""Step 2: the chunked, vectorised attribution equals a naive per-neuron computation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from nmkevc.editing.attribution import attribution_scores, read_model
+from nmkevc.editing.tokens import encode
+from nmkevc.models.adapters import adapter_for
+
+PROMPTS = ["The capital of France is", "Paris", "Because it rained, I stayed home and the capital of"]
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2", "gptj", "gpt_neox"])
+def loaded(request, model_dirs):
+    d = model_dirs[request.param]
+    model = AutoModelForCausalLM.from_pretrained(d).eval()
+    return model, AutoTokenizer.from_pretrained(d)
+
+
+def naive_score(model, adapter, readout, layer, p, i, amp=30.0, clamp=1e-8):
+    """s[p, i] straight from NMKE.md, one neuron at a time."""
+    r = readout.layers[layer].r[p].double()
+    m = readout.layers[layer].m[p, i].double()
+    w = adapter.to_out_in(adapter.weight(model, layer)).detach().double()[:, i]
+    x_final = readout.x_final[p].double()
+    g, _, eps = adapter.final_norm_params(model)
+    g = g.detach().double()
+    if adapter.norm_kind == "rms":
+        sigma = (x_final.pow(2).mean() + eps).sqrt()
+
+        def norm(x):
+            return g * x / sigma
+    else:
+        sigma = (x_final.var(unbiased=False) + eps).sqrt()
+
+        def norm(x):
+            return g * (x - x.mean()) / sigma
+    unembed = adapter.lm_head_module(model).weight.detach().double()
+    top = int(readout.top[p])
+
+    def logp(x):
+        prob = torch.softmax(unembed @ norm(x), -1)[top].clamp(clamp, 1 - clamp)
+        return math.log(float(prob))
+
+    return logp(r + amp * m * w) - logp(r)
+
+
+@torch.no_grad()
+def test_vectorised_scores_equal_the_naive_loop(loaded):
+    model, tok = loaded
+    adapter = adapter_for(model)
+    layers = [1, 2]
+    batch = encode(tok, PROMPTS)
+    scores, readout = attribution_scores(model, adapter, batch, layers, chunk_elements=5000)
+    d_ff = adapter.dims(model)[1]
+    for layer in layers:
+        assert scores[layer].shape == (len(PROMPTS), d_ff)
+        for p in range(len(PROMPTS)):
+            for i in (0, 17, d_ff - 1):
+                assert float(scores[layer][p, i]) == pytest.approx(
+                    naive_score(model, adapter, readout, layer, p, i), abs=2e-4
+                )
+
+
+@torch.no_grad()
+def test_chunking_does_not_change_scores(loaded):
+    model, tok = loaded
+    adapter = adapter_for(model)
+    batch = encode(tok, PROMPTS)
+    big, _ = attribution_scores(model, adapter, batch, [1], chunk_elements=1 << 26)
+    small, _ = attribution_scores(model, adapter, batch, [1], chunk_elements=700)
+    torch.testing.assert_close(big[1], small[1], rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_readout_uses_true_last_tokens(loaded):
+    """Padding must not move what is read: each padded row equals its unpadded run."""
+    model, tok = loaded
+    adapter = adapter_for(model)
+    batch = encode(tok, PROMPTS)
+    readout = read_model(model, adapter, batch, [1])
+    for p, text in enumerate(PROMPTS):
+        alone = encode(tok, [text])
+        single = read_model(model, adapter, alone, [1])
+        logits = model(**alone.model_inputs()).logits[0, -1]
+        assert int(readout.top[p]) == int(logits.argmax())
+        torch.testing.assert_close(readout.layers[1].m[p], single.layers[1].m[0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(readout.layers[1].r[p], single.layers[1].r[0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(readout.x_final[p], single.x_final[0], rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+def test_residual_is_the_stream_entering_the_mlp(model_dirs):
+    """Sequential block (Llama): r = the input of the post-attention norm."""
+    d = model_dirs["llama"]
+    model = AutoModelForCausalLM.from_pretrained(d).eval()
+    tok = AutoTokenizer.from_pretrained(d)
+    adapter = adapter_for(model)
+    batch = encode(tok, PROMPTS)
+    seen = {}
+    norm = model.model.layers[2].post_attention_layernorm
+    h = norm.register_forward_pre_hook(lambda _m, a: seen.setdefault("x", a[0]))
+    try:
+        readout = read_model(model, adapter, batch, [2])
+    finally:
+        h.remove()
+    expected = seen["x"][batch.rows, batch.last]
+    torch.testing.assert_close(readout.layers[2].r, expected, rtol=1e-5, atol=1e-6)
