@@ -52,13 +52,15 @@ def main() -> None:
     run("ask", "The currency of Japan is the", "-k", "3")
     out = ROOT / "exported"
     run("export", "three-facts", str(out))
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"\n>>> AutoModelForCausalLM.from_pretrained({str(out)!r})")
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
     ids = tok("The capital of France is", return_tensors="pt")
-    top = model(**ids).logits[0, -1].softmax(-1).topk(3)
+    with torch.no_grad():
+        top = model(**ids).logits[0, -1].softmax(-1).topk(3)
     print("    " + ", ".join(f"{tok.decode(int(i))!r} {float(p):.2%}" for p, i in zip(top.values, top.indices)))
     run("fsck")
     run("status")

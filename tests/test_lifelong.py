@@ -7,7 +7,10 @@ from nmkevc.facts import EditRequest
 from nmkevc.porcelain.lifelong import run_lifelong, write_outputs
 
 
-def test_lifelong_short_run(repo, tmp_path):
+def test_lifelong_short_run(model_dirs, tmp_path):
+    from nmkevc import Repository
+
+    repo = Repository.init(tmp_path / "repo", base=str(model_dirs["llama"]))
     cases = [
         EvalCase(EditRequest("France", "The capital of {} is", "Rome", target_true="Paris",
                              paraphrases=("The capital city of France is",),
