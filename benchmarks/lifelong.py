@@ -25,7 +25,7 @@ from nmkevc.datasets import build_countryinfo
 from nmkevc.datasets.counterfact import counterfact_record
 from nmkevc.datasets.records import Located
 from nmkevc.evaluation.metrics import EvalCase
-from nmkevc.porcelain.lifelong import run_lifelong, write_outputs
+from nmkevc.porcelain.lifelong import markdown_table, run_lifelong, write_outputs
 
 
 def load_cases(n: int, seed: int, neighbours: int) -> list[EvalCase]:
@@ -64,6 +64,7 @@ def main() -> None:
                 "neighbours": args.neighbours, "seconds": round(time.time() - t0, 1), "repository": str(repo.root)}
     for p in write_outputs(run, Path(args.out)):
         print("wrote", p)
+    (Path(args.out) / "table.md").write_text(markdown_table(run) + "\n", "utf-8")
     print(f"{'method':>9} {'eff':>6} {'gen':>6} {'spec':>6} {'ret':>6} {'ppl':>8} {'s/batch':>8} {'MiB':>7}")
     for method, p in run.final().items():
         pts = [x for x in run.points if x.method == method]

@@ -4,7 +4,7 @@ import json
 
 from nmkevc.evaluation.metrics import EvalCase
 from nmkevc.facts import EditRequest
-from nmkevc.porcelain.lifelong import run_lifelong, write_outputs
+from nmkevc.porcelain.lifelong import markdown_table, run_lifelong, write_outputs
 
 
 def test_lifelong_short_run(model_dirs, tmp_path):
@@ -36,3 +36,4 @@ def test_lifelong_short_run(model_dirs, tmp_path):
     data = json.loads((tmp_path / "out" / "results.json").read_text())
     assert len(data["points"]) == 6
     assert (tmp_path / "out" / "efficacy.png").stat().st_size > 1000 and len(paths) == 7
+    assert len(markdown_table(run).splitlines()) == 2 + 6

@@ -155,3 +155,17 @@ def write_outputs(run: LifelongRun, out_dir: Path) -> list[Path]:
         plt.close(fig)
         paths.append(p)
     return paths
+
+
+def markdown_table(run: LifelongRun) -> str:
+    """The per-batch figures as a Markdown table (for docs/results.md)."""
+    rows = ["| method | edits | efficacy | generalisation | specificity | retention (1st batch) | "
+            "perplexity change | mask fraction | s/batch | stored MiB |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for p in run.points:
+        rows.append(
+            f"| {p.method} | {p.edits} | {_f(p.efficacy)} | {_f(p.generalization)} | {_f(p.specificity)} | "
+            f"{_f(p.retention)} | {_f(p.perplexity_change, '+.2%')} | {_f(p.mean_mask_fraction)} | "
+            f"{p.seconds:.0f} | {p.stored_bytes / 2**20:.2f} |"
+        )
+    return "\n".join(rows)
