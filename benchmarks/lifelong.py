@@ -4,7 +4,7 @@ T real-world counterfactual edits (built from countryinfo, MIT) applied in seque
 batches of B through a real repository (each batch a commit, each method a branch);
 after every batch all edits so far are evaluated. Writes results.json and PNG plots.
 
-    python benchmarks/lifelong.py [--edits 500] [--batch 50] [--methods nmke,alphaedit,memit]
+    python benchmarks/lifelong.py [--edits 80] [--batch 10] [--methods nmke,alphaedit,memit]
                                   [--out results/lifelong] [--repo DIR] [--neighbours 5]
 """
 
@@ -42,8 +42,8 @@ def load_cases(n: int, seed: int, neighbours: int) -> list[EvalCase]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--edits", type=int, default=500)
-    ap.add_argument("--batch", type=int, default=50)
+    ap.add_argument("--edits", type=int, default=80)
+    ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--methods", default="nmke,alphaedit,memit")
     ap.add_argument("--out", default="results/lifelong")
     ap.add_argument("--repo", default=None, help="Repository to run in (default: a new one in a temp dir).")
