@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .. import __version__
-from ..corpus import Corpus, load_corpus
+from ..corpus import Corpus
 from ..deltas.delta import Delta, WeightDelta
 from ..errors import EditRequestError, NmkevcError
 from ..facts import EditRequest
@@ -116,7 +116,7 @@ def compute_delta(
         raise NmkevcError(f"layer {bad[0]} does not exist (the model has {n_layers} layers)")
     hp.layers = layers
     templates = context_templates(repo, base_id)
-    corpus = corpus or load_corpus()
+    corpus = corpus or repo.corpus()
     sigmas, stats_ids = second_moments(repo, base_id, layers, corpus, stats_tokens,
                                        progress=_stage(progress, "statistics"))
     projectors, kept = (None, {})

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..corpus import load_corpus
 from ..errors import EditRequestError
 from ..facts import EditRequest
 from ..repo.repository import Repo
@@ -64,7 +63,7 @@ def perplexity_change(repo: Repo, base_id: str, commits: list[str], heldout_char
     """Held-out perplexity of the model of `commits` and of the base (pass `base_ppl` to reuse it)."""
     from ..evaluation.perplexity import perplexity
 
-    texts = load_corpus().heldout_texts(heldout_chars)
+    texts = repo.corpus().heldout_texts(heldout_chars)
     if base_ppl is None:
         live = repo.live_model_of(base_id, [])
         base_ppl = perplexity(live.model, live.tokenizer, texts)

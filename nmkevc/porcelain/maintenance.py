@@ -163,7 +163,7 @@ def relocate_base(repo: Repo, base_id: str, source: BaseSource) -> None:
             raise NmkevcError(f"unknown base {base_id[:12]}")
         old = repo.config.bases[base_id]
         repo.config.bases[base_id] = source
-        repo._verified.pop(base_id, None)
+        repo.forget_verification(base_id)
         try:
             repo.base_dir(base_id)
         except NmkevcError:

@@ -95,7 +95,6 @@ class Repository(Repo):
         """Teach the model at HEAD the requests (one batch, one commit).
 
         `hparams` is an EditHparams; keyword overrides (e.g. layers=[3, 4]) adjust it."""
-        from ..corpus import load_corpus
         from ..editing import EditHparams
 
         reqs = [requests] if isinstance(requests, EditRequest) else list(requests)
@@ -106,7 +105,7 @@ class Repository(Repo):
                 d["method"] = method
             d.update(overrides)
             hp = EditHparams.from_json(d)
-        return edit.edit(self, reqs, hp, message, load_corpus(corpus) if corpus else None,
+        return edit.edit(self, reqs, hp, message, self.corpus(corpus) if corpus else None,
                          stats_tokens, progress)
 
     def edit_batches(self, requests: list[EditRequest], batch_size: int, **kw) -> list[edit.EditOutcome]:

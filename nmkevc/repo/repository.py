@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..corpus import Corpus, load_corpus
 from ..deltas.delta import Delta, WeightDelta
 from ..errors import BaseMismatchError, NmkevcError, RefError
 from ..history.commit import Commit
@@ -51,6 +52,7 @@ class Repo:
         self._verified: dict[str, Path] = {}
         self._live: LiveModel | None = None
         self._live_base: str | None = None
+        self._corpora: dict[str, Corpus] = {}
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
@@ -141,6 +143,13 @@ class Repo:
             self._manifests[base_id] = m
         return m
 
+    def corpus(self, path: str | Path | None = None) -> Corpus:
+        """A text corpus (None = the shipped one), read and hashed once per repository object."""
+        key = str(Path(path).resolve()) if path is not None else ""
+        if key not in self._corpora:
+            self._corpora[key] = load_corpus(path)
+        return self._corpora[key]
+
     # -- revisions -----------------------------------------------------------------------
     def head(self) -> Head:
         return self.refs.head()
@@ -221,6 +230,10 @@ class Repo:
             )
         self._verified[base_id] = model_dir
         return model_dir
+
+    def forget_verification(self, base_id: str) -> None:
+        """Verify the base again on next use (its recorded location changed)."""
+        self._verified.pop(base_id, None)
 
     def live_model(self, cid: str, progress: Progress = None) -> LiveModel:
         """The model at commit cid, cached: moving between commits rewrites only changed weights."""
