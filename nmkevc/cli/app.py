@@ -13,6 +13,12 @@ from ..errors import MergeConflictError, NmkevcError
 from . import render
 
 
+def _method_names() -> list[str]:
+    from ..editing.methods import method_names
+
+    return list(method_names())
+
+
 def _open(ctx: click.Context):
     from ..porcelain.repository import Repository
 
@@ -391,7 +397,7 @@ def export(ctx, rev, directory, as_json):
 @click.option("--file", "-f", "path", default=None, help="JSON/JSONL file of edit requests.")
 @click.option("--batch-size", "-b", type=int, default=None, help="With --file: requests per commit (default: all).")
 @click.option("-m", "--message", default=None)
-@click.option("--method", type=click.Choice(["nmke", "alphaedit", "memit"]), default="nmke", show_default=True)
+@click.option("--method", type=click.Choice(_method_names()), default="nmke", show_default=True)
 @click.option("--layers", default=None, help="Edited layers, e.g. 3-7 or 3,4,5 (default: by architecture/depth).")
 @click.option("--corpus", default=None, help="Text file for covariance statistics (default: shipped corpus).")
 @click.option("--stats-tokens", type=int, default=None, help="Tokens of corpus for the statistics.")

@@ -2,24 +2,32 @@
 
 `compute_edit` is the one entry point; the statistics helpers compute what the
 repository caches per base model (Σ_l and the null-space projectors P_l), and
-`generate_context_templates` the stored context templates.
+`generate_context_templates` the stored context templates. The method registry
+(`methods`) imports no torch, so the CLI can list choices without loading it; the
+names below are therefore resolved lazily.
 """
 
-from .context import generate_context_templates
-from .covariance import key_second_moment, nullspace_projector
-from .engine import EditResult, LayerUpdate, compute_edit
-from .hparams import METHODS, EditHparams
-from .masking import entropy_ratios, neuron_mask
+from importlib import import_module
 
-__all__ = [
-    "METHODS",
-    "EditHparams",
-    "EditResult",
-    "LayerUpdate",
-    "compute_edit",
-    "entropy_ratios",
-    "generate_context_templates",
-    "key_second_moment",
-    "neuron_mask",
-    "nullspace_projector",
-]
+_EXPORTS = {
+    "generate_context_templates": ".context",
+    "key_second_moment": ".covariance",
+    "nullspace_projector": ".covariance",
+    "EditResult": ".engine",
+    "LayerUpdate": ".engine",
+    "compute_edit": ".engine",
+    "EditHparams": ".hparams",
+    "entropy_ratios": ".masking",
+    "neuron_mask": ".masking",
+    "EditMethod": ".methods",
+    "get_method": ".methods",
+    "method_names": ".methods",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(name)
+    return getattr(import_module(_EXPORTS[name], __name__), name)

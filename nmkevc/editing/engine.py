@@ -20,8 +20,9 @@ from .attribution import attribution_scores
 from .hooks import frozen_eval
 from .hparams import EditHparams
 from .masking import neuron_mask
+from .methods import FactorInputs, get_method
 from .tokens import encode, split_template, templated
-from .update import memit_factor, nullspace_factor, rewrite_keys, run_layers
+from .update import rewrite_keys, run_layers
 from .zopt import optimise_z
 
 Progress = Callable[[int, int], None] | None
@@ -64,6 +65,7 @@ def compute_edit(
     projectors: P_l per layer (None = identity: no null-space protection); prior_keys_cov:
     C_l = Σ K Kᵀ of earlier edits (missing layer = zeros); key_second_moment: Σ_l (MEMIT only)."""
     hparams.validate()
+    method = get_method(hparams.method)
     requests = list(requests)
     if not requests:
         raise EditRequestError("no edit requests given")
@@ -78,9 +80,9 @@ def compute_edit(
     if layers[-1] >= n_layers:
         raise EditRequestError(f"layer {layers[-1]} does not exist (the model has {n_layers} layers)")
     d_ff = adapter.dims(model, layers[0])[1]
-    _check_stats(hparams, layers, d_ff, projectors, prior_keys_cov, key_second_moment)
+    _check_stats(method, layers, d_ff, projectors, prior_keys_cov, key_second_moment)
 
-    n_attr = len(layers) if hparams.method == "nmke" else 0
+    n_attr = len(layers) if method.masks_neurons else 0
     total = hparams.z_steps + n_attr + len(layers) + 1
     offsets = {"z": 0, "attr": hparams.z_steps, "upd": hparams.z_steps + n_attr}
 
@@ -102,7 +104,7 @@ def compute_edit(
             texts, ends = templated(requests, templates)
             batch = encode(tokenizer, texts, ends)
             masks, mask_info = None, {}
-            if hparams.method == "nmke":
+            if method.masks_neurons:
                 t0 = time.perf_counter()
                 scores, _ = attribution_scores(
                     model, adapter, batch, layers, hparams.amplification, hparams.prob_clamp,
@@ -116,14 +118,12 @@ def compute_edit(
                 timings["attribution"] = time.perf_counter() - t0
 
             def factor(layer: int, keys: torch.Tensor) -> torch.Tensor:
-                if hparams.method == "memit":
-                    return memit_factor(keys, key_second_moment[layer], hparams.memit_lambda0)
-                return nullspace_factor(
-                    keys,
-                    None if projectors is None else projectors[layer],
-                    (prior_keys_cov or {}).get(layer),
-                    hparams.ridge,
-                )
+                return method.factor(FactorInputs(
+                    keys=keys,
+                    projector=None if projectors is None else projectors.get(layer),
+                    prior_cov=(prior_keys_cov or {}).get(layer),
+                    second_moment=(key_second_moment or {}).get(layer),
+                ), hparams)
 
             t0 = time.perf_counter()
             steps = run_layers(model, adapter, batch, len(templates), layers, zres.z, factor, masks,
@@ -163,13 +163,13 @@ def compute_edit(
         "z_loss_history": zres.history,
         "delta_over_h": [float(x) for x in zres.delta.norm(dim=0) / zres.h.norm(dim=0).clamp_min(1e-12)],
         "residual_left": [float(x) for x in residual],
-        "projector": "identity" if projectors is None and hparams.method != "memit" else "given",
+        "projector": "given" if projectors is not None else ("identity" if method.uses_projector else "none"),
         "timings": timings,
     }
     return EditResult(updates=updates, info=info, z=zres.z)
 
 
-def _check_stats(hp: EditHparams, layers, d_ff, projectors, prior, second) -> None:
+def _check_stats(method, layers, d_ff, projectors, prior, second) -> None:
     """Refuse missing or mis-shaped statistics with a one-line message before any work."""
 
     def square(name, table, layer, required):
@@ -182,8 +182,8 @@ def _check_stats(hp: EditHparams, layers, d_ff, projectors, prior, second) -> No
             raise NmkevcError(f"{name} for layer {layer} has shape {tuple(t.shape)}, expected ({d_ff}, {d_ff})")
 
     for layer in layers:
-        if hp.method == "memit":
+        if method.uses_second_moment:
             square("key second moment", second, layer, required=True)
-        else:
+        if method.uses_projector:
             square("null-space projector", projectors, layer, required=projectors is not None)
             square("prior key covariance", prior, layer, required=False)

@@ -12,8 +12,6 @@ from dataclasses import asdict, dataclass, field, fields
 
 from ..errors import EditRequestError
 
-METHODS = ("nmke", "alphaedit", "memit")
-
 
 @dataclass
 class EditHparams:
@@ -76,8 +74,11 @@ class EditHparams:
         def bad(msg: str) -> None:
             raise EditRequestError(f"invalid edit hyperparameters: {msg}")
 
-        if self.method not in METHODS:
-            bad(f"unknown method {self.method!r} (choose one of {', '.join(METHODS)})")
+        from .methods import get_method
+
+        if not isinstance(self.method, str):
+            bad(f"method must be a name, got {self.method!r}")
+        method = get_method(self.method)
         if self.layers is not None:
             if not self.layers:
                 bad("layers is empty")
@@ -92,7 +93,7 @@ class EditHparams:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 bad(f"{name} must be a non-negative number, got {v!r}")
-        if self.method in ("nmke", "alphaedit") and self.ridge <= 0:
+        if method.uses_projector and self.ridge <= 0:
             bad("ridge (λ) must be positive for the null-space update")
         for name in ("z_steps", "context_n_tokens", "attribution_chunk"):
             v = getattr(self, name)

@@ -104,7 +104,7 @@ def compute_delta(
 ) -> tuple[Delta, dict]:
     """Run the editor on the model of `commits` (an effective set, plus stored deltas
     `extra` not yet committed) and factor its result."""
-    from ..editing import compute_edit
+    from ..editing import compute_edit, get_method
     from ..models.adapters import adapter_for
 
     manifest = repo.manifest(base_id)
@@ -119,8 +119,9 @@ def compute_delta(
     corpus = corpus or repo.corpus()
     sigmas, stats_ids = second_moments(repo, base_id, layers, corpus, stats_tokens,
                                        progress=_stage(progress, "statistics"))
+    method = get_method(hp.method)
     projectors, kept = (None, {})
-    if hp.method in ("nmke", "alphaedit"):
+    if method.uses_projector:
         projectors, kept = _projectors(sigmas, hp)
     names = {adapter.weight_name(x): x for x in layers}
     prior = {names[n]: c for n, c in repo.keys_cov(commits, list(names), extra).items()}
@@ -128,7 +129,7 @@ def compute_delta(
     result = compute_edit(
         live.model, live.tokenizer, requests, hp, context_templates=templates,
         projectors=projectors, prior_keys_cov=prior,
-        key_second_moment=sigmas if hp.method == "memit" else None,
+        key_second_moment=sigmas if method.uses_second_moment else None,
         progress=_stage(progress, "edit"),
     )
     d_model, d_ff = adapter.dims(live.model, layers[0])

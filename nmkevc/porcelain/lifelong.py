@@ -22,8 +22,6 @@ from . import edit as edit_verb
 from .branching import create_branch, switch
 from .evaluate import perplexity_change
 
-METHODS = ("nmke", "alphaedit", "memit")
-
 
 @dataclass
 class BatchPoint:
@@ -68,14 +66,16 @@ def run_lifelong(
     repo: Repo,
     cases: list,
     batch_size: int,
-    methods: tuple[str, ...] = METHODS,
+    methods: tuple[str, ...] | None = None,
     perplexity_every: int = 1,
     log: Callable[[str], None] = print,
     hparams_overrides: dict | None = None,
 ) -> LifelongRun:
     """Run the benchmark on `cases` (EditRequests, or EvalCases carrying per-neighbour answers)."""
-    from ..editing import EditHparams
+    from ..editing import EditHparams, method_names
     from ..evaluation.metrics import evaluate_requests
+
+    methods = tuple(methods) if methods else method_names()
 
     root = repo.graph.first_parent_walk(repo.resolve("HEAD"))[-1]
     base_id = repo.commit(root).base

@@ -1,0 +1,83 @@
+"""The registry of editing methods: one object per method, the only place names are known.
+
+Everything that differs between NMKE, AlphaEdit and MEMIT is a property of the method
+object (which statistics it reads, whether it masks neurons, how it solves for the
+neuron-space factor U). The engine, the porcelain and the CLI's choices all ask the
+registry, so adding a method touches this file alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from ..errors import EditRequestError
+
+if TYPE_CHECKING:  # the registry is read by the CLI before torch is needed
+    import torch
+
+
+@dataclass(frozen=True)
+class FactorInputs:
+    """What a method may read to solve for U at one layer (missing = not available)."""
+
+    keys: torch.Tensor  # (d_ff, n)
+    projector: torch.Tensor | None  # P_l; None = identity
+    prior_cov: torch.Tensor | None  # C_l = Σ K Kᵀ of earlier edits; None = zeros
+    second_moment: torch.Tensor | None  # Σ_l (MEMIT)
+
+
+@dataclass(frozen=True)
+class EditMethod:
+    name: str
+    summary: str
+    #: run neuron attribution and restrict each layer's update to the entropy-guided mask
+    masks_neurons: bool
+    #: needs the null-space projector P_l of the preserved keys (and protects C_l)
+    uses_projector: bool
+    #: needs the raw key second moment Σ_l
+    uses_second_moment: bool
+    solve: Callable[[FactorInputs, object], torch.Tensor]  # (inputs, hparams) → U (d_ff × n)
+
+    def factor(self, inputs: FactorInputs, hparams) -> torch.Tensor:
+        return self.solve(inputs, hparams)
+
+
+def _nullspace(inputs: FactorInputs, hp) -> torch.Tensor:
+    from .update import nullspace_factor
+
+    return nullspace_factor(inputs.keys, inputs.projector, inputs.prior_cov, hp.ridge)
+
+
+def _memit(inputs: FactorInputs, hp) -> torch.Tensor:
+    from .update import memit_factor
+
+    if inputs.second_moment is None:
+        raise EditRequestError("MEMIT needs the key second moment of every edited layer")
+    return memit_factor(inputs.keys, inputs.second_moment, hp.memit_lambda0)
+
+
+#: read-only: a method is added by adding an entry here, not by mutating state at run time
+REGISTRY: Mapping[str, EditMethod] = MappingProxyType({m.name: m for m in (
+    EditMethod("nmke", "AlphaEdit's null-space update restricted to an entropy-guided neuron mask",
+               masks_neurons=True, uses_projector=True, uses_second_moment=False, solve=_nullspace),
+    EditMethod("alphaedit", "null-space constrained locate-then-edit (all neurons)",
+               masks_neurons=False, uses_projector=True, uses_second_moment=False, solve=_nullspace),
+    EditMethod("memit", "MEMIT: (λ0 Σ + K Kᵀ)⁻¹ K, no null space",
+               masks_neurons=False, uses_projector=False, uses_second_moment=True, solve=_memit),
+)})
+
+
+def method_names() -> tuple[str, ...]:
+    return tuple(REGISTRY)
+
+
+def get_method(name: str) -> EditMethod:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise EditRequestError(
+            f"unknown method {name!r} (choose one of {', '.join(method_names())})"
+        ) from None
