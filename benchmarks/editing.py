@@ -46,7 +46,7 @@ def case(repo_dir: str, what: str, n: int, method: str, stats_tokens: int) -> di
         from nmkevc.porcelain.statistics import second_moments
 
         base = repo.commit(repo.resolve()).base
-        second_moments(repo, base, list(range(3, 8)), load_corpus(), stats_tokens)
+        second_moments(repo.plumbing, base, list(range(3, 8)), load_corpus(), stats_tokens)
         return {"case": "statistics", "seconds": round(time.time() - t0, 2), "peak_mib": round(peak_mib())}
     repo.load_model()
     load_s = time.time() - t0

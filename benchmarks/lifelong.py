@@ -58,7 +58,7 @@ def main() -> None:
     print(f"repository {repo.root}; {len(cases)} edits in batches of {args.batch}; torch threads "
           f"{torch.get_num_threads()}")
     t0 = time.time()
-    run = run_lifelong(repo, cases, args.batch, tuple(args.methods.split(",")))
+    run = run_lifelong(repo.plumbing, cases, args.batch, tuple(args.methods.split(",")))
     run.info = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {platform.processor() or ''}",
                 "date": time.strftime("%Y-%m-%d"), "dataset": f"countryinfo (seed {args.seed})",
                 "neighbours": args.neighbours, "seconds": round(time.time() - t0, 1), "repository": str(repo.root)}

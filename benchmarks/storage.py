@@ -27,7 +27,7 @@ from nmkevc.models.adapters import adapter_for
 
 def fact_delta(repo, seed: int, layers=range(3, 8), frac=0.5, rank=6) -> Delta:
     base = repo.commit(repo.resolve()).base
-    m = repo.manifest(base)
+    m = repo.plumbing.manifest(base)
     ad = adapter_for(m.config)
     g = torch.Generator().manual_seed(seed)
     ws = []
@@ -57,7 +57,7 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="nmkevc-bench-"))
     repo = Repository.init(work / "repo")
     base_id = repo.commit(repo.resolve()).base
-    base_dir = repo.base_dir(base_id)
+    base_dir = repo.plumbing.base_dir(base_id)
     weights_file = next(base_dir.glob("*.safetensors"))
     ckpt_bytes = weights_file.stat().st_size
     copy_s, _ = timed(lambda: shutil.copyfile(weights_file, work / "copy.safetensors"))
@@ -74,7 +74,7 @@ def main() -> None:
             t, cid = timed(lambda d=d, req=req: repo.commit_delta(d, req.subject, [req]))
             commit_s.append(t)
             did = repo.commit(cid).delta
-            stored.append(repo.store.stored_size(did))
+            stored.append(repo.plumbing.store.stored_size(did))
             dense.append(d.dense_nbytes())
             n += 1
         tips[target] = repo.resolve()
@@ -86,9 +86,9 @@ def main() -> None:
     print(f"{'commits':>8} {'checkout (s)':>13} {'apply only (s)':>15} {'export (s)':>11} {'vs copy':>8}")
     for size, tip in tips.items():
         fresh = Repository.open(repo.dir)
-        fresh.base_dir(base_id)  # verification is cached per repository; time it apart
-        t_checkout, live = timed(lambda fresh=fresh, tip=tip: fresh.live_model(tip))
-        plan = fresh.plan(tip)
+        fresh.plumbing.base_dir(base_id)  # verification is cached per repository; time it apart
+        t_checkout, live = timed(lambda fresh=fresh, tip=tip: fresh.plumbing.live_model(tip))
+        plan = fresh.plumbing.plan(tip)
         live.applied.clear()  # forget what is applied: the next sync recomputes every edited weight
         t_apply, _ = timed(lambda live=live, plan=plan: live.sync(plan, "again"))
         out = work / f"export-{size}"
@@ -97,7 +97,7 @@ def main() -> None:
         print(f"{size:>8} {t_checkout:>13.2f} {t_apply:>15.2f} {t_export:>11.2f} {t_export / copy_s:>7.1f}x")
     t_verify, _ = timed(lambda: Repository.open(repo.dir).base_dir(base_id))
     print(f"base verification (hash cache warm): {t_verify:.2f} s")
-    total = sum(repo.store.stored_size(o) for o in repo.store)
+    total = sum(repo.plumbing.store.stored_size(o) for o in repo.plumbing.store)
     print(f"repository size with {n} commits: {total / 2**20:.1f} MiB")
     shutil.rmtree(work, ignore_errors=True)
 

@@ -1,6 +1,6 @@
 """nmkevc — version control for knowledge edits to language models."""
 
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def __getattr__(name: str):

@@ -48,9 +48,10 @@ class MergeError(NmkevcError):
 class MergeConflictError(MergeError):
     """A merge stopped on conflicts; `report` holds the machine-readable details."""
 
-    def __init__(self, message: str, report: dict):
+    def __init__(self, message: str, report: dict, lines: list[str] | None = None):
         super().__init__(message)
         self.report = report
+        self.lines = list(lines or [])  # one human-readable line per conflict
 
 
 class EditRequestError(NmkevcError):

@@ -12,7 +12,7 @@ def random_delta(repo, layers=(1, 2), frac: float = 0.5, rank: int = 2, seed: in
                  scale: float = 0.05, n_keys: int = 1, neurons=None, direction=None) -> Delta:
     """A delta on W_l of `layers` touching `frac` of the neurons (or exactly `neurons`)."""
     base = repo.commit(repo.resolve("HEAD")).base
-    manifest = repo.manifest(base)
+    manifest = repo.plumbing.manifest(base)
     adapter = adapter_for(manifest.config)
     g = torch.Generator().manual_seed(seed)
     weights = []

@@ -66,7 +66,7 @@ def test_version_control_flow(repo, capsys, tmp_path):
     code, out, _ = run(capsys, repo, "branch", "-d", "side")
     assert code == 0
     code, out, _ = run(capsys, repo, "base", "list")
-    assert code == 0 and repo.config.bases and list(repo.config.bases)[0][:12] in out
+    assert code == 0 and repo.plumbing.config.bases and list(repo.plumbing.config.bases)[0][:12] in out
 
 
 def test_merge_conflict_report_and_json(repo, capsys):

@@ -88,7 +88,7 @@ def test_merge_unrelated_and_different_base(repo, model_dirs, capsys):
 def test_corrupt_delta_named_by_fsck_and_refused(repo, capsys):
     cid = commit(repo, 1)
     did = repo.commit(cid).delta
-    p = repo.store.path(did)
+    p = repo.plumbing.store.path(did)
     os.chmod(p, 0o644)
     data = bytearray(p.read_bytes())
     data[len(data) // 2] ^= 0x55
@@ -102,7 +102,7 @@ def test_corrupt_delta_named_by_fsck_and_refused(repo, capsys):
 
 def test_truncated_commit_refused(repo, capsys):
     cid = commit(repo, 1)
-    p = repo.store.path(cid)
+    p = repo.plumbing.store.path(cid)
     os.chmod(p, 0o644)
     p.write_bytes(p.read_bytes()[:10])
     code, _, err = run(capsys, "-C", str(repo.root), "log")
@@ -115,7 +115,7 @@ def test_interrupt_between_objects_and_ref(repo, monkeypatch):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(repo.refs, "update_head", interrupted)
+    monkeypatch.setattr(repo.plumbing.refs, "update_head", interrupted)
     with pytest.raises(KeyboardInterrupt):
         commit(repo, 1)
     fresh = Repository.open(repo.dir)
@@ -123,7 +123,7 @@ def test_interrupt_between_objects_and_ref(repo, monkeypatch):
     rep = fresh.fsck()
     assert rep.ok and len(rep.dangling) == 2  # the orphaned delta and commit
     assert fresh.gc().removed == 2 and fresh.fsck().dangling == []
-    assert not fresh.lock.held
+    assert not fresh.plumbing.lock.held
 
 
 def test_hard_crash_mid_commit(repo):
@@ -136,7 +136,7 @@ def test_hard_crash_mid_commit(repo):
         from nmkevc import Repository
         from nmkevc.facts import EditRequest
         repo = Repository.open({str(repo.root)!r})
-        repo.refs.set = lambda *a, **k: os._exit(9)
+        repo.plumbing.refs.set = lambda *a, **k: os._exit(9)
         repo.commit_delta(random_delta(repo, seed=5), "x", [EditRequest.from_json(request("A", "B"))])
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
@@ -148,7 +148,7 @@ def test_hard_crash_mid_commit(repo):
 
 
 def test_locked_repository(repo):
-    with repo.writing():
+    with repo.plumbing.writing():
         proc = subprocess.run([sys.executable, "-m", "nmkevc", "-C", str(repo.root), "branch", "x"],
                               capture_output=True, text=True)
     assert proc.returncode != 0

@@ -21,7 +21,7 @@ def test_keys_cov_follows_effective_set(repo):
     repo.commit_delta(d3, "three", [EditRequest.from_json(request("C", "z"))])
 
     def cov(rev):
-        return repo.keys_cov(repo.effective(repo.resolve(rev)), [name])[name].double()
+        return repo.plumbing.keys_cov(repo.effective(repo.resolve(rev)), [name])[name].double()
 
     assert torch.allclose(cov("side"), kkt(d1, name) + kkt(d3, name), atol=1e-4)
     assert torch.allclose(cov("main"), kkt(d1, name) + kkt(d2, name), atol=1e-4)
@@ -31,7 +31,7 @@ def test_keys_cov_follows_effective_set(repo):
     assert torch.allclose(cov("HEAD"), kkt(d2, name) + kkt(d3, name), atol=1e-4)
     repo.revert(c2)
     assert torch.allclose(cov("HEAD"), kkt(d3, name), atol=1e-4)
-    assert repo.keys_cov(repo.effective(repo.log()[-1].id), [name]) == {}
+    assert repo.plumbing.keys_cov(repo.effective(repo.log()[-1].id), [name]) == {}
 
 
 def test_edit_passes_history_keys_to_the_editor(repo, monkeypatch):
@@ -56,4 +56,4 @@ def test_edit_passes_history_keys_to_the_editor(repo, monkeypatch):
     assert sorted(prior) == [0, 1]
     for w in d1.weights:
         assert torch.allclose(prior[w.layer].double(), kkt(d1, w.name), atol=1e-4)
-    assert repo.resolve() == head and not repo.lock.held
+    assert repo.resolve() == head and not repo.plumbing.lock.held

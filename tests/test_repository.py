@@ -96,11 +96,11 @@ def _diverge(repo, ours, theirs, **kw):
 def test_fact_conflict_stops_merge_and_changes_nothing(repo):
     _diverge(repo, random_delta(repo, seed=1, layers=(0,)), random_delta(repo, seed=2, layers=(2,)),
              theirs_req=req("France", "Berlin"))
-    head, objs = repo.resolve(), sorted(repo.store)
+    head, objs = repo.resolve(), sorted(repo.plumbing.store)
     with pytest.raises(MergeConflictError) as e:
         repo.merge("other", functional=False)
     assert e.value.report["fact_conflicts"][0]["theirs_target"] == "Berlin"
-    assert repo.resolve() == head and sorted(repo.store) == objs
+    assert repo.resolve() == head and sorted(repo.plumbing.store) == objs
     # a capitalisation difference is not a conflict; a different target is
     rep = repo.merge("other", strategy="ours", functional=False)
     assert rep.cancelled == rep.theirs_side
@@ -122,7 +122,7 @@ def test_mask_conflict_scored_and_resolved(repo):
     theirs_commit = repo.resolve("other")
     rep = repo.merge("other", strategy="theirs", functional=False)
     assert rep.cancelled == [repo.resolve("HEAD^1")]
-    assert [d for _, d in repo.graph.active_deltas(repo.resolve())] == [repo.commit(theirs_commit).delta]
+    assert [d for _, d in repo.plumbing.graph.active_deltas(repo.resolve())] == [repo.commit(theirs_commit).delta]
 
 
 def test_sum_strategy_keeps_both(repo):
@@ -150,7 +150,7 @@ def test_cherry_pick_and_revert_merge(repo):
     # after merging, the picked delta and its original count once
     repo.commit_delta(random_delta(repo, seed=2), "y", req("Spain", "Oslo"))
     repo.merge("side", functional=False)
-    assert len(repo.graph.active_deltas(repo.resolve())) == 2
+    assert len(repo.plumbing.graph.active_deltas(repo.resolve())) == 2
     repo.revert("HEAD")  # reverting a merge cancels what it brought
     with pytest.raises(NmkevcError):
         repo.revert("HEAD~1")  # the merge is no longer in effect... it was reverted
@@ -180,8 +180,8 @@ def test_ambiguous_prefix(repo):
         c = Commit("edit", (root,), repo.commit(root).base, f"m{i}", "t", 0)
         oid = object_id(encode("commit", c.to_bytes()))
         if oid[:4] in seen:
-            repo.store.put("commit", seen[oid[:4]].to_bytes())
-            repo.store.put("commit", c.to_bytes())
+            repo.plumbing.store.put("commit", seen[oid[:4]].to_bytes())
+            repo.plumbing.store.put("commit", c.to_bytes())
             with pytest.raises(RevisionError, match="ambiguous"):
                 repo.resolve(oid[:4])
             return

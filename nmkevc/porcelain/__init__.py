@@ -1,5 +1,15 @@
-"""Porcelain: the verbs users call, from Python or through the CLI."""
+"""Porcelain: the verbs users call, from Python or through the CLI.
 
-from .repository import Repository
+Resolved lazily so that the CLI can read small torch-free modules of this package
+(merge strategies, dataset names) without loading the model stack."""
+
+
+def __getattr__(name: str):
+    if name == "Repository":
+        from .repository import Repository
+
+        return Repository
+    raise AttributeError(name)
+
 
 __all__ = ["Repository"]

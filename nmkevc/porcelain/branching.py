@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass
 
 from ..errors import NmkevcError, RefError
 from ..history.commit import Commit
 from ..repo.repository import Repo, default_author
-from ..storage.refs import HEADS, TAGS, check_ref_name
+from ..storage.refs import HEADS, TAGS, ReflogEntry, check_ref_name
+
+
+@dataclass(frozen=True)
+class HeadMove:
+    """Where HEAD went: a commit, on `branch` (None = detached); `created` = a new branch."""
+
+    commit: str
+    branch: str | None
+    created: bool = False
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
 def create_branch(repo: Repo, name: str, start: str = "HEAD", force: bool = False) -> str:
@@ -85,3 +98,27 @@ def delete_tag(repo: Repo, name: str) -> None:
         if repo.refs.read(TAGS + name) is None:
             raise RefError(f"tag {name!r} not found")
         repo.refs.delete(TAGS + name, "tag: deleted")
+
+
+def checkout(repo: Repo, target: str, new_branch: str | None = None) -> HeadMove:
+    """git's checkout: a branch name switches to it; any other revision detaches HEAD;
+    with `new_branch`, a branch is created at `target` and checked out."""
+    with repo.writing():
+        if new_branch:
+            create_branch(repo, new_branch, target)
+            return HeadMove(switch(repo, new_branch), new_branch, created=True)
+        if repo.refs.read(HEADS + target):
+            return HeadMove(switch(repo, target), target)
+        return HeadMove(switch(repo, target, detach=True), None)
+
+
+def reflog(repo: Repo, ref: str = "HEAD", max_count: int | None = None) -> list[ReflogEntry]:
+    """Where `ref` (HEAD, a branch name or a full refs/ name) has pointed, newest first."""
+    name = ref if ref == "HEAD" or ref.startswith("refs/") else HEADS + ref
+    entries = list(reversed(repo.refs.reflog(name)))
+    return entries if max_count is None else entries[:max_count]
+
+
+def tags(repo: Repo) -> dict[str, str]:
+    """{tag name: commit id}."""
+    return repo.refs.list(TAGS)

@@ -14,13 +14,13 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .. import __version__
 from ..corpus import Corpus
 from ..deltas.delta import Delta, WeightDelta
 from ..errors import EditRequestError, NmkevcError
 from ..facts import EditRequest
 from ..history.commit import Commit
 from ..repo.repository import Repo, default_author
+from ..version import __version__
 from .statistics import DEFAULT_STATS_TOKENS, second_moments
 
 CONTEXT_REFS = "refs/context/"

@@ -146,6 +146,34 @@ def gc(repo: Repo) -> GcReport:
         return GcReport(len(rep.dangling), freed, temps)
 
 
+@dataclass(frozen=True)
+class BaseInfo:
+    id: str
+    architecture: str
+    num_parameters: int
+    location: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def bases(repo: Repo) -> list[BaseInfo]:
+    """The recorded bases: content id, architecture, size and where the weights live."""
+    out = []
+    for bid, src in sorted(repo.config.bases.items()):
+        m = repo.manifest(bid)
+        out.append(BaseInfo(bid, m.architecture, m.num_parameters, src.describe()))
+    return out
+
+
+def resolve_base_id(repo: Repo, prefix: str) -> str:
+    """A recorded base id from a unique prefix (as revisions take short commit ids)."""
+    matches = [b for b in repo.config.bases if b.startswith(prefix)] if prefix else []
+    if len(matches) != 1:
+        raise NmkevcError(f"{'ambiguous' if matches else 'unknown'} base id {prefix!r} (see 'nmkevc base list')")
+    return matches[0]
+
+
 def add_base(repo: Repo, source: BaseSource) -> str:
     """Record another base (e.g. for an orphan branch on a newer model)."""
     with repo.writing():

@@ -17,8 +17,7 @@ from ..errors import BaseMismatchError, MergeConflictError, MergeError
 from ..facts import EditRequest
 from ..history.commit import Commit
 from ..repo.repository import Repo, default_author
-
-STRATEGIES = ("ours", "theirs", "sum", "replay")
+from .strategies import STRATEGIES
 
 #: (merged effective set, [(commit, request)] to check) → failures [{commit, subject, ...}]
 FunctionalCheck = Callable[[str, list[str], list[tuple[str, EditRequest]]], list[dict]]
@@ -123,6 +122,7 @@ def merge(
                 f"merge of {rev!r} stopped: {n} conflict(s); nothing was changed "
                 "(resolve with --strategy ours|theirs|sum|replay)",
                 report.to_json(),
+                report.conflict_lines(),
             )
         if strategy == "ours":
             cancels = tuple(sorted(conflicting_commits(repo, report, side="theirs")))

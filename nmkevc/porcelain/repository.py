@@ -1,4 +1,10 @@
-"""`nmkevc.Repository`: the Python API, equal in power to the CLI (which only calls it)."""
+"""`nmkevc.Repository`: the Python API, equal in power to the CLI (which only calls it).
+
+The facade *composes* the storage-level `Repo` rather than inheriting from it (as
+dulwich's porcelain works over a repo object): its public surface is the verbs and the
+read-only views below, and nothing of the object store, refs or caches leaks into it.
+Plumbing stays reachable, explicitly, as `Repository.plumbing`.
+"""
 
 from __future__ import annotations
 
@@ -6,95 +12,151 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..deltas.delta import Delta
-from ..deltas.measure import DEFAULT_MASK_THRESHOLD
 from ..errors import EditRequestError
 from ..facts import EditRequest
+from ..history.commit import Commit
 from ..models.live import LiveModel
 from ..models.source import BaseSource, parse_base_argument
 from ..repo.repository import Repo
+from ..storage.refs import Head, ReflogEntry
 from . import branching, changes, describe, edit, evaluate, exporting, inspect, maintenance, merging
 from .statistics import DEFAULT_STATS_TOKENS
 
 Progress = Callable[[int, int], None] | None
 
 
-class Repository(Repo):
+class Repository:
     """A repository with every verb. Open with `Repository.open(path)` or `Repository.init(...)`."""
+
+    def __init__(self, repo: Repo):
+        self._repo = repo
+
+    @classmethod
+    def open(cls, path: str | Path = ".") -> Repository:
+        return cls(Repo.open(path))
 
     @classmethod
     def init(cls, path: str | Path = ".", base: str | BaseSource | None = None,
              progress: Progress = None, branch: str = "main") -> Repository:
         source = base if isinstance(base, BaseSource) else parse_base_argument(base)
-        repo = cls.create(path, source, progress=progress, branch=branch)
-        return cls(repo.dir)
+        return cls(Repo.create(path, source, progress=progress, branch=branch))
+
+    # -- where and what ------------------------------------------------------------------
+    @property
+    def plumbing(self) -> Repo:
+        """The storage-level repository (objects, refs, lock, materialisation), for tools
+        that need more than the verbs. Its interface may change between versions."""
+        return self._repo
+
+    @property
+    def root(self) -> Path:
+        """The directory the repository lives in (its `.nmkevc` is `dir`)."""
+        return self._repo.root
+
+    @property
+    def dir(self) -> Path:
+        return self._repo.dir
+
+    def __repr__(self) -> str:
+        return f"Repository({str(self.root)!r})"
+
+    def resolve(self, rev: str = "HEAD") -> str:
+        """The full commit id of a revision (HEAD, branch, tag, id prefix, ~N, ^N)."""
+        return self._repo.resolve(rev)
+
+    def commit(self, rev: str = "HEAD") -> Commit:
+        """The commit record of a revision (immutable)."""
+        return self._repo.commit(self._repo.resolve(rev))
+
+    def head(self) -> Head:
+        return self._repo.head()
+
+    def effective(self, rev: str = "HEAD") -> list[str]:
+        """The commits whose deltas are in effect at rev, in canonical order."""
+        return self._repo.effective(self._repo.resolve(rev))
 
     # -- history views -------------------------------------------------------------------
     def log(self, rev: str = "HEAD", max_count: int | None = None, stat: bool = False):
-        return describe.log(self, rev, max_count, stat)
+        return describe.log(self._repo, rev, max_count, stat)
 
     def show(self, rev: str = "HEAD") -> describe.CommitInfo:
-        return describe.commit_info(self, self.resolve(rev), stat=True)
+        return describe.commit_info(self._repo, self._repo.resolve(rev), stat=True)
 
     def diff(self, a: str, b: str = "HEAD") -> describe.DiffReport:
-        return describe.diff(self, a, b)
+        return describe.diff(self._repo, a, b)
 
     def status(self) -> describe.Status:
-        return describe.status(self)
+        return describe.status(self._repo)
 
     def facts(self, rev: str = "HEAD") -> list[tuple[str, EditRequest]]:
-        return [(c, EditRequest.from_json(r)) for c, r in describe.facts_at(self, self.resolve(rev))]
+        return [(c, EditRequest.from_json(r)) for c, r in describe.facts_at(self._repo, self._repo.resolve(rev))]
+
+    def reflog(self, ref: str = "HEAD", max_count: int | None = None) -> list[ReflogEntry]:
+        return branching.reflog(self._repo, ref, max_count)
 
     # -- branches and tags ---------------------------------------------------------------
+    def branches(self) -> dict[str, str]:
+        return self._repo.branches()
+
     def branch(self, name: str, start: str = "HEAD", force: bool = False) -> str:
-        return branching.create_branch(self, name, start, force)
+        return branching.create_branch(self._repo, name, start, force)
 
     def delete_branch(self, name: str, force: bool = False) -> None:
-        branching.delete_branch(self, name, force)
+        branching.delete_branch(self._repo, name, force)
 
     def switch(self, target: str, create: bool = False, detach: bool = False) -> str:
-        return branching.switch(self, target, create, detach)
+        return branching.switch(self._repo, target, create, detach)
 
     def switch_orphan(self, name: str, base_id: str | None = None) -> str:
-        return branching.switch_orphan(self, name, base_id)
+        """A new branch with its own root commit; `base_id` is a recorded base id or a unique prefix."""
+        base_id = maintenance.resolve_base_id(self._repo, base_id) if base_id else None
+        return branching.switch_orphan(self._repo, name, base_id)
+
+    def checkout(self, target: str, new_branch: str | None = None) -> branching.HeadMove:
+        return branching.checkout(self._repo, target, new_branch)
 
     def tag(self, name: str, rev: str = "HEAD", force: bool = False) -> str:
-        return branching.create_tag(self, name, rev, force)
+        return branching.create_tag(self._repo, name, rev, force)
 
     def delete_tag(self, name: str) -> None:
-        branching.delete_tag(self, name)
+        branching.delete_tag(self._repo, name)
 
     def tags(self) -> dict[str, str]:
-        from ..storage.refs import TAGS
-
-        return self.refs.list(TAGS)
+        return branching.tags(self._repo)
 
     # -- changes -------------------------------------------------------------------------
     def commit_delta(self, delta: Delta, message: str, requests=(), method=None, info=None) -> str:
-        return changes.commit_delta(self, delta, message, requests, method, info)
+        return changes.commit_delta(self._repo, delta, message, requests, method, info)
 
     def revert(self, rev: str, message: str | None = None) -> str:
-        return changes.revert(self, rev, message)
+        return changes.revert(self._repo, rev, message)
 
     def cherry_pick(self, rev: str, message: str | None = None) -> str:
-        return changes.cherry_pick(self, rev, message)
+        return changes.cherry_pick(self._repo, rev, message)
 
     def merge(self, rev: str, strategy: str | None = None, message: str | None = None,
               no_ff: bool = False, allow_unrelated: bool = False,
-              mask_threshold: float = DEFAULT_MASK_THRESHOLD, functional: bool = True) -> merging.MergeReport:
+              mask_threshold: float | None = None, functional: bool = True) -> merging.MergeReport:
+        """Merge rev into HEAD; raises MergeConflictError (nothing changed) on unresolved conflicts.
+
+        `mask_threshold` None = the default (docs/merging.md)."""
+        repo = self._repo
+        kw = {} if mask_threshold is None else {"mask_threshold": mask_threshold}
         return merging.merge(
-            self, rev, strategy=strategy, message=message, no_ff=no_ff,
-            allow_unrelated=allow_unrelated, mask_threshold=mask_threshold,
-            functional_check=(lambda b, m, r: inspect.functional_check(self, b, m, r)) if functional else None,
-            replay=lambda repo, b, keep, theirs: edit.replay(repo, b, keep, theirs),
+            repo, rev, strategy=strategy, message=message, no_ff=no_ff,
+            allow_unrelated=allow_unrelated,
+            functional_check=(lambda b, m, r: inspect.functional_check(repo, b, m, r)) if functional else None,
+            replay=lambda r, b, keep, theirs: edit.replay(r, b, keep, theirs),
+            **kw,
         )
 
     # -- editing -------------------------------------------------------------------------
     def edit(self, requests: EditRequest | list[EditRequest], method: str | None = None,
              message: str | None = None, hparams=None, corpus: str | Path | None = None,
-             stats_tokens: int = DEFAULT_STATS_TOKENS, progress=None, **overrides) -> edit.EditOutcome:
+             stats_tokens: int | None = None, progress=None, **overrides) -> edit.EditOutcome:
         """Teach the model at HEAD the requests (one batch, one commit).
 
-        `hparams` is an EditHparams; keyword overrides (e.g. layers=[3, 4]) adjust it."""
+        `hparams` is an EditHparams; keyword overrides (e.g. layers=[3, 4]) adjust a copy."""
         from ..editing import EditHparams
 
         reqs = [requests] if isinstance(requests, EditRequest) else list(requests)
@@ -105,46 +167,54 @@ class Repository(Repo):
                 d["method"] = method
             d.update(overrides)
             hp = EditHparams.from_json(d)
-        return edit.edit(self, reqs, hp, message, self.corpus(corpus) if corpus else None,
-                         stats_tokens, progress)
+        return edit.edit(self._repo, reqs, hp, message, self._repo.corpus(corpus) if corpus else None,
+                         DEFAULT_STATS_TOKENS if stats_tokens is None else stats_tokens, progress)
 
-    def edit_batches(self, requests: list[EditRequest], batch_size: int, **kw) -> list[edit.EditOutcome]:
-        """Sequential batches, one commit each (the lifelong-editing setting)."""
+    def edit_batches(self, requests: list[EditRequest], batch_size: int | None = None,
+                     **kw) -> list[edit.EditOutcome]:
+        """Sequential batches, one commit each (the lifelong-editing setting); None = one batch."""
+        if batch_size is None:
+            batch_size = max(1, len(requests))
         if batch_size < 1:
             raise EditRequestError("batch size must be at least 1")
         return [self.edit(requests[i : i + batch_size], **kw) for i in range(0, len(requests), batch_size)]
 
     def ask(self, prompt: str, rev: str = "HEAD", top_k: int = 5, max_new_tokens: int = 12) -> inspect.Answer:
-        return inspect.ask(self, prompt, rev, top_k, max_new_tokens)
+        return inspect.ask(self._repo, prompt, rev, top_k, max_new_tokens)
 
     def blame(self, prompt: str, rev: str = "HEAD") -> inspect.BlameReport:
-        return inspect.blame(self, prompt, rev)
+        return inspect.blame(self._repo, prompt, rev)
 
     def evaluate(self, rev: str = "HEAD", dataset: str | Path | None = None, perplexity: bool = True,
                  records: bool = False) -> evaluate.EvalResult:
         """Edit metrics at rev (its own facts, or a CounterFact / zsRE / edit file) and perplexity."""
-        return evaluate.evaluate(self, rev, dataset, perplexity, records)
+        return evaluate.evaluate(self._repo, rev, dataset, perplexity, records)
 
     # -- models --------------------------------------------------------------------------
     def load_model(self, rev: str = "HEAD", progress: Progress = None) -> LiveModel:
         """The model at rev (cached; moving between revisions rewrites only changed weights).
 
         The returned object is shared with the repository: copy it before modifying."""
-        return self.live_model(self.resolve(rev), progress=progress)
+        return self._repo.live_model(self._repo.resolve(rev), progress=progress)
 
     def export(self, rev: str, out_dir: str | Path, progress: Progress = None) -> exporting.ExportReport:
-        return exporting.export(self, rev, out_dir, progress)
+        return exporting.export(self._repo, rev, out_dir, progress)
 
     # -- maintenance ---------------------------------------------------------------------
     def fsck(self) -> maintenance.FsckReport:
-        return maintenance.fsck(self)
+        return maintenance.fsck(self._repo)
 
     def gc(self) -> maintenance.GcReport:
-        return maintenance.gc(self)
+        return maintenance.gc(self._repo)
+
+    def bases(self) -> list[maintenance.BaseInfo]:
+        return maintenance.bases(self._repo)
 
     def add_base(self, base: str | BaseSource) -> str:
         source = base if isinstance(base, BaseSource) else parse_base_argument(base)
-        return maintenance.add_base(self, source)
+        return maintenance.add_base(self._repo, source)
 
-    def relocate_base(self, base_id: str, base: str) -> None:
-        maintenance.relocate_base(self, base_id, parse_base_argument(base))
+    def relocate_base(self, base_id: str, location: str) -> None:
+        """Point a recorded base (id or unique prefix) at a new location; content must match."""
+        maintenance.relocate_base(self._repo, maintenance.resolve_base_id(self._repo, base_id),
+                                  parse_base_argument(location))

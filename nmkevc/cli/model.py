@@ -1,0 +1,181 @@
+"""Running the model: edit, ask, blame, eval, export, dataset."""
+
+from __future__ import annotations
+
+import click
+
+from ..porcelain.datasets import dataset_names
+from . import render
+from .base import StageBars, cli, json_option, method_names, open_repo, progress_bar
+
+
+@cli.command()
+@click.argument("rev")
+@click.argument("directory")
+@json_option
+@click.pass_context
+def export(ctx, rev, directory, as_json):
+    """Write the model at REV as a standard Hugging Face directory."""
+    repo = open_repo(ctx)
+    with progress_bar("export") as cb:
+        rep = repo.export(rev, directory, progress=cb)
+    if as_json:
+        render.emit_json(rep.to_json())
+        return
+    click.echo(f"Exported {rep.commit[:10]} to {rep.path}: {rep.tensors} tensors "
+               f"({rep.edited_tensors} edited), {render.human_bytes(rep.bytes_written)}")
+
+
+
+@cli.command()
+@click.option("--subject", "-s", default=None, help="The subject, as it appears in the prompt.")
+@click.option("--prompt", "-p", default=None, help="Prompt with {} for the subject (or containing it).")
+@click.option("--target", "-t", default=None, help="The new answer.")
+@click.option("--target-true", default=None, help="The current answer (for efficacy checks).")
+@click.option("--paraphrase", "paraphrases", multiple=True, help="A paraphrase prompt to check (repeatable).")
+@click.option("--file", "-f", "path", default=None, help="JSON/JSONL file of edit requests.")
+@click.option("--batch-size", "-b", type=int, default=None, help="With --file: requests per commit (default: all).")
+@click.option("-m", "--message", default=None)
+@click.option("--method", type=click.Choice(method_names()), default="nmke", show_default=True)
+@click.option("--layers", default=None, help="Edited layers, e.g. 3-7 or 3,4,5 (default: by architecture/depth).")
+@click.option("--corpus", default=None, help="Text file for covariance statistics (default: shipped corpus).")
+@click.option("--stats-tokens", type=int, default=None, help="Tokens of corpus for the statistics.")
+@json_option
+@click.pass_context
+def edit(ctx, subject, prompt, target, target_true, paraphrases, path, batch_size, message, method, layers,
+         corpus, stats_tokens, as_json):
+    """Teach the model new facts with NMKE and commit the delta."""
+    from ..errors import UsageError
+    from ..facts import EditRequest
+    from ..porcelain.datasets import read_requests
+
+    if path is not None:
+        if subject or prompt or target:
+            raise UsageError("give either --file or --subject/--prompt/--target, not both")
+        requests = read_requests(path)
+    else:
+        missing = [n for n, v in (("--subject", subject), ("--prompt", prompt), ("--target", target)) if v is None]
+        if missing:
+            raise UsageError(f"missing {', '.join(missing)} (or give --file)")
+        requests = [EditRequest(subject=subject, prompt=prompt, target_new=target, target_true=target_true,
+                                paraphrases=tuple(paraphrases))]
+    repo = open_repo(ctx)
+    overrides = {"layers": _parse_layers(layers)} if layers else {}
+    bars = StageBars()
+    try:
+        outcomes = repo.edit_batches(
+            requests, batch_size, method=method, message=message, corpus=corpus,
+            stats_tokens=stats_tokens, progress=bars, **overrides,
+        )
+    finally:
+        bars.close()
+    if as_json:
+        render.emit_json([o.to_json() for o in outcomes])
+        return
+    for o in outcomes:
+        click.echo(f"[{o.commit[:10]}] {len(o.requests)} fact(s) edited with {method} in {o.seconds:.1f}s, "
+                   f"delta {render.human_bytes(o.stored_bytes)}")
+        for layer in o.layers:
+            click.echo(f"    layer {layer['layer']:>3}: {layer['neurons']}/{layer['d_ff']} neurons"
+                       + (f" (rho_r {layer['rho_r']:.3f}, rho_b {layer['rho_b']:.3f})" if "rho_r" in layer else ""))
+        for c in o.checks:
+            click.echo(f"    {c['text']!r} -> {c['target_new']!r}: P {c['p_before']:.3f} -> {c['p_after']:.3f}"
+                       f" ({'holds' if c['efficacy'] else 'does not hold'})")
+
+
+def _parse_layers(text: str) -> list[int]:
+    from ..errors import UsageError
+
+    try:
+        if "-" in text:
+            a, b = text.split("-", 1)
+            return list(range(int(a), int(b) + 1))
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--layers {text!r}: expected a range like 3-7 or a list like 3,4,5") from None
+
+
+@cli.command()
+@click.argument("prompt")
+@click.option("--rev", "-r", default="HEAD", show_default=True)
+@click.option("--top-k", "-k", type=int, default=5, show_default=True)
+@click.option("--max-new-tokens", type=int, default=12, show_default=True, help="Greedy continuation length.")
+@json_option
+@click.pass_context
+def ask(ctx, prompt, rev, top_k, max_new_tokens, as_json):
+    """What the model at REV says next after PROMPT (top-k with probabilities)."""
+    ans = open_repo(ctx).ask(prompt, rev, top_k, max_new_tokens)
+    if as_json:
+        render.emit_json(ans.to_json())
+        return
+    click.echo(f"{ans.commit[:10]}  {prompt!r}")
+    for tok, p in ans.top:
+        click.echo(f"  {p:7.2%}  {tok!r}")
+    if ans.continuation:
+        click.echo(f"  greedy: {prompt}{ans.continuation}")
+
+
+@cli.command()
+@click.argument("prompt")
+@click.option("--rev", "-r", default="HEAD", show_default=True)
+@json_option
+@click.pass_context
+def blame(ctx, prompt, rev, as_json):
+    """Which commits changed the model's top answer to PROMPT."""
+    rep = open_repo(ctx).blame(prompt, rev)
+    if as_json:
+        render.emit_json(rep.to_json())
+        return
+    click.echo(f"{prompt!r} -> {rep.answer!r} at {rev}")
+    if not rep.lines:
+        click.echo("  no commit changed the answer (it is the base model's)")
+    for line in rep.lines:
+        click.echo(f"  {line.commit[:10]} {line.before!r} ({line.p_before:.2%}) -> {line.after!r} "
+                   f"({line.p_after:.2%})  {line.summary}")
+
+
+@cli.command("eval")
+@click.option("--rev", "-r", default="HEAD", show_default=True)
+@click.option("--dataset", "-d", default=None,
+              help="CounterFact / zsRE / edit-request file (default: the history's facts).")
+@click.option("--no-perplexity", is_flag=True, help="Skip the held-out perplexity check.")
+@click.option("--records", is_flag=True, help="With --json: include per-record results.")
+@json_option
+@click.pass_context
+def eval_(ctx, rev, dataset, no_perplexity, records, as_json):
+    """Efficacy, generalisation, specificity and perplexity of the model at REV."""
+    res = open_repo(ctx).evaluate(rev, dataset, perplexity=not no_perplexity, records=records and as_json)
+    if as_json:
+        render.emit_json(res.to_json())
+        return
+    what = f"{res.count} fact(s) in effect" if res.kind == "history" else f"{res.count} {res.kind} record(s)"
+    click.echo(f"{res.commit[:10]}: {what}")
+    for key in ("efficacy", "generalization", "specificity", "score", "locality_vs"):
+        v = res.summary.get(key)
+        if v is not None:
+            click.echo(f"  {key:<15} {v:.3f}" if isinstance(v, float) else f"  {key:<15} {v}")
+    if res.perplexity:
+        p = res.perplexity
+        click.echo(f"  perplexity      {p['model']:.3f} (base {p['base']:.3f}, {p['relative']:+.2%})")
+
+
+@cli.group()
+def dataset():
+    """Build fact datasets."""
+
+
+@dataset.command("build")
+@click.argument("name", type=click.Choice(dataset_names()))
+@click.argument("out")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--relation", "relations", multiple=True, help="Only these relations (repeatable).")
+@click.option("--max-per-relation", type=int, default=None)
+def dataset_build(name, out, seed, relations, max_per_relation):
+    """Write a CounterFact-schema set built from real-world data (countryinfo, MIT)."""
+    from ..porcelain.datasets import build_dataset
+
+    rep = build_dataset(name, out, seed=seed, relations=list(relations) or None,
+                        max_per_relation=max_per_relation)
+    counts = ", ".join(f"{k} {v}" for k, v in rep.counts.items())
+    click.echo(f"wrote {rep.records} records to {rep.path} ({counts})")
+

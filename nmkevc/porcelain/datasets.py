@@ -1,0 +1,45 @@
+"""Fact files for the verbs: reading edit requests, and building the shipped fact sets."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import UsageError
+from ..facts import EditRequest
+
+#: the fact sets `build_dataset` can make (name → what it is built from)
+DATASETS = {"countryinfo": "capitals, continents, languages and currencies from PyPI countryinfo (MIT)"}
+
+
+@dataclass(frozen=True)
+class DatasetReport:
+    path: str
+    records: int
+    counts: dict[str, int]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def dataset_names() -> list[str]:
+    return list(DATASETS)
+
+
+def read_requests(path: str | Path) -> list[EditRequest]:
+    """Edit requests from a JSON / JSONL / CounterFact file (bad records named by index)."""
+    from ..datasets import read_edit_file
+
+    return read_edit_file(path)
+
+
+def build_dataset(name: str, out: str | Path, seed: int = 0, relations: list[str] | None = None,
+                  max_per_relation: int | None = None) -> DatasetReport:
+    """Write a CounterFact-schema fact set built from real-world data."""
+    if name not in DATASETS:
+        raise UsageError(f"unknown dataset {name!r} (choose one of {', '.join(DATASETS)})")
+    from ..datasets import build_countryinfo, count_by_relation, write_dataset
+
+    recs = build_countryinfo(seed=seed, relations=relations, max_per_relation=max_per_relation)
+    path = write_dataset(recs, out)
+    return DatasetReport(str(path), len(recs), dict(count_by_relation(recs)))
