@@ -28,8 +28,9 @@ from nmkevc.evaluation.metrics import EvalCase
 from nmkevc.porcelain.lifelong import markdown_table, run_lifelong, write_outputs
 
 
-def load_cases(n: int, seed: int, neighbours: int) -> list[EvalCase]:
-    records = build_countryinfo(seed=seed)
+def load_cases(n: int, seed: int, neighbours: int, split: str | None = "test") -> list[EvalCase]:
+    """n records of the fact set's `split` part (reported figures use the test part only)."""
+    records = build_countryinfo(seed=seed, split=split)
     random.Random(seed).shuffle(records)
     cases = []
     for i, rec in enumerate(records[:n]):

@@ -1,7 +1,7 @@
 """Write the countryinfo fact set (CounterFact schema) to a JSON or JSONL file.
 
     python examples/build_countryinfo.py facts.json [--seed 0] [--relation capital ...]
-        [--max-per-relation N]
+        [--max-per-relation N] [--split dev|test]
 
 The same arguments always give byte-identical output (see nmkevc/datasets/countryinfo_set.py
 for how the set is built). Prints how many records each relation got.
@@ -26,8 +26,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--relation", action="append", choices=RELATION_NAMES)
     ap.add_argument("--max-per-relation", type=int)
+    ap.add_argument("--split", choices=["dev", "test"], help="only the dev or the test part")
     args = ap.parse_args()
-    records = build_countryinfo(args.seed, args.relation, args.max_per_relation)
+    records = build_countryinfo(args.seed, args.relation, args.max_per_relation, split=args.split)
     write_dataset(records, args.out)
     counts = count_by_relation(records)
     print(", ".join(f"{k}: {v}" for k, v in counts.items()), f"(total {len(records)})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,7 @@ from nmkevc.datasets import (
     read_edit_file,
     write_dataset,
 )
-from nmkevc.datasets.countryinfo_set import RELATIONS, country_facts
+from nmkevc.datasets.countryinfo_set import RELATION_NAMES, RELATIONS, country_facts, split_of
 from nmkevc.errors import EditRequestError, NmkevcError
 
 CF_RECORD = {
@@ -235,8 +236,11 @@ def test_countryinfo_templates():
 
 def test_countryinfo_schema(country_records, tmp_path):
     counts = count_by_relation(country_records)
-    assert set(counts) == {"capital", "continent", "language", "currency"}
+    assert set(counts) == set(RELATION_NAMES)
     assert all(n >= 150 for n in counts.values()), counts
+    assert sum(counts.values()) >= 2000  # the lifelong benchmark's scale
+    first = sum(r["requested_rewrite"]["prompt"].startswith("{}") for r in country_records)
+    assert first >= 1000  # many prompts put the subject first, as real fact sets do
     assert [r["case_id"] for r in country_records] == list(range(len(country_records)))
     for rec in country_records:
         rw = rec["requested_rewrite"]
@@ -325,3 +329,50 @@ def test_countryinfo_cleaning_on_given_data():
     recs = build_countryinfo(countries=data)
     # Language has a single value, so no counterfactual exists and it is left out.
     assert count_by_relation(recs) == {"capital": 2, "continent": 3, "currency": 2}
+
+
+def test_countryinfo_split_is_fixed_by_subject(country_records):
+    dev = [r for r in country_records if r["split"] == "dev"]
+    test = [r for r in country_records if r["split"] == "test"]
+    assert len(dev) + len(test) == len(country_records)
+    assert 0.1 < len(dev) / len(country_records) < 0.3
+    # The split does not move with the seed: a subject is dev or test whatever the draw.
+    other = {(r["requested_rewrite"]["relation_id"], r["requested_rewrite"]["subject"]): r["split"]
+             for r in build_countryinfo(seed=3)}
+    for r in country_records:
+        key = (r["requested_rewrite"]["relation_id"], r["requested_rewrite"]["subject"])
+        if key in other:
+            assert other[key] == r["split"]
+    only_dev = build_countryinfo(seed=0, split="dev")
+    assert [r["case_id"] for r in only_dev] == [r["case_id"] for r in dev]
+    with pytest.raises(NmkevcError, match="unknown split"):
+        build_countryinfo(split="train")
+
+
+def test_countryinfo_provinces_on_given_data():
+    data = {
+        "a": {"name": "Aland", "ISO": {"alpha3": "AAA"},
+              "provinces": "['North (Nord)', 'Shared', 'Aland East', 'Zone 5', 'South']"},
+        "b": {"name": "Bland", "ISO": {"alpha3": "BBB"}, "provinces": ["Shared", "Hill"]},
+    }
+    facts = country_facts(data)
+    # parenthesised names cut; a name under two countries, overlapping its country, or with
+    # digits is dropped; a list stored as its repr is parsed as a literal
+    assert facts["province"] == {"North": "Aland", "South": "Aland", "Hill": "Bland"}
+    assert split_of("province", "North") in ("dev", "test")
+
+
+def test_docs_quote_the_builders_counts(country_records):
+    """docs/evaluation.md states the set's size per relation: it must be what the code builds."""
+    import re
+
+    text = (Path(__file__).parent.parent / "docs" / "evaluation.md").read_text("utf-8")
+    text = " ".join(text.split())
+    m = re.search(r"With seed 0 that is (\d+) records: ([^.]+)\.", text)
+    assert m, "docs/evaluation.md lost its fact-set counts"
+    stated = {name: int(n) for name, n in re.findall(r"([a-z]+) (\d+)", m.group(2))}
+    assert int(m.group(1)) == len(country_records)
+    assert stated == count_by_relation(country_records)
+    split = re.search(r"\((\d+) dev / (\d+) test with seed 0\)", text)
+    assert split and (int(split.group(1)), int(split.group(2))) == (
+        sum(r["split"] == "dev" for r in country_records), sum(r["split"] == "test" for r in country_records))

@@ -170,12 +170,14 @@ def dataset():
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--relation", "relations", multiple=True, help="Only these relations (repeatable).")
 @click.option("--max-per-relation", type=int, default=None)
-def dataset_build(name, out, seed, relations, max_per_relation):
+@click.option("--split", type=click.Choice(["dev", "test"]), default=None,
+              help="Only the dev part (for choosing hyperparameters) or the test part (for reported figures).")
+def dataset_build(name, out, seed, relations, max_per_relation, split):
     """Write a CounterFact-schema set built from real-world data (countryinfo, MIT)."""
     from ..porcelain.datasets import build_dataset
 
     rep = build_dataset(name, out, seed=seed, relations=list(relations) or None,
-                        max_per_relation=max_per_relation)
+                        max_per_relation=max_per_relation, split=split)
     counts = ", ".join(f"{k} {v}" for k, v in rep.counts.items())
     click.echo(f"wrote {rep.records} records to {rep.path} ({counts})")
 

@@ -2,8 +2,9 @@
 
 CounterFact itself cannot be downloaded here, so this gives the tests, benchmarks and
 examples real facts a small model knows: for each country, its capital, continent, first
-official language and first currency, with counterfactual targets drawn (seeded) from the
-same relation's other values.
+official language, first currency, demonym and UN subregion, and for each first-level
+administrative division (province, state, region) the country it belongs to, with
+counterfactual targets drawn (seeded) from the same relation's other values.
 
 Choices (the evaluation code relies on them):
 - Templates: each relation has 4 prompts with `{}` for the subject; the first is the
@@ -28,6 +29,16 @@ Choices (the evaluation code relies on them):
   from them (such as Serbia's invalid language code "rs") drops that fact. Investment-fund
   currency codes (CHE, CLF, ...) are passed over for the next listed currency.
   The facts are countryinfo 1.0.1's, some of them dated (Croatia's kuna).
+  Provinces: countryinfo's per-country lists; a parenthesised alternative name is cut
+  ("Tirane (Tirana)" -> "Tirane"), and a name found under two countries, equal to or
+  overlapping its country's name, or containing digits is dropped. There are ~4,400, so
+  by default a seeded sample of `DEFAULT_LIMITS["province"]` enters the set.
+- Subject position: capital, continent, language, currency and demonym keep the subject
+  off position 0 in the rewrite prompt; subregion and province put it first
+  ("{} is a province of"), as real fact sets do, so both kinds are measured.
+- Split: every record carries `"split": "dev"` or `"test"`, a fixed function of (relation,
+  subject) — about 20% dev — independent of the seed, so hyperparameters are chosen on dev
+  records only and the reported figures come from test records no choice has seen.
 - Determinism: one `random.Random` per (seed, relation), subjects in sorted order, so the
   same seed gives byte-identical output from `write_dataset`, and adding a relation never
   changes another relation's cases.
@@ -35,6 +46,8 @@ Choices (the evaluation code relies on them):
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import json
 import os
 import random
@@ -98,6 +111,36 @@ RELATIONS: tuple[Relation, ...] = (
             "The money used in {} is the",
         ),
     ),
+    Relation(
+        "demonym",
+        "P1549",
+        (
+            "The people of {} are called",
+            "A citizen of {} is called",
+            "Someone who comes from {} is called",
+            "The inhabitants of {} are known as",
+        ),
+    ),
+    Relation(
+        "subregion",
+        "P361",
+        (
+            "{} is located in the region of",
+            "{} is part of the world region of",
+            "The world region that {} belongs to is",
+            "Geographically, {} is part of",
+        ),
+    ),
+    Relation(
+        "province",
+        "P17",
+        (
+            "{} is a province of",
+            "{} is an administrative region of the country of",
+            "The country in which {} lies is",
+            "{} is located in the country of",
+        ),
+    ),
 )
 RELATION_NAMES = tuple(r.name for r in RELATIONS)
 
@@ -109,6 +152,9 @@ SKIP_SUBJECTS = frozenset(
     }
 )
 CONTINENTS = {"Africa", "Asia", "Europe", "Oceania"}
+#: default seeded sample sizes (None = every subject); `max_per_relation` overrides them
+DEFAULT_LIMITS: dict[str, int | None] = {"province": 1200}
+DEV_SHARE = 5  # one record in DEV_SHARE (by hash) is a dev record
 FUND_CODES = frozenset({"BOV", "CHE", "CHW", "CLF", "COU", "MXV", "USN", "USS", "UYI"})
 
 LANGUAGES = {
@@ -225,6 +271,35 @@ def _currency(d: dict) -> str | None:
     return CURRENCIES.get(codes[0]) if codes else None
 
 
+def _demonym(d: dict) -> str | None:
+    return _text(d.get("demonym"))
+
+
+def _subregion(d: dict) -> str | None:
+    sub = _text(d.get("subregion"))
+    return sub[0] + sub[1:].replace("South-Eastern", "South-eastern") if sub else None
+
+
+def _provinces(d: dict, name: str) -> list[str]:
+    raw = d.get("provinces")
+    if isinstance(raw, str):  # some entries hold the list's repr: parse it as a literal, never eval
+        try:
+            raw = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            return []
+    if not isinstance(raw, list):
+        return []
+    out = []
+    for p in raw:
+        p = _text(p)
+        if p is None:
+            continue
+        p = p.split(" (")[0].strip()
+        if p and "(" not in p and "," not in p and not any(ch.isdigit() for ch in p) and not _overlaps(p, name):
+            out.append(p)
+    return out
+
+
 def _load_countries() -> dict:
     try:
         from countryinfo import CountryInfo
@@ -251,6 +326,7 @@ def country_facts(countries: dict | None = None) -> dict[str, dict[str, str]]:
     entries.sort(key=lambda e: e[0])
     seen: set[str] = set()
     facts: dict[str, dict[str, str]] = {r: {} for r in RELATION_NAMES}
+    owners: dict[str, set[str]] = {}
     for name, alpha3, d in entries:
         if alpha3 in seen:
             continue
@@ -260,16 +336,30 @@ def country_facts(countries: dict | None = None) -> dict[str, dict[str, str]]:
             "continent": _continent(d),
             "language": _language(d),
             "currency": _currency(d),
+            "demonym": _demonym(d),
+            "subregion": _subregion(d),
         }
         for rel, value in values.items():
             if value is not None:
                 facts[rel][name] = value
+        for province in _provinces(d, name):
+            owners.setdefault(province, set()).add(name)
+    countries_named = {name for name, _, _ in entries}
+    facts["province"] = {
+        p: next(iter(c)) for p, c in owners.items() if len(c) == 1 and p not in countries_named
+    }
     return facts
 
 
 def _overlaps(a: str, b: str) -> bool:
     a, b = a.lower(), b.lower()
     return a in b or b in a
+
+
+def split_of(relation: str, subject: str) -> str:
+    """'dev' or 'test': fixed by (relation, subject) alone, whatever the seed or sample."""
+    h = hashlib.sha256(f"nmkevc-split/{relation}/{subject}".encode()).digest()
+    return "dev" if int.from_bytes(h[:8], "big") % DEV_SHARE == 0 else "test"
 
 
 def _relation_records(rel: Relation, answers: dict[str, str], seed: int, limit: int | None):
@@ -302,6 +392,7 @@ def _relation_records(rel: Relation, answers: dict[str, str], seed: int, limit: 
             "neighborhood_subjects": picked,
             "attribute_prompts": [],
             "generation_prompts": [],
+            "split": split_of(rel.name, subject),
         }
 
 
@@ -310,13 +401,18 @@ def build_countryinfo(
     relations: Iterable[str] | None = None,
     max_per_relation: int | None = None,
     countries: dict | None = None,
+    split: str | None = None,
 ) -> list[dict]:
     """CounterFact-schema records (with `case_id` 0, 1, ...) for the chosen relations.
 
-    `relations` picks among "capital", "continent", "language", "currency" (all by
-    default; always emitted in that order). `max_per_relation` takes a seeded sample of
-    subjects. `countries` replaces countryinfo's data (a dict like `CountryInfo.all()`).
+    `relations` picks among `RELATION_NAMES` (all by default; always emitted in that
+    order). `max_per_relation` takes a seeded sample of subjects (default: every subject,
+    or `DEFAULT_LIMITS`). `countries` replaces countryinfo's data (a dict like
+    `CountryInfo.all()`). `split` ("dev" / "test") keeps that part only; case ids are those
+    of the whole set, so the two parts never share one.
     """
+    if split not in (None, "dev", "test"):
+        raise NmkevcError(f"unknown split {split!r}; choose dev or test")
     wanted = RELATION_NAMES if relations is None else tuple(relations)
     unknown = [r for r in wanted if r not in RELATION_NAMES]
     if unknown:
@@ -328,9 +424,10 @@ def build_countryinfo(
     for rel in RELATIONS:
         if rel.name not in wanted or len(set(facts[rel.name].values())) < 2:
             continue
-        for rec in _relation_records(rel, facts[rel.name], seed, max_per_relation):
+        limit = max_per_relation if max_per_relation is not None else DEFAULT_LIMITS.get(rel.name)
+        for rec in _relation_records(rel, facts[rel.name], seed, limit):
             records.append({"case_id": len(records), **rec})
-    return records
+    return [r for r in records if split is None or r["split"] == split]
 
 
 def count_by_relation(records: Iterable[dict]) -> dict[str, int]:

@@ -9,7 +9,7 @@ from ..errors import UsageError
 from ..facts import EditRequest
 
 #: the fact sets `build_dataset` can make (name → what it is built from)
-DATASETS = {"countryinfo": "capitals, continents, languages and currencies from PyPI countryinfo (MIT)"}
+DATASETS = {"countryinfo": "7 relations of countries and their provinces, from PyPI countryinfo (MIT)"}
 
 
 @dataclass(frozen=True)
@@ -34,12 +34,12 @@ def read_requests(path: str | Path) -> list[EditRequest]:
 
 
 def build_dataset(name: str, out: str | Path, seed: int = 0, relations: list[str] | None = None,
-                  max_per_relation: int | None = None) -> DatasetReport:
-    """Write a CounterFact-schema fact set built from real-world data."""
+                  max_per_relation: int | None = None, split: str | None = None) -> DatasetReport:
+    """Write a CounterFact-schema fact set built from real-world data (`split`: dev / test part)."""
     if name not in DATASETS:
         raise UsageError(f"unknown dataset {name!r} (choose one of {', '.join(DATASETS)})")
     from ..datasets import build_countryinfo, count_by_relation, write_dataset
 
-    recs = build_countryinfo(seed=seed, relations=relations, max_per_relation=max_per_relation)
+    recs = build_countryinfo(seed=seed, relations=relations, max_per_relation=max_per_relation, split=split)
     path = write_dataset(recs, out)
     return DatasetReport(str(path), len(recs), dict(count_by_relation(recs)))
