@@ -100,9 +100,9 @@ def run_lifelong(
             stored += out.stored_bytes
             done.extend(batch)
             commits = repo.effective(out.commit)
-            live = repo.live_model_of(base_id, commits)
-            rep = evaluate_requests(live.model, live.tokenizer, done)
-            ret = evaluate_requests(live.model, live.tokenizer, first)
+            state = repo.model_at(out.commit)
+            rep = evaluate_requests(state.model, state.tokenizer, done)
+            ret = evaluate_requests(state.model, state.tokenizer, first)
             ppl = None
             if perplexity_every and (b % perplexity_every == 0 or start + batch_size >= len(cases)):
                 ppl = perplexity_change(repo, base_id, commits, base_ppl=base_ppl)
