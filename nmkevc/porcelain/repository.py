@@ -189,6 +189,12 @@ class Repository:
         """Edit metrics at rev (its own facts, or a CounterFact / zsRE / edit file) and perplexity."""
         return evaluate.evaluate(self._repo, rev, dataset, perplexity, records)
 
+    def perplexity(self, rev: str = "HEAD", base_ppl: float | None = None) -> dict:
+        """Held-out perplexity of the model at rev and of its base (pass `base_ppl` to reuse it)."""
+        cid = self._repo.resolve(rev)
+        return evaluate.perplexity_change(self._repo, self._repo.commit(cid).base, self._repo.effective(cid),
+                                          base_ppl=base_ppl)
+
     # -- models --------------------------------------------------------------------------
     def load_model(self, rev: str = "HEAD", progress: Progress = None) -> ModelState:
         """The model at rev (cached; moving between revisions rewrites only changed weights).
