@@ -51,10 +51,13 @@ def test_malformed_edit_file_names_line(repo, capsys, tmp_path):
 def test_dataset_build(repo, capsys, tmp_path):
     pytest.importorskip("countryinfo", reason="the countryinfo package is not installed")
     out = tmp_path / "ci.json"
+    from nmkevc.datasets.countryinfo_set import RELATIONS
+
     code, text, _ = run(capsys, repo, "dataset", "build", "countryinfo", str(out), "--max-per-relation", "2")
-    assert code == 0 and "wrote 8 records" in text
+    n = 2 * len(RELATIONS)  # two records of every relation
+    assert code == 0 and f"wrote {n} records" in text
     recs = json.loads(out.read_text())
-    assert all("{}" in r["requested_rewrite"]["prompt"] for r in recs)
+    assert len(recs) == n and all("{}" in r["requested_rewrite"]["prompt"] for r in recs)
 
 
 def _independent(model_dir, prompt, target):
