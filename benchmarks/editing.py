@@ -43,7 +43,7 @@ def case(repo_dir: str, what: str, n: int, method: str, stats_tokens: int) -> di
     t0 = time.time()
     if what == "stats":
         from nmkevc.corpus import load_corpus
-        from nmkevc.porcelain.statistics import second_moments
+        from nmkevc.porcelain.edit_inputs import second_moments
 
         base = repo.commit(repo.resolve()).base
         second_moments(repo.plumbing, base, list(range(3, 8)), load_corpus(), stats_tokens)

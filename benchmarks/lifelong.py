@@ -24,8 +24,8 @@ from nmkevc import Repository
 from nmkevc.datasets import build_countryinfo
 from nmkevc.datasets.counterfact import counterfact_record
 from nmkevc.datasets.records import Located
+from nmkevc.evaluation.lifelong import markdown_table, run_lifelong, write_outputs
 from nmkevc.evaluation.metrics import EvalCase
-from nmkevc.porcelain.lifelong import markdown_table, run_lifelong, write_outputs
 
 
 def load_cases(n: int, seed: int, neighbours: int, split: str | None = "test") -> list[EvalCase]:
@@ -59,7 +59,7 @@ def main() -> None:
     print(f"repository {repo.root}; {len(cases)} edits in batches of {args.batch}; torch threads "
           f"{torch.get_num_threads()}")
     t0 = time.time()
-    run = run_lifelong(repo.plumbing, cases, args.batch, tuple(args.methods.split(",")))
+    run = run_lifelong(repo, cases, args.batch, tuple(args.methods.split(",")))
     run.info = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {platform.processor() or ''}",
                 "date": time.strftime("%Y-%m-%d"), "dataset": f"countryinfo (seed {args.seed})",
                 "neighbours": args.neighbours, "seconds": round(time.time() - t0, 1), "repository": str(repo.root)}

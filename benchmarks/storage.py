@@ -87,7 +87,8 @@ def main() -> None:
     for size, tip in tips.items():
         fresh = Repository.open(repo.dir)
         fresh.plumbing.base_dir(base_id)  # verification is cached per repository; time it apart
-        t_checkout, live = timed(lambda fresh=fresh, tip=tip: fresh.plumbing.live_model(tip))
+        t_checkout, state = timed(lambda fresh=fresh, tip=tip: fresh.plumbing.model_at(tip))
+        live = state.live  # the shared model behind the handle
         plan = fresh.plumbing.plan(tip)
         live.applied.clear()  # forget what is applied: the next sync recomputes every edited weight
         t_apply, _ = timed(lambda live=live, plan=plan: live.sync(plan, "again"))

@@ -62,5 +62,9 @@ class UnsupportedModelError(NmkevcError):
     pass
 
 
+class StaleModelError(NmkevcError):
+    """A model handle was used after the repository moved its shared model elsewhere."""
+
+
 class UsageError(NmkevcError):
     exit_code = 2

@@ -1,6 +1,7 @@
 """`edit`, `ask`, `blame`, `eval` and `dataset` through the CLI: bad input and a tiny-model flow."""
 
 import json
+import math
 
 import pytest
 
@@ -48,8 +49,67 @@ def test_malformed_edit_file_names_line(repo, capsys, tmp_path):
 
 
 def test_dataset_build(repo, capsys, tmp_path):
+    pytest.importorskip("countryinfo", reason="the countryinfo package is not installed")
     out = tmp_path / "ci.json"
+    from nmkevc.datasets.countryinfo_set import RELATIONS
+
     code, text, _ = run(capsys, repo, "dataset", "build", "countryinfo", str(out), "--max-per-relation", "2")
-    assert code == 0 and "wrote 8 records" in text
+    n = 2 * len(RELATIONS)  # two records of every relation
+    assert code == 0 and f"wrote {n} records" in text
     recs = json.loads(out.read_text())
-    assert all("{}" in r["requested_rewrite"]["prompt"] for r in recs)
+    assert len(recs) == n and all("{}" in r["requested_rewrite"]["prompt"] for r in recs)
+
+
+def _independent(model_dir, prompt, target):
+    """(top-1 next token, its probability, P(" " + target)) of an exported model directory,
+    with transformers alone."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    ctx = tok(prompt)["input_ids"]
+    tgt = tok(" " + target, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = model(input_ids=torch.tensor([ctx + tgt])).logits[0].log_softmax(-1)
+    p_target = math.exp(sum(float(logp[len(ctx) - 1 + j, t]) for j, t in enumerate(tgt)))
+    p, i = logp[len(ctx) - 1].exp().max(-1)
+    return tok.decode([int(i)]), float(p), p_target
+
+
+def test_edit_ask_blame_flow(repo, capsys, tmp_path):
+    """A successful edit through the CLI, then ask and blame: the edit is committed on HEAD
+    with a before/after check that matches the models, ask answers what the exported model
+    answers, and blame names the edit exactly when it changed the top answer. (Tiny random
+    models are not meant to learn the fact; efficacy is the SmolLM2 tests' claim.)"""
+    prompt = "The capital of France is"
+    root = repo.resolve()
+    code, out, err = run(capsys, repo, "edit", "-s", "France", "-p", "The capital of {} is", "-t", "Rome",
+                         "--target-true", "Paris", "--layers", "1-2", "--stats-tokens", "400", "--json")
+    assert code == 0, err
+    (outcome,) = json.loads(out)
+    head = Repository.open(repo.root)
+    commit = head.commit(outcome["commit"])
+    assert head.resolve() == outcome["commit"] and commit.parents == (root,) and commit.delta
+    assert [x["layer"] for x in outcome["layers"]] == [1, 2] and outcome["stored_bytes"] > 0
+    (check,) = outcome["checks"]
+    assert check["text"] == prompt and check["target_new"] == "Rome"
+
+    answers = {}
+    for rev, p_recorded in ((root, check["p_before"]), (outcome["commit"], check["p_after"])):
+        code, out, _ = run(capsys, repo, "ask", prompt, "--rev", rev, "--json", "--max-new-tokens", "0")
+        assert code == 0
+        ans = json.loads(out)
+        assert ans["commit"] == rev
+        exported = tmp_path / f"export-{rev[:8]}"
+        assert run(capsys, repo, "export", rev, str(exported))[0] == 0
+        token, p, p_target = _independent(exported, prompt, "Rome")
+        assert ans["top"][0][0] == token and ans["top"][0][1] == pytest.approx(p, rel=1e-4)
+        assert p_recorded == pytest.approx(p_target, rel=1e-4)
+        answers[rev] = token
+
+    code, out, _ = run(capsys, repo, "blame", prompt, "--json")
+    rep = json.loads(out)
+    assert code == 0 and rep["answer"] == answers[outcome["commit"]]
+    changed = answers[root] != answers[outcome["commit"]]
+    assert [line["commit"] for line in rep["lines"]] == ([outcome["commit"]] if changed else [])

@@ -23,7 +23,7 @@ def loaded(request, model_dirs):
 
 
 def naive_score(model, adapter, readout, layer, p, i, amp=30.0, clamp=1e-8):
-    """s[p, i] straight from NMKE.md, one neuron at a time."""
+    """s[p, i] straight from docs/method.md, one neuron at a time."""
     r = readout.layers[layer].r[p].double()
     m = readout.layers[layer].m[p, i].double()
     w = adapter.to_out_in(adapter.weight(model, layer)).detach().double()[:, i]

@@ -1,4 +1,4 @@
-"""Step 4 against the dense formulae of NMKE.md: U = A⁻¹PK, masked rows, C of earlier edits,
+"""Step 4 against the dense formulae of docs/method.md: U = A⁻¹PK, masked rows, C of earlier edits,
 AlphaEdit (full mask), MEMIT, per-layer residual spreading and the recomputed keys."""
 
 from __future__ import annotations

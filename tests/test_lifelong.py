@@ -2,9 +2,9 @@
 
 import json
 
+from nmkevc.evaluation.lifelong import markdown_table, run_lifelong, write_outputs
 from nmkevc.evaluation.metrics import EvalCase
 from nmkevc.facts import EditRequest
-from nmkevc.porcelain.lifelong import markdown_table, run_lifelong, write_outputs
 
 
 def test_lifelong_short_run(model_dirs, tmp_path):
@@ -19,7 +19,7 @@ def test_lifelong_short_run(model_dirs, tmp_path):
         EditRequest("Italy", "The official language of {} is", "French", target_true="Italian"),
     ]
     lines = []
-    run = run_lifelong(repo.plumbing, cases, batch_size=2, methods=("nmke", "alphaedit", "memit"), log=lines.append,
+    run = run_lifelong(repo, cases, batch_size=2, methods=("nmke", "alphaedit", "memit"), log=lines.append,
                        hparams_overrides={"layers": [1, 2]})
     assert [(p.method, p.edits) for p in run.points] == [
         ("nmke", 2), ("nmke", 3), ("alphaedit", 2), ("alphaedit", 3), ("memit", 2), ("memit", 3)]

@@ -39,13 +39,20 @@ def test_functional_conflict_is_reported(llama_repo):
     merged model, so the other no longer holds — a functional (and a fact) conflict."""
     repo = llama_repo
     repo.branch("theirs")
-    repo.edit(EditRequest("France", "The capital of {} is", "Rome"), **HP)
+    ours = repo.edit(EditRequest("France", "The capital of {} is", "Rome"), **HP).commit
     repo.switch("theirs")
-    repo.edit(EditRequest("France", "The capital of {} is", "Oslo"), **HP)
+    theirs = repo.edit(EditRequest("France", "The capital of {} is", "Oslo"), **HP).commit
     repo.switch("main")
     head = repo.resolve()
     with pytest.raises(MergeConflictError) as e:
         repo.merge("theirs")
     report = e.value.report
-    assert report["fact_conflicts"] and "functional_conflicts" in report
+    assert [(f["ours_commit"], f["theirs_commit"]) for f in report["fact_conflicts"]] == [(ours, theirs)]
+    failures = report["functional_conflicts"]
+    assert failures, "an edit of the same fact to another target must stop holding on the merged model"
+    by_commit = {ours: "Rome", theirs: "Oslo"}
+    for f in failures:
+        assert f["commit"] in by_commit and f["target"] == by_commit[f["commit"]]
+        assert f["text"] == "The capital of France is"
+        assert f["logp_target"] <= f["logp_old"]  # the target is no longer preferred over the old answer
     assert repo.resolve() == head

@@ -31,10 +31,10 @@ def method_names() -> list[str]:
 
 
 def strategy_names() -> list[str]:
-    """Merge strategies, as the porcelain defines them."""
-    from ..porcelain.strategies import STRATEGIES
+    """Merge strategies: the porcelain's registry, never a copied list."""
+    from ..porcelain.strategies import strategy_names as names
 
-    return list(STRATEGIES)
+    return list(names())
 
 
 class StageBars:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import UnsupportedModelError
+from ..errors import EditRequestError, UnsupportedModelError
 
 #: `W_l` stored as (d_model, d_ff): nn.Linear(d_ff -> d_model).
 OUT_IN = "out_in"
@@ -33,6 +33,10 @@ class ArchAdapter:
     #: default edited layers: start at this fraction of depth, this many layers
     default_start_frac: float
     default_count: int
+    #: config.json key holding the number of decoder layers
+    layer_count_key: str = "num_hidden_layers"
+    #: prefix that old checkpoints of the family leave off their tensor names (GPT-2's files)
+    checkpoint_prefix: str = ""
 
     # -- module access -------------------------------------------------------------
     def layer_modules(self, model: nn.Module) -> nn.ModuleList:
@@ -79,10 +83,31 @@ class ArchAdapter:
             raise UnsupportedModelError(f"{type(model).__name__} has no output embedding (lm head)")
         return head
 
+    def layer_count(self, config: dict) -> int:
+        """Decoder layers of a model, from its config.json (no model needs loading)."""
+        try:
+            return int(config[self.layer_count_key])
+        except (KeyError, TypeError, ValueError):
+            raise UnsupportedModelError(f"config.json has no layer count ({self.layer_count_key})") from None
+
+    def checkpoint_names(self, name: str) -> tuple[str, ...]:
+        """The names a parameter may bear in a checkpoint file: its own, then the short form."""
+        p = self.checkpoint_prefix
+        return (name, name[len(p):]) if p and name.startswith(p) else (name,)
+
     def default_layers(self, n_layers: int) -> list[int]:
         count = min(self.default_count, n_layers)
         start = min(int(n_layers * self.default_start_frac), n_layers - count)
         return list(range(start, start + count))
+
+    def edit_layers(self, requested: list[int] | None, n_layers: int) -> list[int]:
+        """The layers an edit writes: the requested ones, checked against the depth, or the default."""
+        if requested is None:
+            return self.default_layers(n_layers)
+        bad = [x for x in requested if not 0 <= x < n_layers]
+        if bad:
+            raise EditRequestError(f"layer {bad[0]} does not exist (the model has {n_layers} layers)")
+        return list(requested)
 
     # -- orientation-aware algebra -------------------------------------------------
     def to_out_in(self, w: torch.Tensor) -> torch.Tensor:
@@ -112,6 +137,8 @@ ADAPTERS: tuple[ArchAdapter, ...] = (
         norm_kind="layer",
         default_start_frac=0.27,
         default_count=5,
+        layer_count_key="n_layer",
+        checkpoint_prefix="transformer.",
     ),
     ArchAdapter(
         name="gptj",
@@ -123,6 +150,7 @@ ADAPTERS: tuple[ArchAdapter, ...] = (
         norm_kind="layer",
         default_start_frac=0.11,
         default_count=6,
+        layer_count_key="n_layer",
     ),
     ArchAdapter(
         name="gpt_neox",

@@ -16,6 +16,7 @@ from safetensors import safe_open
 
 from ..errors import BaseMismatchError, NmkevcError
 from ..tensorio import TensorSpec
+from .adapters import ArchAdapter
 
 #: Files that define how text becomes tokens; their hash is part of the base's identity.
 TOKENIZER_FILES = (
@@ -47,9 +48,13 @@ def safetensors_files(model_dir: Path) -> list[Path]:
 
 @dataclass
 class BaseWeights:
-    """Name → tensor access over a model directory's safetensors files."""
+    """Name → tensor access over a model directory's safetensors files.
+
+    With an adapter, a parameter name also finds the tensor under the shorter name its
+    family's old checkpoints use (the adapter says which)."""
 
     model_dir: Path
+    adapter: ArchAdapter | None = None
 
     def __post_init__(self) -> None:
         self.model_dir = Path(self.model_dir)
@@ -74,12 +79,10 @@ class BaseWeights:
         return [s.name for s in self._specs]
 
     def resolve(self, name: str) -> str:
-        """The file's name for a model parameter name (old GPT-2 files drop the prefix)."""
-        if name in self._where:
-            return name
-        short = name.split(".", 1)[-1]
-        if short in self._where:
-            return short
+        """The file's name for a model parameter name."""
+        for cand in self.adapter.checkpoint_names(name) if self.adapter else (name,):
+            if cand in self._where:
+                return cand
         raise BaseMismatchError(f"the base has no tensor {name!r}")
 
     def spec(self, name: str) -> TensorSpec:

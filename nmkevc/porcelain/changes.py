@@ -8,14 +8,16 @@ from ..deltas.delta import Delta
 from ..errors import BaseMismatchError, NmkevcError
 from ..facts import EditRequest
 from ..history.commit import Commit
+from ..models.adapters import adapter_for
 from ..repo.repository import Repo, default_author
 
 
 def check_delta_against_base(repo: Repo, base_id: str, delta: Delta) -> None:
     """Every weight a delta names must exist in the base with the delta's shape."""
-    tensors = repo.manifest(base_id).tensors
+    manifest = repo.manifest(base_id)
+    adapter = adapter_for(manifest.config)
     for w in delta.weights:
-        t = tensors.get(w.name) or tensors.get(w.name.split(".", 1)[-1])
+        t = next((manifest.tensors[n] for n in adapter.checkpoint_names(w.name) if n in manifest.tensors), None)
         if t is None:
             raise BaseMismatchError(f"delta names weight {w.name!r}, which the base does not have")
         if tuple(t["shape"]) != w.shape:

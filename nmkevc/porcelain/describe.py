@@ -10,7 +10,6 @@ from ..deltas.compose import summed_out_in
 from ..deltas.delta import WeightDelta
 from ..history.commit import Commit
 from ..repo.repository import Repo
-from ..storage.refs import HEADS, TAGS
 
 
 @dataclass
@@ -55,12 +54,12 @@ def ref_names(repo: Repo) -> dict[str, list[str]]:
     """commit id → the names pointing at it (HEAD, branches, tags)."""
     out: dict[str, list[str]] = {}
     head = repo.head()
-    for name, oid in repo.refs.list(HEADS).items():
+    for name, oid in repo.branches().items():
         label = f"HEAD -> {name}" if head.branch == name else name
         out.setdefault(oid, []).append(label)
     if head.branch is None and head.commit:
         out.setdefault(head.commit, []).insert(0, "HEAD")
-    for name, oid in repo.refs.list(TAGS).items():
+    for name, oid in repo.tags().items():
         out.setdefault(oid, []).append(f"tag: {name}")
     return out
 

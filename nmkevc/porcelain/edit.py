@@ -7,23 +7,22 @@ in effect — so protection of earlier edits follows branches, merges and revert
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
 from ..corpus import Corpus
 from ..deltas.delta import Delta, WeightDelta
-from ..errors import EditRequestError, NmkevcError
+from ..errors import EditRequestError
 from ..facts import EditRequest
 from ..history.commit import Commit
+from ..models.live import ModelState
 from ..repo.repository import Repo, default_author
 from ..version import __version__
-from .statistics import DEFAULT_STATS_TOKENS, second_moments
+from .edit_inputs import DEFAULT_STATS_TOKENS, context_templates, second_moments
 
-CONTEXT_REFS = "refs/context/"
 Progress = Callable[[str, int, int], None] | None
 
 
@@ -39,22 +38,6 @@ class EditOutcome:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-def context_templates(repo: Repo, base_id: str, seed: int = 0) -> list[str]:
-    """The base's context templates: sampled once from the unedited base, then stored."""
-    from ..editing import generate_context_templates
-
-    ref = CONTEXT_REFS + base_id
-    oid = repo.refs.read(ref)
-    if oid is not None:
-        return json.loads(repo.store.get(oid, "blob"))["templates"]
-    live = repo.live_model_of(base_id, [])
-    torch.manual_seed(seed)
-    templates = generate_context_templates(live.model, live.tokenizer, seed=seed)
-    payload = json.dumps({"base": base_id, "seed": seed, "templates": templates}, sort_keys=True)
-    repo.refs.set(ref, repo.store.put("blob", payload.encode("utf-8")), "context templates")
-    return templates
 
 
 def _projectors(sigmas: dict[int, torch.Tensor], hp) -> tuple[dict[int, torch.Tensor], dict[int, int]]:
@@ -74,11 +57,11 @@ def _stage(progress: Progress, name: str) -> Callable[[int, int], None] | None:
     return lambda done, total: progress(name, done, total)
 
 
-def check_requests(model, tokenizer, requests: Sequence[EditRequest]) -> list[dict]:
+def check_requests(state: ModelState, requests: Sequence[EditRequest]) -> list[dict]:
     """P(target_new) on each rewrite prompt, and the CounterFact metrics where possible."""
     from ..evaluation.metrics import evaluate_requests
 
-    report = evaluate_requests(model, tokenizer, list(requests))
+    report = evaluate_requests(state.model, state.tokenizer, list(requests))
     out = []
     for r, res in zip(requests, report.records, strict=True):
         rec = {"text": r.text, "target_new": r.target_new, "p": res.rewrite.p_new,
@@ -89,6 +72,17 @@ def check_requests(model, tokenizer, requests: Sequence[EditRequest]) -> list[di
             rec["specificity"] = res.specificity
         out.append(rec)
     return out
+
+
+def with_layers(repo: Repo, base_id: str, hp):
+    """A copy of `hp` naming the layers it edits on this base (the adapter's default for
+    the depth when none are given; given ones are checked there). The copy is what a commit
+    records, so a replay edits the same layers; the caller's record is left as it was."""
+    from ..models.adapters import adapter_for
+
+    config = repo.manifest(base_id).config
+    adapter = adapter_for(config)
+    return replace(hp, layers=adapter.edit_layers(hp.layers, adapter.layer_count(config)))
 
 
 def compute_delta(
@@ -103,18 +97,13 @@ def compute_delta(
     extra: Sequence[str] = (),
 ) -> tuple[Delta, dict]:
     """Run the editor on the model of `commits` (an effective set, plus stored deltas
-    `extra` not yet committed) and factor its result."""
+    `extra` not yet committed) and factor its result. `hp` names its layers
+    (`with_layers`)."""
     from ..editing import compute_edit, get_method
     from ..models.adapters import adapter_for
 
-    manifest = repo.manifest(base_id)
-    adapter = adapter_for(manifest.config)
-    n_layers = int(manifest.config.get("num_hidden_layers") or manifest.config.get("n_layer"))
-    layers = list(hp.layers) if hp.layers else adapter.default_layers(n_layers)
-    bad = [x for x in layers if not 0 <= x < n_layers]
-    if bad:
-        raise NmkevcError(f"layer {bad[0]} does not exist (the model has {n_layers} layers)")
-    hp.layers = layers
+    adapter = adapter_for(repo.manifest(base_id).config)
+    layers = list(hp.layers)
     templates = context_templates(repo, base_id)
     corpus = corpus or repo.corpus()
     sigmas, stats_ids = second_moments(repo, base_id, layers, corpus, stats_tokens,
@@ -125,14 +114,14 @@ def compute_delta(
         projectors, kept = _projectors(sigmas, hp)
     names = {adapter.weight_name(x): x for x in layers}
     prior = {names[n]: c for n, c in repo.keys_cov(commits, list(names), extra).items()}
-    live = repo.live_model_of(base_id, commits, extra)
+    state = repo.model_of(base_id, commits, extra)
     result = compute_edit(
-        live.model, live.tokenizer, requests, hp, context_templates=templates,
+        state.model, state.tokenizer, requests, hp, context_templates=templates,
         projectors=projectors, prior_keys_cov=prior,
         key_second_moment=sigmas if method.uses_second_moment else None,
         progress=_stage(progress, "edit"),
     )
-    d_model, d_ff = adapter.dims(live.model, layers[0])
+    d_model, d_ff = adapter.dims(state.model, layers[0])
     weights = []
     for u in result.updates:
         info = dict(u.info)
@@ -167,18 +156,16 @@ def edit(
 
     if not requests:
         raise EditRequestError("no edit requests given")
-    hp = hparams or EditHparams()
     t0 = time.time()
     with repo.writing():
         head = repo.resolve("HEAD")
         base_id = repo.commit(head).base
+        hp = with_layers(repo, base_id, hparams or EditHparams())
         commits = repo.effective(head)
-        live = repo.live_model_of(base_id, commits)
-        before = check_requests(live.model, live.tokenizer, requests)
+        before = check_requests(repo.model_of(base_id, commits), requests)
         delta, info = compute_delta(repo, base_id, commits, requests, hp, corpus, stats_tokens, progress)
         did = repo.put_delta(delta)
-        live = repo.live_model_of(base_id, commits, [did])
-        after = check_requests(live.model, live.tokenizer, requests)
+        after = check_requests(repo.model_of(base_id, commits, [did]), requests)
         checks = []
         for b, a in zip(before, after, strict=True):
             rec = {k: v for k, v in a.items() if k != "p"}
@@ -217,7 +204,7 @@ def replay(repo: Repo, base_id: str, keep: list[str], theirs: list[str],
         reqs = c.edit_requests()
         if not reqs:
             continue
-        hp = EditHparams.from_json((c.method or {}).get("hparams") or {})
+        hp = with_layers(repo, base_id, EditHparams.from_json((c.method or {}).get("hparams") or {}))
         delta, _ = compute_delta(repo, base_id, keep, reqs, hp, corpus, stats_tokens, progress, done)
         done.append(repo.put_delta(delta))
         requests.extend(c.requests)

@@ -65,10 +65,10 @@ def perplexity_change(repo: Repo, base_id: str, commits: list[str], heldout_char
 
     texts = repo.corpus().heldout_texts(heldout_chars)
     if base_ppl is None:
-        live = repo.live_model_of(base_id, [])
-        base_ppl = perplexity(live.model, live.tokenizer, texts)
-    live = repo.live_model_of(base_id, commits)
-    ppl = perplexity(live.model, live.tokenizer, texts)
+        base = repo.base_model(base_id)
+        base_ppl = perplexity(base.model, base.tokenizer, texts)
+    state = repo.model_of(base_id, commits)
+    ppl = perplexity(state.model, state.tokenizer, texts)
     return {"base": round(base_ppl, 4), "model": round(ppl, 4), "change": round(ppl - base_ppl, 4),
             "relative": round(ppl / base_ppl - 1, 6)}
 
@@ -88,10 +88,10 @@ def evaluate(repo: Repo, rev: str = "HEAD", dataset: str | Path | None = None,
         items = [ZsreProbe(prompt=z.request.text, target=z.request.target_new,
                             rephrase=(z.request.paraphrases or (z.request.text,))[0], loc=z.loc, loc_ans=z.loc_ans)
                  for z in load_zsre(dataset)]
-        live = repo.live_model_of(base_id, [])
-        reference = zsre_locality_reference(live.model, live.tokenizer, items)
-        live = repo.live_model_of(base_id, commits)
-        report = zsre_accuracy(live.model, live.tokenizer, items, reference=reference)
+        base = repo.base_model(base_id)
+        reference = zsre_locality_reference(base.model, base.tokenizer, items)
+        state = repo.model_at(cid)
+        report = zsre_accuracy(state.model, state.tokenizer, items, reference=reference)
         result = EvalResult(cid, str(dataset), kind, len(items), report.summary(),
                             records=[r.to_json() for r in report.records] if records else [])
     else:
@@ -105,8 +105,8 @@ def evaluate(repo: Repo, rev: str = "HEAD", dataset: str | Path | None = None,
             from ..datasets import read_edit_file
 
             cases = read_edit_file(dataset)
-        live = repo.live_model_of(base_id, commits)
-        report = evaluate_requests(live.model, live.tokenizer, cases) if cases else None
+        state = repo.model_at(cid)
+        report = evaluate_requests(state.model, state.tokenizer, cases) if cases else None
         summary = report.summary() if report else {"requests": 0}
         result = EvalResult(cid, str(dataset) if dataset else None, kind, len(cases), summary,
                             records=[r.to_json() for r in report.records] if (records and report) else [])

@@ -7,12 +7,8 @@ from dataclasses import asdict, dataclass, field
 from ..deltas.delta import Delta
 from ..errors import NmkevcError
 from ..history.commit import Commit
-from ..models.manifest import BaseManifest, build_manifest
-from ..models.source import BaseSource, resolve_dir
+from ..models.manifest import BaseManifest
 from ..repo.repository import Repo
-from ..storage.fsutil import remove_stale_temps
-from ..storage.objects import decode
-from ..storage.refs import HEADS, TAGS
 from .changes import check_delta_against_base
 
 
@@ -39,7 +35,7 @@ def fsck(repo: Repo) -> FsckReport:
     for oid in repo.store:
         rep.objects += 1
         try:
-            kind, payload = decode(repo.store.read_raw(oid), oid)
+            kind, payload = repo.read_object(oid)
             kinds[oid] = kind
             if kind == "commit":
                 commits[oid] = Commit.from_bytes(payload, oid)
@@ -74,11 +70,11 @@ def fsck(repo: Repo) -> FsckReport:
             rep.problems.append("HEAD does not point at a valid commit")
     except NmkevcError as e:
         rep.problems.append(str(e))
-    for prefix in (HEADS, TAGS):
+    for namespace in (repo.branch_refs, repo.tag_refs):
         try:
-            for name, oid in repo.refs.list(prefix).items():
+            for name, oid in namespace.list().items():
                 if kinds.get(oid) != "commit":
-                    rep.problems.append(f"ref {prefix}{name} points at missing commit {oid[:12]}")
+                    rep.problems.append(f"ref {namespace.ref(name)} points at missing commit {oid[:12]}")
         except NmkevcError as e:
             rep.problems.append(str(e))
     for base_id in repo.config.bases:
@@ -89,25 +85,9 @@ def fsck(repo: Repo) -> FsckReport:
     return rep
 
 
-def _roots(repo: Repo) -> set[str]:
-    roots: set[str] = set()
-    try:  # branches, tags, and the stats / context-template refs
-        roots |= set(repo.refs.list("refs/").values())
-    except NmkevcError:
-        pass
-    try:
-        h = repo.head().commit
-        if h:
-            roots.add(h)
-    except NmkevcError:
-        pass
-    roots |= set(repo.config.bases)
-    return roots
-
-
 def _reachable(repo: Repo, commits: dict[str, Commit], kinds: dict[str, str]) -> set[str]:
     seen: set[str] = set()
-    stack = list(_roots(repo))
+    stack = list(repo.gc_roots())
     while stack:
         oid = stack.pop()
         if oid in seen:
@@ -142,7 +122,7 @@ def gc(repo: Repo) -> GcReport:
         for oid in rep.dangling:
             freed += repo.store.stored_size(oid)
             repo.store.delete(oid)
-        temps = remove_stale_temps(repo.dir)
+        temps = repo.remove_stale_temps()
         return GcReport(len(rep.dangling), freed, temps)
 
 
@@ -172,29 +152,3 @@ def resolve_base_id(repo: Repo, prefix: str) -> str:
     if len(matches) != 1:
         raise NmkevcError(f"{'ambiguous' if matches else 'unknown'} base id {prefix!r} (see 'nmkevc base list')")
     return matches[0]
-
-
-def add_base(repo: Repo, source: BaseSource) -> str:
-    """Record another base (e.g. for an orphan branch on a newer model)."""
-    with repo.writing():
-        manifest = build_manifest(resolve_dir(source))
-        base_id = repo.store.put("base", manifest.to_bytes())
-        repo.config.bases[base_id] = source
-        repo.config.save(repo.dir / "config.json")
-        return base_id
-
-
-def relocate_base(repo: Repo, base_id: str, source: BaseSource) -> None:
-    """Point a recorded base at a new location; the content must match."""
-    with repo.writing():
-        if base_id not in repo.config.bases:
-            raise NmkevcError(f"unknown base {base_id[:12]}")
-        old = repo.config.bases[base_id]
-        repo.config.bases[base_id] = source
-        repo.forget_verification(base_id)
-        try:
-            repo.base_dir(base_id)
-        except NmkevcError:
-            repo.config.bases[base_id] = old
-            raise
-        repo.config.save(repo.dir / "config.json")

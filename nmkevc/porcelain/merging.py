@@ -1,6 +1,6 @@
 """Merge: the union of two effective sets, stopped when edits fight.
 
-Conflicts, in increasing strength (DESIGN.md): fact (same subject and prompt, different
+Conflicts, in increasing strength (docs/merging.md): fact (same subject and prompt, different
 target), mask (the two sides' deltas share neurons and push them differently, scored
 per weight), functional (on the merged model an edit no longer holds). A conflicting
 merge changes nothing unless a strategy says how to resolve it.
@@ -17,7 +17,7 @@ from ..errors import BaseMismatchError, MergeConflictError, MergeError
 from ..facts import EditRequest
 from ..history.commit import Commit
 from ..repo.repository import Repo, default_author
-from .strategies import STRATEGIES
+from .strategies import Replay, Resolution, get_strategy, strategy_names
 
 #: (merged effective set, [(commit, request)] to check) → failures [{commit, subject, ...}]
 FunctionalCheck = Callable[[str, list[str], list[tuple[str, EditRequest]]], list[dict]]
@@ -81,10 +81,9 @@ def merge(
     allow_unrelated: bool = False,
     mask_threshold: float = DEFAULT_MASK_THRESHOLD,
     functional_check: FunctionalCheck | None = None,
-    replay: Callable[[Repo, str, list[str], list[str]], tuple[str | None, dict]] | None = None,
+    replay: Replay | None = None,
 ) -> MergeReport:
-    if strategy is not None and strategy not in STRATEGIES:
-        raise MergeError(f"unknown strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
+    resolver = get_strategy(strategy) if strategy is not None else None
     with repo.writing():
         ours = repo.resolve("HEAD")
         theirs = repo.resolve(rev)
@@ -113,27 +112,17 @@ def merge(
         report.theirs_side = [c for c in merged if c not in eff_o and repo.commit(c).delta]
         detect(repo, report, merged, mask_threshold, functional_check)
 
-        cancels: tuple[str, ...] = ()
-        delta_id, extra = None, {}
-        if report.conflicted and strategy is None:
+        if report.conflicted and resolver is None:
             report.result = "conflict"
             n = len(report.conflict_lines())
             raise MergeConflictError(
                 f"merge of {rev!r} stopped: {n} conflict(s); nothing was changed "
-                "(resolve with --strategy ours|theirs|sum|replay)",
+                f"(resolve with --strategy {'|'.join(strategy_names())})",
                 report.to_json(),
                 report.conflict_lines(),
             )
-        if strategy == "ours":
-            cancels = tuple(sorted(conflicting_commits(repo, report, side="theirs")))
-        elif strategy == "theirs":
-            cancels = tuple(sorted(conflicting_commits(repo, report, side="ours")))
-        elif strategy == "replay":
-            if replay is None:
-                raise MergeError("--strategy replay needs the editing engine")
-            cancels = tuple(report.theirs_side)
-            keep = g.active_for((ours, theirs), cancels)
-            delta_id, extra = replay(repo, repo.commit(ours).base, keep, report.theirs_side)
+        res = resolver.resolve(repo, report, replay) if resolver is not None else Resolution()
+        cancels, delta_id, extra = res.cancels, res.delta, res.extra
         report.cancelled = list(cancels)
         c = Commit(
             kind="merge", parents=(ours, theirs), base=repo.commit(ours).base,
@@ -183,31 +172,3 @@ def detect(
     if functional_check is not None and (ours_req or theirs_req):
         base = repo.commit(report.ours).base
         report.functional_conflicts = functional_check(base, merged, ours_req + theirs_req)
-
-
-def conflicting_commits(repo: Repo, report: MergeReport, side: str) -> set[str]:
-    """The commits of one side involved in any conflict (dropped by ours/theirs)."""
-    side_commits = set(report.ours_side if side == "ours" else report.theirs_side)
-    out: set[str] = set()
-    for f in report.fact_conflicts:
-        out.add(f[f"{side}_commit"])
-    conflicted_weights = {m["weight"] for m in report.mask_scores if m["conflict"]}
-    for c in side_commits:
-        d = repo.commit(c).delta
-        if d and any(w.name in conflicted_weights for w in repo.delta(d).weights):
-            out.add(c)
-    for f in report.functional_conflicts:
-        if f["commit"] in side_commits:
-            out.add(f["commit"])
-    other = report.theirs_side if side == "ours" else report.ours_side
-    for f in report.functional_conflicts:  # a failure on one side was caused by the other
-        if f["commit"] in other:
-            out |= {c for c in side_commits if _touches_same(repo, c, f["commit"])}
-    return out & side_commits
-
-
-def _touches_same(repo: Repo, a: str, b: str) -> bool:
-    da, db = repo.commit(a).delta, repo.commit(b).delta
-    if not da or not db:
-        return False
-    return bool({w.name for w in repo.delta(da).weights} & {w.name for w in repo.delta(db).weights})

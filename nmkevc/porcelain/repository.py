@@ -15,12 +15,11 @@ from ..deltas.delta import Delta
 from ..errors import EditRequestError
 from ..facts import EditRequest
 from ..history.commit import Commit
-from ..models.live import LiveModel
+from ..models.live import ModelState
 from ..models.source import BaseSource, parse_base_argument
-from ..repo.repository import Repo
-from ..storage.refs import Head, ReflogEntry
-from . import branching, changes, describe, edit, evaluate, exporting, inspect, maintenance, merging
-from .statistics import DEFAULT_STATS_TOKENS
+from ..repo.repository import Head, ReflogEntry, Repo
+from . import answers, branching, changes, describe, edit, evaluate, exporting, maintenance, merging
+from .edit_inputs import DEFAULT_STATS_TOKENS
 
 Progress = Callable[[int, int], None] | None
 
@@ -145,7 +144,7 @@ class Repository:
         return merging.merge(
             repo, rev, strategy=strategy, message=message, no_ff=no_ff,
             allow_unrelated=allow_unrelated,
-            functional_check=(lambda b, m, r: inspect.functional_check(repo, b, m, r)) if functional else None,
+            functional_check=(lambda b, m, r: answers.functional_check(repo, b, m, r)) if functional else None,
             replay=lambda r, b, keep, theirs: edit.replay(r, b, keep, theirs),
             **kw,
         )
@@ -179,23 +178,30 @@ class Repository:
             raise EditRequestError("batch size must be at least 1")
         return [self.edit(requests[i : i + batch_size], **kw) for i in range(0, len(requests), batch_size)]
 
-    def ask(self, prompt: str, rev: str = "HEAD", top_k: int = 5, max_new_tokens: int = 12) -> inspect.Answer:
-        return inspect.ask(self._repo, prompt, rev, top_k, max_new_tokens)
+    def ask(self, prompt: str, rev: str = "HEAD", top_k: int = 5, max_new_tokens: int = 12) -> answers.Answer:
+        return answers.ask(self._repo, prompt, rev, top_k, max_new_tokens)
 
-    def blame(self, prompt: str, rev: str = "HEAD") -> inspect.BlameReport:
-        return inspect.blame(self._repo, prompt, rev)
+    def blame(self, prompt: str, rev: str = "HEAD") -> answers.BlameReport:
+        return answers.blame(self._repo, prompt, rev)
 
     def evaluate(self, rev: str = "HEAD", dataset: str | Path | None = None, perplexity: bool = True,
                  records: bool = False) -> evaluate.EvalResult:
         """Edit metrics at rev (its own facts, or a CounterFact / zsRE / edit file) and perplexity."""
         return evaluate.evaluate(self._repo, rev, dataset, perplexity, records)
 
+    def perplexity(self, rev: str = "HEAD", base_ppl: float | None = None) -> dict:
+        """Held-out perplexity of the model at rev and of its base (pass `base_ppl` to reuse it)."""
+        cid = self._repo.resolve(rev)
+        return evaluate.perplexity_change(self._repo, self._repo.commit(cid).base, self._repo.effective(cid),
+                                          base_ppl=base_ppl)
+
     # -- models --------------------------------------------------------------------------
-    def load_model(self, rev: str = "HEAD", progress: Progress = None) -> LiveModel:
+    def load_model(self, rev: str = "HEAD", progress: Progress = None) -> ModelState:
         """The model at rev (cached; moving between revisions rewrites only changed weights).
 
-        The returned object is shared with the repository: copy it before modifying."""
-        return self._repo.live_model(self._repo.resolve(rev), progress=progress)
+        A handle at that state: it refuses use (StaleModelError) once the repository has
+        moved its shared model to another revision; load again to move it back."""
+        return self._repo.model_at(self._repo.resolve(rev), progress=progress)
 
     def export(self, rev: str, out_dir: str | Path, progress: Progress = None) -> exporting.ExportReport:
         return exporting.export(self._repo, rev, out_dir, progress)
@@ -212,9 +218,8 @@ class Repository:
 
     def add_base(self, base: str | BaseSource) -> str:
         source = base if isinstance(base, BaseSource) else parse_base_argument(base)
-        return maintenance.add_base(self._repo, source)
+        return self._repo.add_base(source)
 
     def relocate_base(self, base_id: str, location: str) -> None:
         """Point a recorded base (id or unique prefix) at a new location; content must match."""
-        maintenance.relocate_base(self._repo, maintenance.resolve_base_id(self._repo, base_id),
-                                  parse_base_argument(location))
+        self._repo.relocate_base(maintenance.resolve_base_id(self._repo, base_id), parse_base_argument(location))

@@ -1,7 +1,12 @@
 """One repository: the objects, refs and lock on disk, and the models they describe.
 
-Everything a porcelain verb needs, and nothing about how verbs combine. Caches (loaded
-deltas, verified bases, the live model) belong to this object, never to the module.
+Everything a porcelain verb needs, and nothing about how verbs combine: porcelain speaks
+to this layer, never to storage. The layer owns the ref namespaces (`namespaces`), the
+caches of a base and their object kinds (`caches`) and what gc must keep (`gc_roots`).
+Caches (loaded deltas, verified bases, the live model) belong to this object, never to
+the module. Models are handed out as `ModelState` handles at a state: the shared live
+model moves only when someone asks for another state, and the base is read from a
+model of its own, so reading it never moves the live one.
 """
 
 from __future__ import annotations
@@ -23,19 +28,23 @@ from ..deltas.delta import Delta, WeightDelta
 from ..errors import BaseMismatchError, NmkevcError, RefError
 from ..history.commit import Commit
 from ..history.dag import CommitGraph
-from ..models.live import LiveModel
+from ..models.live import LiveModel, ModelState
 from ..models.manifest import BaseManifest, build_manifest
 from ..models.source import BaseSource, resolve_dir
-from ..storage.fsutil import atomic_write
+from ..storage.fsutil import atomic_write, remove_stale_temps
 from ..storage.lock import RepoLock
-from ..storage.objects import canonical_json
-from ..storage.refs import HEADS, Head, RefStore, check_ref_name
+from ..storage.objects import canonical_json, decode
+from ..storage.refs import HEADS, Head, ReflogEntry, RefStore, check_ref_name
 from ..storage.store import ObjectStore
+from .caches import BaseCaches
 from .layout import REPO_DIR, RepoConfig, find_repo_dir
+from .namespaces import ALL_REFS, branch_namespace, tag_namespace
 from .revisions import resolve_revision
 
 Progress = Callable[[int, int], None] | None
 DELTA_CACHE_SIZE = 4096
+#: Object kinds of history (the caches' kinds are in `caches`).
+COMMIT_KIND, DELTA_KIND, BASE_KIND = "commit", "delta", "base"
 
 
 class Repo:
@@ -47,11 +56,15 @@ class Repo:
         self.lock = RepoLock(self.dir / "lock")
         self.config = RepoConfig.load(self.dir / "config.json")
         self.graph = CommitGraph(self._load_commit)
+        self.branch_refs = branch_namespace(self.refs)
+        self.tag_refs = tag_namespace(self.refs)
+        self.caches = BaseCaches(self.store, self.refs)
         self._deltas: OrderedDict[str, Delta] = OrderedDict()
         self._manifests: dict[str, BaseManifest] = {}
         self._verified: dict[str, Path] = {}
         self._live: LiveModel | None = None
         self._live_base: str | None = None
+        self._base_model: tuple[str, LiveModel] | None = None
         self._corpora: dict[str, Corpus] = {}
 
     # -- opening -------------------------------------------------------------------------
@@ -80,7 +93,7 @@ class Repo:
         for sub in ("objects", "refs/heads", "refs/tags", "logs", "cache"):
             (tmp / sub).mkdir(parents=True, exist_ok=True)
         store = ObjectStore(tmp / "objects")
-        base_id = store.put("base", manifest.to_bytes())
+        base_id = store.put(BASE_KIND, manifest.to_bytes())
         RepoConfig(bases={base_id: source}).save(tmp / "config.json")
         atomic_write(tmp / "cache" / "hashes.json", json.dumps(hash_cache).encode())
         root_commit = Commit(
@@ -91,7 +104,7 @@ class Repo:
             author=default_author(),
             time=int(time.time()),
         )
-        cid = store.put("commit", root_commit.to_bytes())
+        cid = store.put(COMMIT_KIND, root_commit.to_bytes())
         refs = RefStore(tmp)
         refs.set(HEADS + branch, cid, "init")
         atomic_write(tmp / "HEAD", f"ref: {HEADS}{branch}\n".encode())
@@ -109,11 +122,15 @@ class Repo:
 
     # -- objects -------------------------------------------------------------------------
     def _load_commit(self, oid: str) -> Commit:
-        return Commit.from_bytes(self.store.get(oid, "commit"), oid)
+        return Commit.from_bytes(self.store.get(oid, COMMIT_KIND), oid)
+
+    def read_object(self, oid: str) -> tuple[str, bytes]:
+        """(kind, payload) of any object, verified against its id."""
+        return decode(self.store.read_raw(oid), oid)
 
     def is_commit(self, oid: str) -> bool:
         try:
-            return self.store.kind(oid) == "commit"
+            return self.store.kind(oid) == COMMIT_KIND
         except NmkevcError:
             return False
 
@@ -123,7 +140,7 @@ class Repo:
     def delta(self, oid: str) -> Delta:
         d = self._deltas.get(oid)
         if d is None:
-            d = Delta.from_bytes(self.store.get(oid, "delta"), oid)
+            d = Delta.from_bytes(self.store.get(oid, DELTA_KIND), oid)
             self._deltas[oid] = d
             while len(self._deltas) > DELTA_CACHE_SIZE:
                 self._deltas.popitem(last=False)
@@ -132,14 +149,14 @@ class Repo:
         return d
 
     def put_delta(self, delta: Delta) -> str:
-        oid = self.store.put("delta", delta.to_bytes())
+        oid = self.store.put(DELTA_KIND, delta.to_bytes())
         self._deltas[oid] = delta
         return oid
 
     def manifest(self, base_id: str) -> BaseManifest:
         m = self._manifests.get(base_id)
         if m is None:
-            m = BaseManifest.from_bytes(self.store.get(base_id, "base"))
+            m = BaseManifest.from_bytes(self.store.get(base_id, BASE_KIND))
             self._manifests[base_id] = m
         return m
 
@@ -158,7 +175,33 @@ class Repo:
         return resolve_revision(rev, self.refs, self.store, self.graph, self.is_commit)
 
     def branches(self) -> dict[str, str]:
-        return self.refs.list(HEADS)
+        return self.branch_refs.list()
+
+    def tags(self) -> dict[str, str]:
+        return self.tag_refs.list()
+
+    def reflog(self, ref: str = "HEAD") -> list[ReflogEntry]:
+        """Where a full ref name (or HEAD) has pointed, oldest first."""
+        return self.refs.reflog(ref)
+
+    # -- maintenance ---------------------------------------------------------------------
+    def gc_roots(self) -> set[str]:
+        """What gc keeps, with all it reaches: every ref (branches, tags, caches), HEAD, the bases.
+
+        A ref that cannot be read is skipped here; fsck reports it."""
+        roots: set[str] = set()
+        with contextlib.suppress(NmkevcError):
+            roots |= set(self.refs.list(ALL_REFS).values())
+        with contextlib.suppress(NmkevcError):
+            h = self.head().commit
+            if h:
+                roots.add(h)
+        roots |= set(self.config.bases)
+        return roots
+
+    def remove_stale_temps(self) -> int:
+        """Delete temp files an interrupted write left in the repository; returns how many."""
+        return remove_stale_temps(self.dir)
 
     # -- the effective set ---------------------------------------------------------------
     def effective(self, cid: str) -> list[str]:
@@ -231,17 +274,40 @@ class Repo:
         self._verified[base_id] = model_dir
         return model_dir
 
-    def forget_verification(self, base_id: str) -> None:
-        """Verify the base again on next use (its recorded location changed)."""
-        self._verified.pop(base_id, None)
+    def add_base(self, source: BaseSource) -> str:
+        """Record another base (e.g. for an orphan branch on a newer model)."""
+        with self.writing():
+            manifest = build_manifest(resolve_dir(source))
+            base_id = self.store.put(BASE_KIND, manifest.to_bytes())
+            self.config.bases[base_id] = source
+            self.config.save(self.dir / "config.json")
+            return base_id
 
-    def live_model(self, cid: str, progress: Progress = None) -> LiveModel:
-        """The model at commit cid, cached: moving between commits rewrites only changed weights."""
-        return self.live_model_of(self.commit(cid).base, self.effective(cid), progress=progress)
+    def relocate_base(self, base_id: str, source: BaseSource) -> None:
+        """Point a recorded base at a new location; the content must match."""
+        with self.writing():
+            if base_id not in self.config.bases:
+                raise NmkevcError(f"unknown base {base_id[:12]}")
+            old = self.config.bases[base_id]
+            self.config.bases[base_id] = source
+            self._verified.pop(base_id, None)
+            try:
+                self.base_dir(base_id)
+            except NmkevcError:
+                self.config.bases[base_id] = old
+                raise
+            self.config.save(self.dir / "config.json")
 
-    def live_model_of(self, base_id: str, commits: list[str], extra: Sequence[str] = (),
-                      progress: Progress = None) -> LiveModel:
-        """The model of any effective set (plus stored, uncommitted deltas)."""
+    def model_at(self, cid: str, progress: Progress = None) -> ModelState:
+        """The model at commit cid: moving between commits rewrites only changed weights."""
+        return self.model_of(self.commit(cid).base, self.effective(cid), progress=progress, label=cid[:12])
+
+    def model_of(self, base_id: str, commits: list[str], extra: Sequence[str] = (),
+                 progress: Progress = None, label: str | None = None) -> ModelState:
+        """The model of any effective set (plus stored, uncommitted deltas), as a handle.
+
+        The live model is shared: handles given out earlier for another state refuse use
+        from now on (StaleModelError) rather than answer for this one."""
         model_dir = self.base_dir(base_id, progress=progress)
         if self._live is None or self._live_base != base_id:
             self._live = None
@@ -250,14 +316,25 @@ class Repo:
         key = self.state_key(base_id, commits, extra)
         if self._live.state_key != key:
             self._live.sync(self.plan_of(commits, extra), key)
-        return self._live
+        return ModelState(self._live, key, label or "a revision")
+
+    def base_model(self, base_id: str, progress: Progress = None) -> ModelState:
+        """The unedited base, from a model of its own (loaded on first use, then kept with
+        this object): statistics, context templates and base references read it without
+        moving the live model anyone else holds."""
+        if self._base_model is None or self._base_model[0] != base_id:
+            self._base_model = None
+            key = self.state_key(base_id, [])
+            self._base_model = (base_id, LiveModel.load(self.base_dir(base_id, progress=progress), key, frozen=True))
+        live = self._base_model[1]
+        return ModelState(live, live.state_key or "", f"base {base_id[:12]}")
 
     # -- writing -------------------------------------------------------------------------
     def write_commit(self, commit: Commit) -> str:
         for p in commit.parents:
             if not self.is_commit(p):
                 raise RefError(f"parent {p[:12]} is not a commit")
-        return self.store.put("commit", commit.to_bytes())
+        return self.store.put(COMMIT_KIND, commit.to_bytes())
 
     def advance_head(self, commit: Commit, reflog: str) -> str:
         """Write a commit whose first parent is HEAD and move HEAD (or its branch) to it."""

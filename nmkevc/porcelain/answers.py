@@ -23,9 +23,9 @@ def ask(repo: Repo, prompt: str, rev: str = "HEAD", top_k: int = 5, max_new_toke
     from ..evaluation.scoring import greedy_continuation, next_token_topk
 
     cid = repo.resolve(rev)
-    live = repo.live_model(cid)
-    top = next_token_topk(live.model, live.tokenizer, prompt, k=top_k)
-    cont = greedy_continuation(live.model, live.tokenizer, prompt, max_new_tokens=max_new_tokens) \
+    state = repo.model_at(cid)
+    top = next_token_topk(state.model, state.tokenizer, prompt, k=top_k)
+    cont = greedy_continuation(state.model, state.tokenizer, prompt, max_new_tokens=max_new_tokens) \
         if max_new_tokens > 0 else ""
     return Answer(cid, prompt, [(t, round(p, 6)) for t, p in top], cont)
 
@@ -62,8 +62,8 @@ def blame(repo: Repo, prompt: str, rev: str = "HEAD") -> BlameReport:
     def top1(cid: str) -> tuple[str, float]:
         key = repo.state_key(repo.commit(cid).base, repo.effective(cid))
         if key not in memo:
-            live = repo.live_model(cid)
-            memo[key] = next_token_topk(live.model, live.tokenizer, prompt, k=1)[0]
+            state = repo.model_at(cid)
+            memo[key] = next_token_topk(state.model, state.tokenizer, prompt, k=1)[0]
         return memo[key]
 
     lines = []
@@ -83,18 +83,21 @@ def functional_check(repo: Repo, base_id: str, merged: list[str],
     over the old answer (target_true, or the base model's top-1 answer)."""
     from ..evaluation.scoring import next_token_topk, target_logprobs
 
-    live = repo.live_model_of(base_id, [])
     olds = []
     for _, r in requests:
-        olds.append(r.target_true or next_token_topk(live.model, live.tokenizer, r.text, k=1)[0][0].strip())
-    live = repo.live_model_of(base_id, merged)
+        if r.target_true:
+            olds.append(r.target_true)
+        else:
+            base = repo.base_model(base_id)
+            olds.append(next_token_topk(base.model, base.tokenizer, r.text, k=1)[0][0].strip())
+    state = repo.model_of(base_id, merged, label="the merged history")
     texts = [r.text for _, r in requests]
-    lp_new = target_logprobs(live.model, live.tokenizer, texts, [r.target_new for _, r in requests])
-    lp_old = target_logprobs(live.model, live.tokenizer, texts, olds)
+    lp_new = target_logprobs(state.model, state.tokenizer, texts, [r.target_new for _, r in requests])
+    lp_old = target_logprobs(state.model, state.tokenizer, texts, olds)
     failures = []
     for (cid, r), old, n, o in zip(requests, olds, lp_new, lp_old, strict=True):
         if old and old.lower() != r.target_new.lower() and not n > o:
-            now = next_token_topk(live.model, live.tokenizer, r.text, k=1)[0][0]
+            now = next_token_topk(state.model, state.tokenizer, r.text, k=1)[0][0]
             failures.append({"commit": cid, "subject": r.subject, "text": r.text, "target": r.target_new,
                              "old": old, "now": now.strip(), "logp_target": n, "logp_old": o})
     return failures

@@ -6,21 +6,43 @@ result is a history anyone can inspect (`nmkevc log --stat`, `nmkevc eval --rev`
 After every batch the model is evaluated on all edits so far (efficacy, generalisation,
 specificity), on the first batch alone (retention, i.e. forgetting), and on held-out
 perplexity; wall time and stored bytes are recorded.
+
+The harness drives a repository through its public verbs (`EditingRepository`, which
+`nmkevc.Repository` satisfies) and measures with this layer's metrics; it imports
+nothing above evaluation.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from ..facts import EditRequest
-from ..repo.repository import Repo
-from . import edit as edit_verb
-from .branching import create_branch, switch
-from .evaluate import perplexity_change
+from ..models.live import ModelState
+from .metrics import evaluate_requests
+
+
+class EditingRepository(Protocol):
+    """The verbs the harness drives (`nmkevc.Repository` has them)."""
+
+    def resolve(self, rev: str = "HEAD") -> str: ...
+
+    def commit(self, rev: str = "HEAD") -> Any: ...  # .parents
+
+    def branch(self, name: str, start: str = "HEAD") -> str: ...
+
+    def switch(self, target: str) -> str: ...
+
+    def edit(self, requests: list[EditRequest], method: str | None = None, message: str | None = None,
+             **overrides) -> Any: ...  # .commit, .stored_bytes, .layers
+
+    def load_model(self, rev: str = "HEAD") -> ModelState: ...
+
+    def perplexity(self, rev: str = "HEAD", base_ppl: float | None = None) -> dict: ...
 
 
 @dataclass
@@ -63,49 +85,44 @@ def _request(case) -> EditRequest:
 
 
 def run_lifelong(
-    repo: Repo,
+    repo: EditingRepository,
     cases: list,
     batch_size: int,
-    methods: tuple[str, ...] | None = None,
+    methods: Sequence[str],
     perplexity_every: int = 1,
     log: Callable[[str], None] = print,
     hparams_overrides: dict | None = None,
 ) -> LifelongRun:
-    """Run the benchmark on `cases` (EditRequests, or EvalCases carrying per-neighbour answers)."""
-    from ..editing import EditHparams, method_names
-    from ..evaluation.metrics import evaluate_requests
-
-    methods = tuple(methods) if methods else method_names()
-
-    root = repo.graph.first_parent_walk(repo.resolve("HEAD"))[-1]
-    base_id = repo.commit(root).base
+    """Run the benchmark on `cases` (EditRequests, or EvalCases carrying per-neighbour answers)
+    for each of `methods` (names of the editing registry)."""
+    methods = tuple(methods)
+    root = repo.resolve("HEAD")
+    while repo.commit(root).parents:  # the root of HEAD's first-parent line
+        root = repo.commit(root).parents[0]
     run = LifelongRun(len(cases), batch_size, list(methods))
     first = cases[:batch_size]
-    base_ppl = perplexity_change(repo, base_id, [])["base"] if perplexity_every else None
+    base_ppl = repo.perplexity(root)["base"] if perplexity_every else None
     for method in methods:
         branch = f"lifelong-{method}-{int(time.time())}"
-        create_branch(repo, branch, root)
-        switch(repo, branch)
+        repo.branch(branch, root)
+        repo.switch(branch)
         done: list = []
         stored = 0
         for b, start in enumerate(range(0, len(cases), batch_size)):
             batch = cases[start : start + batch_size]
-            hp = EditHparams.from_json(
-                {**EditHparams().to_json(), **(hparams_overrides or {}), "method": method}
-            )
             t0 = time.time()
             message = f"lifelong {method}: edits {start}..{start + len(batch) - 1}"
-            out = edit_verb.edit(repo, [_request(c) for c in batch], hp, message=message)
+            out = repo.edit([_request(c) for c in batch], method=method, message=message,
+                            **(hparams_overrides or {}))
             seconds = time.time() - t0
             stored += out.stored_bytes
             done.extend(batch)
-            commits = repo.effective(out.commit)
-            live = repo.live_model_of(base_id, commits)
-            rep = evaluate_requests(live.model, live.tokenizer, done)
-            ret = evaluate_requests(live.model, live.tokenizer, first)
+            state = repo.load_model(out.commit)
+            rep = evaluate_requests(state.model, state.tokenizer, done)
+            ret = evaluate_requests(state.model, state.tokenizer, first)
             ppl = None
             if perplexity_every and (b % perplexity_every == 0 or start + batch_size >= len(cases)):
-                ppl = perplexity_change(repo, base_id, commits, base_ppl=base_ppl)
+                ppl = repo.perplexity(out.commit, base_ppl=base_ppl)
             fractions = [x["neurons"] / x["d_ff"] for x in out.layers]
             point = BatchPoint(
                 method=method, edits=len(done), seconds=round(seconds, 3), stored_bytes=stored,

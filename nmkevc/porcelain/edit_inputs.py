@@ -1,0 +1,68 @@
+"""What an edit needs from the unedited base: its key statistics Σ_l and context templates.
+
+Both are found in the repository's caches or computed once from the base model, which
+the repository loads apart from the live one, so preparing an edit never moves the model
+of HEAD. Where they are kept and under which keys is the repository's rule (repo.caches);
+how they are computed is the editing engine's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..corpus import Corpus
+from ..repo.caches import StatsKey
+from ..repo.repository import Repo
+
+DEFAULT_STATS_TOKENS = 20_000
+
+
+def context_templates(repo: Repo, base_id: str, seed: int = 0) -> list[str]:
+    """The base's context templates: sampled once from the unedited base, then stored."""
+    from ..editing import generate_context_templates
+
+    found = repo.caches.find_templates(base_id)
+    if found is not None:
+        return found
+    base = repo.base_model(base_id)
+    torch.manual_seed(seed)
+    templates = generate_context_templates(base.model, base.tokenizer, seed=seed)
+    repo.caches.put_templates(base_id, seed, templates)
+    return templates
+
+
+def second_moments(
+    repo: Repo,
+    base_id: str,
+    layers: list[int],
+    corpus: Corpus,
+    tokens: int = DEFAULT_STATS_TOKENS,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[dict[int, torch.Tensor], dict[int, str]]:
+    """Σ_l = E[k kᵀ] of the *base* model's keys per layer, from the caches or computed now."""
+    from ..editing.covariance import key_second_moment
+    from ..models.adapters import adapter_for
+
+    adapter = adapter_for(repo.manifest(base_id).config)
+    keys = {layer: StatsKey(base_id, adapter.weight_name(layer), corpus.id, tokens) for layer in layers}
+    out: dict[int, torch.Tensor] = {}
+    ids: dict[int, str] = {}
+    missing = []
+    for layer in layers:
+        found = repo.caches.find_stats(keys[layer])
+        if found is None:
+            missing.append(layer)
+        else:
+            ids[layer], out[layer] = found
+    if missing:
+        base = repo.base_model(base_id)
+        texts = corpus.stats_texts(max_chars=tokens * 8)
+        sigmas, count = key_second_moment(
+            base.model, base.tokenizer, texts, missing, max_tokens=tokens, progress=progress
+        )
+        for layer in missing:
+            ids[layer] = repo.caches.put_stats(keys[layer], sigmas[layer], count)
+            out[layer] = sigmas[layer].float()
+    return out, ids

@@ -1,0 +1,78 @@
+"""The repository's caches of a base: key statistics and context templates.
+
+Both are derived from the unedited base (and a corpus), never from history: computed
+once, stored as content-addressed objects and found again through a ref of their own
+namespace (refs/stats/, refs/context/). They are gc roots like every ref, and a
+rebuildable cache rather than history: deleting them costs recomputation, not data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .. import tensorio
+from ..storage.objects import canonical_json
+from ..storage.refs import RefStore
+from ..storage.store import ObjectStore
+from .namespaces import CONTEXT, STATS
+
+#: Object kinds the caches store.
+STATS_KIND = "stats"
+TEMPLATES_KIND = "blob"
+
+
+@dataclass(frozen=True)
+class StatsKey:
+    """What a stored Σ_l depends on: the base, the weight, the corpus and the token budget."""
+
+    base: str
+    weight: str
+    corpus: str
+    tokens: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @property
+    def ref(self) -> str:
+        return STATS + hashlib.sha256(canonical_json(self.to_json())).hexdigest()[:40]
+
+
+class BaseCaches:
+    """Find / put by key; what to compute on a miss is the caller's business (editing)."""
+
+    def __init__(self, store: ObjectStore, refs: RefStore):
+        self._store = store
+        self._refs = refs
+
+    # -- key statistics Σ_l ----------------------------------------------------------------
+    def find_stats(self, key: StatsKey) -> tuple[str, torch.Tensor] | None:
+        """(object id, Σ) stored under key, or None."""
+        oid = self._refs.read(key.ref)
+        if oid is None:
+            return None
+        tensors, _meta = tensorio.loads(self._store.get(oid, STATS_KIND))
+        return oid, tensors["sigma"]
+
+    def put_stats(self, key: StatsKey, sigma: torch.Tensor, count: int) -> str:
+        meta = {"nmkevc": json.dumps({**key.to_json(), "count": count}, sort_keys=True)}
+        oid = self._store.put(STATS_KIND, tensorio.dumps({"sigma": sigma.float().contiguous()}, meta))
+        self._refs.set(key.ref, oid, "stats")
+        return oid
+
+    # -- context templates -------------------------------------------------------------------
+    def find_templates(self, base_id: str) -> list[str] | None:
+        oid = self._refs.read(CONTEXT + base_id)
+        if oid is None:
+            return None
+        return json.loads(self._store.get(oid, TEMPLATES_KIND))["templates"]
+
+    def put_templates(self, base_id: str, seed: int, templates: list[str]) -> str:
+        payload = json.dumps({"base": base_id, "seed": seed, "templates": templates}, sort_keys=True)
+        oid = self._store.put(TEMPLATES_KIND, payload.encode("utf-8"))
+        self._refs.set(CONTEXT + base_id, oid, "context templates")
+        return oid

@@ -1,0 +1,51 @@
+"""The repository's ref namespaces: which prefix holds what, and how its names are checked.
+
+Branches and tags are history; refs/stats/ and refs/context/ name the rebuildable caches
+of a base (see `caches`). Every ref under refs/ is a gc root, whatever its namespace.
+"""
+
+from __future__ import annotations
+
+from ..storage.refs import HEADS, TAGS, RefStore, check_ref_name
+
+STATS = "refs/stats/"
+CONTEXT = "refs/context/"
+#: The prefix under which every ref (and so every gc root) lives.
+ALL_REFS = "refs/"
+
+
+class RefNamespace:
+    """Refs under one prefix (branches, tags), read and written by their short names."""
+
+    def __init__(self, refs: RefStore, prefix: str, what: str):
+        self._refs = refs
+        self.prefix = prefix
+        self.what = what
+
+    def ref(self, name: str) -> str:
+        """The full ref name (e.g. refs/heads/main)."""
+        return self.prefix + name
+
+    def check_name(self, name: str) -> str:
+        return check_ref_name(name, self.what)
+
+    def read(self, name: str) -> str | None:
+        return self._refs.read(self.prefix + name)
+
+    def set(self, name: str, oid: str, message: str) -> None:
+        self._refs.set(self.prefix + name, oid, message)
+
+    def delete(self, name: str, message: str) -> None:
+        self._refs.delete(self.prefix + name, message)
+
+    def list(self) -> dict[str, str]:
+        """{short name: object id}."""
+        return self._refs.list(self.prefix)
+
+
+def branch_namespace(refs: RefStore) -> RefNamespace:
+    return RefNamespace(refs, HEADS, "branch")
+
+
+def tag_namespace(refs: RefStore) -> RefNamespace:
+    return RefNamespace(refs, TAGS, "tag")
