@@ -181,3 +181,32 @@ def dataset_build(name, out, seed, relations, max_per_relation, split):
     counts = ", ".join(f"{k} {v}" for k, v in rep.counts.items())
     click.echo(f"wrote {rep.records} records to {rep.path} ({counts})")
 
+
+
+@cli.command()
+@click.option("--dataset", "-d", "source", default="countryinfo", show_default=True,
+              help="A built-in fact set (countryinfo) or a CounterFact-schema file.")
+@click.option("--edits", "-n", type=int, default=1000, show_default=True, help="Facts taught in total.")
+@click.option("--batch-size", "-b", type=int, default=100, show_default=True, help="Facts per commit.")
+@click.option("--methods", default=None, help="Comma-separated methods (default: every registered one).")
+@click.option("--out", "out_dir", default="lifelong-results", show_default=True,
+              help="Directory for results.json, plots, table.md and the checkpoint.")
+@click.option("--split", type=click.Choice(["dev", "test"]), default="test", show_default=True,
+              help="Part of the built-in fact set (choose hyperparameters on dev, report on test).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--neighbours", type=int, default=5, show_default=True, help="Neighbourhood prompts per fact.")
+@json_option
+@click.pass_context
+def lifelong(ctx, source, edits, batch_size, methods, out_dir, split, seed, neighbours, as_json):
+    """Sequential editing benchmark: EDITS facts in batches, per method, each on its own branch.
+
+    Checkpoints after every batch in --out; run the same command again to resume."""
+    run = open_repo(ctx).lifelong(
+        source, edits, batch_size, methods.split(",") if methods else None, out_dir=out_dir, seed=seed,
+        neighbours=neighbours, split=split,
+        log=(lambda line: None) if as_json else (lambda line: click.echo(line, err=True)))
+    if as_json:
+        render.emit_json(run.to_json())
+        return
+    click.echo(run.table())
+    click.echo(f"results in {out_dir}")

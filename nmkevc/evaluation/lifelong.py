@@ -7,6 +7,12 @@ After every batch the model is evaluated on all edits so far (efficacy, generali
 specificity), on the first batch alone (retention, i.e. forgetting), and on held-out
 perplexity; wall time and stored bytes are recorded.
 
+A run of thousands of edits takes hours on a small machine, so it checkpoints: after
+every batch the figures so far and each method's branch are written atomically to a
+JSON file, and a run started again with the same checkpoint resumes where it stopped
+(a branch that moved past its last checkpointed batch — a kill between the commit and
+the checkpoint — is set back, so a kill costs at most one batch).
+
 The harness drives a repository through its public verbs (`EditingRepository`, which
 `nmkevc.Repository` satisfies) and measures with this layer's metrics; it imports
 nothing above evaluation.
@@ -14,6 +20,7 @@ nothing above evaluation.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -21,8 +28,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..errors import NmkevcError
 from ..facts import EditRequest
 from ..models.live import ModelState
+from ..storage.fsutil import atomic_write_text
 from .metrics import evaluate_requests
 
 
@@ -33,7 +42,9 @@ class EditingRepository(Protocol):
 
     def commit(self, rev: str = "HEAD") -> Any: ...  # .parents
 
-    def branch(self, name: str, start: str = "HEAD") -> str: ...
+    def branch(self, name: str, start: str = "HEAD", force: bool = False) -> str: ...
+
+    def branches(self) -> dict[str, str]: ...
 
     def switch(self, target: str) -> str: ...
 
@@ -75,13 +86,60 @@ class LifelongRun:
             out[p.method] = p
         return out
 
+    #: method → its branch in the repository (so a resumed run continues on it)
+    branches: dict[str, str] = field(default_factory=dict)
+    #: fingerprint of the cases, batch size, methods and overrides; a checkpoint of another run is refused
+    fingerprint: str = ""
+
     def to_json(self) -> dict:
         return {"edits": self.edits, "batch_size": self.batch_size, "methods": self.methods,
-                "info": self.info, "points": [asdict(p) for p in self.points]}
+                "info": self.info, "branches": self.branches, "fingerprint": self.fingerprint,
+                "points": [asdict(p) for p in self.points]}
+
+    @classmethod
+    def from_json(cls, d: dict) -> LifelongRun:
+        try:
+            return cls(int(d["edits"]), int(d["batch_size"]), list(d["methods"]),
+                       [BatchPoint(**p) for p in d["points"]], dict(d.get("info") or {}),
+                       dict(d.get("branches") or {}), str(d.get("fingerprint") or ""))
+        except (KeyError, TypeError, ValueError) as e:
+            raise NmkevcError(f"the lifelong checkpoint is not readable ({e})") from None
+
+    def table(self) -> str:
+        return markdown_table(self)
+
+    def points_of(self, method: str) -> list[BatchPoint]:
+        return [p for p in self.points if p.method == method]
 
 
 def _request(case) -> EditRequest:
     return case if isinstance(case, EditRequest) else case.request
+
+
+def run_fingerprint(cases: list, batch_size: int, methods: Sequence[str], overrides: dict | None) -> str:
+    """What makes two runs the same run: the requests in order, batching, methods, overrides."""
+    payload = {"requests": [_request(c).to_json() for c in cases], "batch_size": batch_size,
+               "methods": list(methods), "overrides": overrides or {}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def load_checkpoint(path: Path, fingerprint: str) -> LifelongRun | None:
+    """The run saved at `path`, or None if there is none; refuses a checkpoint of another run."""
+    try:
+        data = json.loads(Path(path).read_text("utf-8"))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        raise NmkevcError(f"the lifelong checkpoint {path} is corrupt; delete it to start over") from None
+    run = LifelongRun.from_json(data)
+    if run.fingerprint != fingerprint:
+        raise NmkevcError(f"the lifelong checkpoint {path} belongs to another run (other facts, batch size, "
+                          "methods or hyperparameters); delete it or choose another --out")
+    return run
+
+
+def save_checkpoint(run: LifelongRun, path: Path) -> None:
+    atomic_write_text(Path(path), json.dumps(run.to_json(), indent=1) + "\n")
 
 
 def run_lifelong(
@@ -92,23 +150,42 @@ def run_lifelong(
     perplexity_every: int = 1,
     log: Callable[[str], None] = print,
     hparams_overrides: dict | None = None,
+    checkpoint: Path | None = None,
 ) -> LifelongRun:
     """Run the benchmark on `cases` (EditRequests, or EvalCases carrying per-neighbour answers)
-    for each of `methods` (names of the editing registry)."""
+    for each of `methods` (names of the editing registry); with `checkpoint`, save after every
+    batch and resume from what the file holds."""
     methods = tuple(methods)
+    if batch_size < 1:
+        raise NmkevcError("batch size must be at least 1")
+    fingerprint = run_fingerprint(cases, batch_size, methods, hparams_overrides)
+    run = load_checkpoint(checkpoint, fingerprint) if checkpoint else None
+    if run is None:
+        run = LifelongRun(len(cases), batch_size, list(methods), fingerprint=fingerprint)
+    elif run.points:
+        log(f"resuming from {checkpoint}: {len(run.points)} batch(es) done")
     root = repo.resolve("HEAD")
     while repo.commit(root).parents:  # the root of HEAD's first-parent line
         root = repo.commit(root).parents[0]
-    run = LifelongRun(len(cases), batch_size, list(methods))
     first = cases[:batch_size]
-    base_ppl = repo.perplexity(root)["base"] if perplexity_every else None
+    if perplexity_every and "base_perplexity" not in run.info:
+        run.info["base_perplexity"] = repo.perplexity(root)["base"]
+    base_ppl = run.info.get("base_perplexity")
     for method in methods:
-        branch = f"lifelong-{method}-{int(time.time())}"
-        repo.branch(branch, root)
+        done_points = run.points_of(method)
+        branch = run.branches.get(method) or f"lifelong-{method}-{int(time.time())}"
+        resume_at = done_points[-1].commit if done_points else root
+        if branch not in repo.branches() or repo.branches()[branch] != resume_at:
+            repo.branch(branch, resume_at, force=True)  # new, or set back past an unsaved batch
         repo.switch(branch)
-        done: list = []
-        stored = 0
+        run.branches[method] = branch
+        if checkpoint:
+            save_checkpoint(run, checkpoint)
+        done: list = list(cases[: done_points[-1].edits]) if done_points else []
+        stored = done_points[-1].stored_bytes if done_points else 0
         for b, start in enumerate(range(0, len(cases), batch_size)):
+            if start < len(done):
+                continue
             batch = cases[start : start + batch_size]
             t0 = time.time()
             message = f"lifelong {method}: edits {start}..{start + len(batch) - 1}"
@@ -133,6 +210,8 @@ def run_lifelong(
                 commit=out.commit,
             )
             run.points.append(point)
+            if checkpoint:
+                save_checkpoint(run, checkpoint)
             log(f"{method:>9} {point.edits:>5} edits  eff {_f(point.efficacy)}  gen {_f(point.generalization)}  "
                 f"spec {_f(point.specificity)}  ret {_f(point.retention)}  ppl {_f(point.perplexity_change, '+.2%')}"
                 f"  mask {_f(point.mean_mask_fraction)}  {seconds:.1f}s")
@@ -144,11 +223,12 @@ def _f(x, fmt: str = ".3f") -> str:
 
 
 def write_outputs(run: LifelongRun, out_dir: Path) -> list[Path]:
-    """results.json and one PNG per metric (metric vs number of edits, a line per method)."""
+    """results.json, table.md and one PNG per metric (metric vs number of edits, a line per method)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "results.json"]
-    paths[0].write_text(json.dumps(run.to_json(), indent=2) + "\n", "utf-8")
+    paths = [out_dir / "results.json", out_dir / "table.md"]
+    atomic_write_text(paths[0], json.dumps(run.to_json(), indent=2) + "\n")
+    atomic_write_text(paths[1], markdown_table(run) + "\n")
     try:
         import matplotlib
 

@@ -43,3 +43,40 @@ def build_dataset(name: str, out: str | Path, seed: int = 0, relations: list[str
     recs = build_countryinfo(seed=seed, relations=relations, max_per_relation=max_per_relation, split=split)
     path = write_dataset(recs, out)
     return DatasetReport(str(path), len(recs), dict(count_by_relation(recs)))
+
+
+def eval_cases(source: str | Path, n: int | None = None, seed: int = 0, neighbours: int = 5,
+               split: str | None = "test") -> list:
+    """Evaluation cases (edit request + per-neighbour answers) for the lifelong benchmark:
+    from a built-in fact set by name (its `split` part, shuffled with `seed`) or from a
+    CounterFact-schema file (in file order); `n` of them, each with `neighbours` neighbours."""
+    import random
+    from dataclasses import replace
+
+    from ..datasets.counterfact import counterfact_record
+    from ..datasets.records import Located, read_records
+    from ..evaluation.metrics import EvalCase
+
+    if n is not None and n < 1:
+        raise UsageError("the number of edits must be at least 1")
+    if neighbours < 0:
+        raise UsageError("neighbours must be zero or more")
+    if str(source) in DATASETS:
+        from ..datasets import build_countryinfo
+
+        records = build_countryinfo(seed=seed, split=split)
+        random.Random(seed).shuffle(records)
+        located = [Located(f"{source} record {r['case_id']}", r) for r in records]
+    else:
+        located = read_records(source)
+    if n is not None:
+        if n > len(located):
+            raise UsageError(f"asked for {n} edits but {source} has {len(located)} records")
+        located = located[:n]
+    cases = []
+    for loc in located:
+        cf = counterfact_record(loc)
+        req = replace(cf.request, neighborhood=cf.request.neighborhood[:neighbours])
+        answers = cf.neighborhood_answers[:neighbours] if cf.neighborhood_answers else None
+        cases.append(EvalCase(req, answers))
+    return cases

@@ -195,6 +195,29 @@ class Repository:
         return evaluate.perplexity_change(self._repo, self._repo.commit(cid).base, self._repo.effective(cid),
                                           base_ppl=base_ppl)
 
+    def lifelong(self, source: str | Path = "countryinfo", edits: int | None = 1000, batch_size: int = 100,
+                 methods: list[str] | None = None, out_dir: str | Path | None = None, seed: int = 0,
+                 neighbours: int = 5, split: str | None = "test", log=print, **overrides):
+        """The lifelong-editing benchmark: `edits` facts in sequential batches, per method, each
+        method on its own branch; figures after every batch. With `out_dir`, a checkpoint is
+        written there after every batch and a second call with the same arguments resumes;
+        results.json, table.md and plots are written there at the end."""
+        from ..editing.methods import get_method, method_names
+        from ..evaluation.lifelong import run_lifelong, write_outputs
+        from .datasets import eval_cases
+
+        methods = list(methods) if methods else list(method_names())
+        for m in methods:
+            get_method(m)
+        cases = eval_cases(source, edits, seed=seed, neighbours=neighbours, split=split)
+        checkpoint = Path(out_dir) / "checkpoint.json" if out_dir is not None else None
+        run = run_lifelong(self, cases, batch_size, methods, log=log, hparams_overrides=overrides or None,
+                           checkpoint=checkpoint)
+        run.info.update({"dataset": str(source), "seed": seed, "split": split, "neighbours": neighbours})
+        if out_dir is not None:
+            write_outputs(run, Path(out_dir))
+        return run
+
     # -- models --------------------------------------------------------------------------
     def load_model(self, rev: str = "HEAD", progress: Progress = None) -> ModelState:
         """The model at rev (cached; moving between revisions rewrites only changed weights).
