@@ -37,7 +37,7 @@ from ..storage.objects import canonical_json, decode
 from ..storage.refs import HEADS, Head, ReflogEntry, RefStore, check_ref_name
 from ..storage.store import ObjectStore
 from .caches import BaseCaches
-from .layout import REPO_DIR, RepoConfig, find_repo_dir
+from .layout import REPO_DIR, RepoConfig, find_repo_dir, make_layout
 from .namespaces import ALL_REFS, branch_namespace, tag_namespace
 from .revisions import resolve_revision
 
@@ -90,8 +90,7 @@ class Repo:
             import shutil
 
             shutil.rmtree(tmp)
-        for sub in ("objects", "refs/heads", "refs/tags", "logs", "cache"):
-            (tmp / sub).mkdir(parents=True, exist_ok=True)
+        make_layout(tmp)
         store = ObjectStore(tmp / "objects")
         base_id = store.put(BASE_KIND, manifest.to_bytes())
         RepoConfig(bases={base_id: source}).save(tmp / "config.json")
