@@ -308,7 +308,12 @@ def push_refspecs(repo: Repo, names: list[str]) -> dict[str, str]:
 def push(repo: Repo, name: str, refs: list[str] | None = None, force: bool = False,
          with_stats: bool = False, progress: Progress = None) -> TransferReport:
     """Send branches / tags to remote `name`: objects first, then each ref by compare-and-swap."""
+    from .bundle import is_bundle
+
     url = remote_url(repo, check_remote_name(name))
+    if is_bundle(url):
+        raise NmkevcError(f"remote {name!r} is a bundle, which is read-only; "
+                          "write a new one with 'nmkevc bundle create'")
     remote = RemoteRepo(url)
     report = TransferReport(url)
     specs = push_refspecs(repo, refs or [])
