@@ -43,12 +43,12 @@ def test_nested_merges_shift_lanes_right():
     ])
 
 
-def test_join_across_a_lane_and_continuation_prefix():
+def test_join_across_a_lane_and_body_prefix():
     # three lanes, the outer two waiting for the same commit: it passes under the middle one
     entries = [("x", ["A"]), ("y", ["B"]), ("z", ["A"])]
     rows = layout(entries)
     assert rows[2].connectors == ["|_|/"]
-    assert rows[0].continuation == "|" and rows[2].continuation == "| |"
+    assert rows[0].body == "|" and rows[2].body == "| | |"
 
 
 def test_linear_history_is_one_lane():

@@ -11,7 +11,6 @@ from random_deltas import random_delta, request
 from nmkevc.deltas.compose import summed_out_in
 from nmkevc.deltas.lowrank import low_rank
 from nmkevc.errors import NmkevcError
-from nmkevc.porcelain.peft_export import export_peft
 
 peft = pytest.importorskip("peft")
 
@@ -27,7 +26,7 @@ def test_adapter_matches_merged_export(repo, base_dir, tmp_path, arch):
     repo.commit_delta(random_delta(repo, layers=(1, 2), seed=1, rank=2), "a", [request("France", "Rome")])
     repo.commit_delta(random_delta(repo, layers=(2,), seed=2, rank=3, scale=0.1), "b",
                       [request("Spain", "Oslo")])
-    rep = export_peft(repo, "HEAD", tmp_path / "adapter")
+    rep = repo.export_peft("HEAD", tmp_path / "adapter")
     assert rep.exact and rep.layers == [1, 2] and rep.rank == 5 and rep.max_error == 0.0
     cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert cfg["layers_to_transform"] == [1, 2] and cfg["r"] == 5 and cfg["lora_alpha"] == 5
@@ -47,9 +46,9 @@ def test_adapter_matches_merged_export(repo, base_dir, tmp_path, arch):
 
 def test_truncated_rank_reports_its_error(repo, tmp_path):
     repo.commit_delta(random_delta(repo, layers=(1,), seed=1, rank=4), "a", [request("France", "Rome")])
-    rep = export_peft(repo, "HEAD", tmp_path / "r1", rank=1)
+    rep = repo.export_peft("HEAD", tmp_path / "r1", rank=1)
     assert rep.rank == 1 and not rep.exact and 0 < rep.max_error < 1
-    w = next(iter(repo.plan(repo.resolve("HEAD")).values()))[0][1]
+    w = next(iter(repo.plumbing.plan(repo.resolve("HEAD")).values()))[0][1]
     full = summed_out_in([w])
     s = torch.linalg.svdvals(full)  # Eckart-Young, computed on the dense matrix independently
     assert abs(float(s[1:].norm() / s.norm()) - rep.max_error) < 1e-6
@@ -57,7 +56,7 @@ def test_truncated_rank_reports_its_error(repo, tmp_path):
     err = float(torch.linalg.norm(full - f.B.double() @ f.A.double()) / torch.linalg.norm(full))
     assert abs(err - rep.max_error) < 1e-5
     with pytest.raises(NmkevcError, match="not an empty directory"):
-        export_peft(repo, "HEAD", tmp_path / "r1")
+        repo.export_peft("HEAD", tmp_path / "r1")
 
 
 def test_exact_compression_above_matrix_rank(repo):
@@ -72,4 +71,4 @@ def test_exact_compression_above_matrix_rank(repo):
 
 def test_nothing_to_export(repo, tmp_path):
     with pytest.raises(NmkevcError, match="nothing to export"):
-        export_peft(repo, "HEAD", tmp_path / "x")
+        repo.export_peft("HEAD", tmp_path / "x")

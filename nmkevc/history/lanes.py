@@ -2,9 +2,9 @@
 
 Input: commits in display order (children before parents) with their parents.
 Each commit gets the prefix of its own line (`*` in its lane, `|` in the others),
-the connector rows drawn after it (`|\\` where a merge opens a lane for its second
-parent, `|/` where two lanes reach the same parent and join), and the prefix for
-any further lines of its text. Lane i sits at column 2i; a connector between lanes
+the prefix for any further lines of its text (body, stats), and the connector rows
+drawn after them (`|\\` where a merge opens a lane for its second parent, `|/` where
+two lanes reach the same parent and join). Lane i sits at column 2i; a connector between lanes
 i-1 and i sits at column 2i-1.
 """
 
@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class GraphRow:
-    """How one commit is drawn: its line's prefix, connector rows after it, and the
-    prefix for its other lines (body, stats)."""
+    """How one commit is drawn: its line's prefix, the prefix of its other lines, and
+    the connector rows after them."""
 
     commit: str
     prefix: str
+    body: str
     connectors: list[str] = field(default_factory=list)
-    continuation: str = ""
 
 
 def _lanes_line(lanes: Sequence[str], mark: int | None = None) -> str:
@@ -44,6 +44,7 @@ def layout(entries: Sequence[tuple[str, Sequence[str]]]) -> list[GraphRow]:
             lanes.append(cid)
             col = len(lanes) - 1
         prefix = _lanes_line(lanes, col)
+        body = _lanes_line(lanes)
         connectors: list[str] = []
         if not parents:  # a root: its lane ends, lanes to its right slide left
             lanes.pop(col)
@@ -70,7 +71,7 @@ def layout(entries: Sequence[tuple[str, Sequence[str]]]) -> list[GraphRow]:
                 col += 1
                 lanes.insert(col, extra)
         connectors.extend(_join_duplicates(lanes))
-        out.append(GraphRow(cid, prefix, connectors, _lanes_line(lanes)))
+        out.append(GraphRow(cid, prefix, body, connectors))
     return out
 
 
