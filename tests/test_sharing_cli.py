@@ -80,6 +80,11 @@ def test_remote_verbs_and_errors(repo, capsys, tmp_path):
     assert code != 0 and "not a local branch or tag" in err
     code, _, err = run(capsys, tmp_path, "clone", str(tmp_path / "nothing-here"), "x")
     assert code != 0 and "not an nmkevc repository" in err
+    code, _, err = run(capsys, tmp_path, "clone", str(tmp_path / "backup"))  # ./backup is the remote itself
+    assert code != 0 and "not empty" in err
+    (tmp_path / "sub").mkdir()
+    code, _, _ = run(capsys, tmp_path / "sub", "clone", str(tmp_path / "backup"))  # named after the URL
+    assert code == 0 and Repository.open(tmp_path / "sub" / "backup").resolve("main") == repo.resolve("main")
     code, _, _ = run(capsys, repo.root, "remote", "remove", "backup")
     assert code == 0 and Repository.open(repo.root).remotes() == {}
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from . import render
@@ -41,10 +39,9 @@ def clone(ctx, url, directory, origin, with_stats, as_json):
     """Copy the repository at URL (path, s3://, gs://, hf://..., or a bundle) into DIRECTORY."""
     from ..porcelain.repository import Repository
 
-    if directory is not None:
-        directory = os.path.join(ctx.obj["path"], directory)
     with progress_bar("receiving objects") as cb:
-        rep = Repository.clone(url, directory, origin=origin, with_stats=with_stats, progress=cb)
+        rep = Repository.clone(url, directory, origin=origin, with_stats=with_stats, progress=cb,
+                               parent=ctx.obj["path"])
     if as_json:
         render.emit_json(rep.to_json())
         return

@@ -252,9 +252,11 @@ class Repository:
     # -- sharing -------------------------------------------------------------------------
     @classmethod
     def clone(cls, url: str, directory: str | Path | None = None, origin: str = "origin",
-              with_stats: bool = False, progress: Progress = None) -> sharing.CloneReport:
-        """Copy the repository at url (a path, any fsspec URL, or a bundle)."""
-        return sharing.clone(url, directory, origin=origin, with_stats=with_stats, progress=progress)
+              with_stats: bool = False, progress: Progress = None, parent: str | Path = ".") -> sharing.CloneReport:
+        """Copy the repository at url (a path, any fsspec URL, or a bundle) into directory
+        (default: a folder of `parent` named after the URL)."""
+        return sharing.clone(url, directory, origin=origin, with_stats=with_stats, progress=progress,
+                             parent=parent)
 
     def remotes(self) -> dict[str, str]:
         return sharing.list_remotes(self._repo)

@@ -37,10 +37,10 @@ def default_remote(repo: Repo, name: str | None) -> str:
 
 
 def clone(url: str, directory: str | Path | None = None, origin: str = "origin", with_stats: bool = False,
-          progress: Progress = None) -> CloneReport:
-    if directory is None:
-        directory = default_directory(url)
-    return transfer.clone(url, directory, origin=origin, with_stats=with_stats, progress=progress)
+          progress: Progress = None, parent: str | Path = ".") -> CloneReport:
+    """Clone into `directory`, or (None) into a folder of `parent` named after the URL."""
+    target = Path(parent) / (directory if directory is not None else default_directory(url))
+    return transfer.clone(url, target, origin=origin, with_stats=with_stats, progress=progress)
 
 
 def default_directory(url: str) -> str:

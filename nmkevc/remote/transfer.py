@@ -411,6 +411,8 @@ def clone(url: str, directory: str | Path, origin: str = "origin", with_stats: b
     root = Path(directory)
     if (root / REPO_DIR).exists():
         raise NmkevcError(f"{root} is already an nmkevc repository")
+    if root.is_dir() and any(p.name != f"{REPO_DIR}.clone" for p in root.iterdir()):
+        raise NmkevcError(f"destination {root} exists and is not empty")
     peer = open_peer(url)
     if not peer.exists():
         raise RemoteError(f"{url} is not an nmkevc repository")
