@@ -83,3 +83,21 @@ def test_corrupt_bundle_refused(history, tmp_path):
         bundle.verify_bundle(str(r.dir / "config.json"))
     with pytest.raises(NmkevcError, match="branch or tag"):
         bundle.create_bundle(r, tmp_path / "x.bundle", [r.resolve("main")[:10]])
+
+
+def test_bundle_ref_names_cannot_escape(history, tmp_path):
+    r = Repo.open(history)
+    out = tmp_path / "b.bundle"
+    bundle.create_bundle(r, out, ["main"])
+    evil = tmp_path / "evil.bundle"
+    with zipfile.ZipFile(out) as zin, zipfile.ZipFile(evil, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename == "nmkevc-bundle.json":
+                m = json.loads(data)
+                m["refs"] = {"refs/heads/../../../config.json": m["refs"]["refs/heads/main"]}
+                data = json.dumps(m).encode()
+            zout.writestr(info, data)
+    with pytest.raises(NmkevcError, match="not a valid ref name"):
+        transfer.clone(str(evil), tmp_path / "c")
+    assert json.loads((history / ".nmkevc" / "config.json").read_text())["bases"]

@@ -230,3 +230,12 @@ def test_interrupted_clone_resumes(origin, tmp_path, monkeypatch):
     rep = transfer.clone(str(origin), target)
     assert rep.transfer.objects < 6 and Repo.open(target).resolve("main") == Repo.open(origin).resolve("main")
     assert fsck(Repo.open(target)).ok
+
+
+def test_remote_config_write_keeps_the_remotes_own_settings(origin, tmp_path):
+    remotes.add_remote(Repo.open(origin), "upstream", str(tmp_path / "up"))
+    loc = RemoteRepo(str(origin))
+    bases = loc.config()["bases"]
+    loc.write_config({**bases, "f" * 64: {"kind": "hub", "location": "org/model"}})
+    r = Repo.open(origin)
+    assert r.config.remotes == {"upstream": str(tmp_path / "up")} and "f" * 64 in r.config.bases

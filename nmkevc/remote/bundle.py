@@ -27,7 +27,7 @@ from ..history.commit import Commit
 from ..repo.repository import Repo
 from ..storage.fsutil import fsync_dir
 from ..storage.objects import canonical_json, decode, is_object_id
-from ..storage.refs import HEADS, TAGS
+from ..storage.refs import HEADS, TAGS, check_ref_name
 from ..storage.store import decompress_object
 
 MANIFEST = "nmkevc-bundle.json"
@@ -175,6 +175,8 @@ class BundleReader:
                 for r, o in refs.items()
             ):
                 raise NmkevcError(f"{self.url}: the bundle's ref list is corrupt")
+            for r in refs:
+                check_ref_name(r.split("/", 2)[2], "ref")
             self._manifest = m
         return self._manifest
 

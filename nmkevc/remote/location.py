@@ -105,21 +105,32 @@ class RemoteRepo:
     def exists(self) -> bool:
         return self._exists(self._p("config.json"))
 
-    def config(self) -> dict:
+    def _config_json(self) -> dict | None:
         data = self._read(self._p("config.json"))
         if data is None:
-            raise RemoteError(f"{self.url} is not an nmkevc repository (no config.json)")
+            return None
         try:
             d = json.loads(data)
         except ValueError:
             raise RemoteError(f"{self.url}: config.json is corrupt") from None
+        if not isinstance(d, dict):
+            raise RemoteError(f"{self.url}: config.json is corrupt")
+        return d
+
+    def config(self) -> dict:
+        d = self._config_json()
+        if d is None:
+            raise RemoteError(f"{self.url} is not an nmkevc repository (no config.json)")
         return {"bases": d.get("bases") or {}}
 
     def write_config(self, bases: dict[str, dict]) -> None:
-        """A remote's config holds only where its bases live (no remotes, no secrets)."""
+        """Record where the bases live, keeping whatever else the remote's config holds
+        (a working repository's own remotes and settings)."""
         from ..storage.objects import canonical_json
 
-        self._write(self._p("config.json"), canonical_json({"format": 1, "bases": bases, "settings": {}}))
+        d = self._config_json() or {"format": 1, "settings": {}}
+        d["bases"] = dict(sorted(bases.items()))
+        self._write(self._p("config.json"), canonical_json(d))
 
     def head_branch(self) -> str | None:
         data = self._read(self._p("HEAD"))

@@ -22,7 +22,8 @@ from ..history.commit import Commit
 from ..models.source import BaseSource
 from ..repo.layout import REPO_DIR, RepoConfig, make_layout
 from ..repo.repository import Repo
-from ..storage.refs import CONTEXT, HEADS, REMOTES, STATS, TAGS
+from ..storage.objects import is_object_id
+from ..storage.refs import CONTEXT, HEADS, REMOTES, STATS, TAGS, check_ref_name
 from ..storage.store import check_compressed
 from .location import BATCH, RemoteError, RemoteRepo
 from .remotes import check_remote_name, remote_url
@@ -145,6 +146,9 @@ def fetch_objects(repo: Repo, peer: Peer, tips: list[str], extra: dict[str, str]
     frontier = list(tips)
     while frontier:
         batch = list(dict.fromkeys(o for o in frontier if o not in seen and o not in have))
+        bad = [o for o in batch + list(others) if not is_object_id(o)]
+        if bad:
+            raise CorruptObjectError(f"{peer.describe()} names an invalid object id {bad[0][:20]!r}")
         seen.update(batch)
         missing = [o for o in batch if not repo.store.exists(o)]
         total[0] += len(missing)
@@ -228,7 +232,7 @@ def fetch(repo: Repo, name: str, with_stats: bool = False, prune: bool = False,
     with repo.writing():  # gc must not collect objects received before their refs are set
         if not peer.exists():
             raise RemoteError(f"{url} is not an nmkevc repository")
-        peer_refs = peer.refs()
+        peer_refs = _checked_refs(peer)
         heads = {r[len(HEADS):]: o for r, o in peer_refs.items() if r.startswith(HEADS)}
         tags = {r[len(TAGS):]: o for r, o in peer_refs.items() if r.startswith(TAGS)}
         caches = {r: v for r, v in _cache_refs(peer_refs, with_stats).items() if repo.refs.read(r) is None}
@@ -260,6 +264,20 @@ def fetch(repo: Repo, name: str, with_stats: bool = False, prune: bool = False,
                     repo.refs.delete(track + branch, f"fetch {name}: pruned")
                     report.updates.append(RefUpdate(track + branch, old, None, "deleted"))
     return report
+
+
+def _checked_refs(peer: Peer) -> dict[str, str]:
+    """The peer's refs, refused if a name could not be a ref here (or escape refs/)."""
+    out = {}
+    for ref, oid in peer.refs().items():
+        prefix = next((p for p in (HEADS, TAGS, CONTEXT, STATS) if ref.startswith(p)), None)
+        if prefix is None:
+            continue  # namespaces we do not take (another side's remote-tracking refs)
+        check_ref_name(ref[len(prefix):], "ref")
+        if not is_object_id(oid):
+            raise RefError(f"{peer.describe()}: ref {ref} does not hold an object id")
+        out[ref] = oid
+    return out
 
 
 def _ff_status(repo: Repo, old: str | None, new: str, allowed: bool) -> str:
