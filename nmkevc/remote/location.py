@@ -28,9 +28,10 @@ from ..storage.lock import RepoLock
 from ..storage.objects import is_object_id
 from ..storage.refs import HEADS
 
-#: Object stores whose single PUT is atomic (a reader never sees a partial object);
-#: elsewhere a write goes to a temporary name and is renamed.
-ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"})
+#: Stores whose single write is atomic (a reader never sees a partial object): object
+#: stores' PUT, and the Hugging Face Hub, where every write is a commit. Elsewhere a write
+#: goes to a temporary name and is renamed.
+ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "hf", "memory"})
 #: Objects read or written per request batch (async backends run a batch concurrently).
 BATCH = 32
 
