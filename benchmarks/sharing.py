@@ -43,7 +43,7 @@ def main() -> None:
         EditRequest(subject="Japan", prompt="The currency of {} is the", target_new="euro", target_true="yen"),
     ]
     _, t_edit = timed(lambda: origin.edit(facts))
-    results["edit_2_facts_seconds"] = t_edit
+    results["setup_edit_seconds_under_shared_load"] = t_edit  # setup, not an editing benchmark
 
     # clone, then an edit there, pushed back: only the new commit and its delta travel
     rep, t = timed(lambda: Repository.clone(str(work / "origin"), work / "alice"))
