@@ -30,7 +30,7 @@ def _commit(path: Path, seed: int, subject: str) -> str:
 
 def _state(path: Path, rev: str = "HEAD") -> dict[str, torch.Tensor]:
     r = Repo.open(path)
-    return {k: v.clone() for k, v in r.live_model(r.resolve(rev)).model.state_dict().items()}
+    return {k: v.clone() for k, v in r.model_at(r.resolve(rev)).model.state_dict().items()}
 
 
 @pytest.fixture

@@ -8,24 +8,16 @@ appears whole or not at all.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..deltas.lowrank import LowRank, low_rank
 from ..errors import NmkevcError, UsageError
 from ..models.adapters import adapter_for
-from ..models.lora import lora_config, lora_tensors
+from ..models.hf_dir import check_export_target
+from ..models.lora import lora_config, lora_tensors, write_adapter_dir
 from ..repo.repository import Repo
-from ..storage.fsutil import fsync_dir
-from ..tensorio import dumps
 from .describe import facts_at
-
-CONFIG = "adapter_config.json"
-WEIGHTS = "adapter_model.safetensors"
 
 
 @dataclass
@@ -46,8 +38,7 @@ class PeftExportReport:
 
 def export_peft(repo: Repo, rev: str, out_dir: str | Path, rank: int | None = None) -> PeftExportReport:
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise NmkevcError(f"export target {out} exists and is not an empty directory")
+    check_export_target(out)
     if rank is not None and rank < 1:
         raise UsageError("--rank must be at least 1")
     cid = repo.resolve(rev)
@@ -67,25 +58,9 @@ def export_peft(repo: Repo, rev: str, out_dir: str | Path, rank: int | None = No
     config = lora_config(adapter, sorted(factors), r, base_name)
     provenance = {"tool": "nmkevc", "commit": cid, "base": base,
                   "facts": [req for _, req in facts_at(repo, cid)]}
-    payload = dumps(tensors, {"format": "pt"})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".export", dir=out.parent))
-    try:
-        (tmp / WEIGHTS).write_bytes(payload)
-        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n", "utf-8")
-        (tmp / "nmkevc.json").write_text(json.dumps(provenance, indent=2) + "\n", "utf-8")
-        for p in tmp.iterdir():
-            with open(p, "rb") as fh:
-                os.fsync(fh.fileno())
-        if out.exists():
-            out.rmdir()
-        os.rename(tmp, out)
-        fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    written = write_adapter_dir(out, tensors, config, provenance)
     errors = {layer: f.error for layer, f in sorted(factors.items())}
     return PeftExportReport(
         commit=cid, path=str(out), rank=r, layers=sorted(factors), facts=len(provenance["facts"]),
-        exact=rank is None, max_error=max(errors.values()), errors=errors, bytes_written=len(payload),
+        exact=rank is None, max_error=max(errors.values()), errors=errors, bytes_written=written,
     )

@@ -16,7 +16,6 @@ from ..remote import bundle, remotes, transfer
 from ..remote.bundle import BundleReport
 from ..remote.transfer import CloneReport, TransferReport
 from ..repo.repository import Repo
-from ..storage.refs import REMOTES
 from .merging import MergeReport
 
 Progress = Callable[[int, int], None] | None
@@ -85,8 +84,7 @@ def pull(repo: Repo, merge: Callable[[str], MergeReport], name: str | None = Non
             raise NmkevcError("HEAD is detached; name the remote branch to pull")
         branch = head.branch
     fetched = transfer.fetch(repo, remote, with_stats=with_stats, progress=progress)
-    track = REMOTES + remote + "/" + branch
-    if repo.refs.read(track) is None:
+    if repo.remote_refs.read(f"{remote}/{branch}") is None:
         raise NmkevcError(f"remote {remote!r} has no branch {branch!r}")
     return PullReport(fetched, merge(f"{remote}/{branch}"))
 

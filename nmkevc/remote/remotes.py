@@ -6,8 +6,9 @@ Credentials never go here; each fsspec backend finds its own (environment variab
 from __future__ import annotations
 
 from ..errors import NmkevcError, RefError
+from ..repo.namespaces import REMOTES
 from ..repo.repository import Repo
-from ..storage.refs import REMOTES, check_ref_name
+from ..storage.refs import check_ref_name
 
 
 def check_remote_name(name: str) -> str:

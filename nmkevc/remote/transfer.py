@@ -21,9 +21,10 @@ from ..errors import CorruptObjectError, NmkevcError, RefError
 from ..history.commit import Commit
 from ..models.source import BaseSource
 from ..repo.layout import REPO_DIR, RepoConfig, make_layout
+from ..repo.namespaces import CONTEXT, REMOTES, STATS
 from ..repo.repository import Repo
 from ..storage.objects import is_object_id
-from ..storage.refs import CONTEXT, HEADS, REMOTES, STATS, TAGS, check_ref_name
+from ..storage.refs import HEADS, TAGS, check_ref_name
 from ..storage.store import check_compressed
 from .location import BATCH, RemoteError, RemoteRepo
 from .remotes import check_remote_name, remote_url

@@ -7,8 +7,9 @@ from collections.abc import Callable
 
 from ..errors import RevisionError
 from ..history.dag import CommitGraph
-from ..storage.refs import HEADS, REMOTES, TAGS, RefStore
+from ..storage.refs import HEADS, TAGS, RefStore
 from ..storage.store import ObjectStore
+from .namespaces import REMOTES
 
 _SUFFIX = re.compile(r"(~\d*|\^\d*)")
 _HEX = re.compile(r"^[0-9a-fA-F]{4,64}$")

@@ -19,11 +19,6 @@ from .objects import is_object_id
 
 HEADS = "refs/heads/"
 TAGS = "refs/tags/"
-#: Remote-tracking branches: refs/remotes/<remote>/<branch>, moved only by fetch and push.
-REMOTES = "refs/remotes/"
-#: Caches kept by refs (rebuildable, not history): per-base statistics, context templates.
-STATS = "refs/stats/"
-CONTEXT = "refs/context/"
 
 _BAD_NAME = re.compile(r"(^[-./])|(\.\.)|([\x00-\x20~^:?*\[\\])|(/$)|(\.lock$)|(@\{)|(//)|(\.$)")
 
