@@ -148,6 +148,15 @@ def test_statistics_travel_only_on_request(origin, tmp_path):
     transfer.clone(str(origin), full, with_stats=True)
     assert len(Repo.open(full).refs.list("refs/stats/")) == 1
     assert fsck(Repo.open(full)).ok
+    # and on push: left behind unless asked for
+    o = Repo.open(origin)
+    remotes.add_remote(o, "lean", str(tmp_path / "lean"))
+    remotes.add_remote(o, "fat", str(tmp_path / "fat"))
+    transfer.push(o, "lean")
+    transfer.push(o, "fat", with_stats=True)
+    assert not any(r.startswith("refs/stats/") for r in RemoteRepo(str(tmp_path / "lean")).refs())
+    assert any(r.startswith("refs/stats/") for r in RemoteRepo(str(tmp_path / "fat")).refs())
+    assert not Repo(tmp_path / "lean").store.exists(oid) and Repo(tmp_path / "fat").store.exists(oid)
 
 
 _KILLER = textwrap.dedent("""
