@@ -248,3 +248,20 @@ def test_remote_config_write_keeps_the_remotes_own_settings(origin, tmp_path):
     loc.write_config({**bases, "f" * 64: {"kind": "hub", "location": "org/model"}})
     r = Repo.open(origin)
     assert r.config.remotes == {"upstream": str(tmp_path / "up")} and "f" * 64 in r.config.bases
+
+
+def test_push_refuses_when_the_remote_ref_moved_meanwhile(origin, tmp_path):
+    alice = tmp_path / "alice"
+    transfer.clone(str(origin), alice)
+    _commit(alice, 3, "Italy")
+    ref = origin / ".nmkevc" / "refs" / "heads" / "main"
+    theirs = Repo.open(origin).resolve("main~1")  # someone else moves main while we send objects
+
+    def meanwhile(done, total):
+        if done == total:
+            ref.write_text(theirs + "\n")
+
+    with pytest.raises(NmkevcError, match="changed while pushing"):
+        transfer.push(Repo.open(alice), "origin", progress=meanwhile)
+    assert Repo.open(origin).resolve("main") == theirs  # their move stands; ours was refused
+    assert fsck(Repo.open(origin)).ok
