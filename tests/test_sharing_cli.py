@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import torch
 from random_deltas import random_delta, request
 
 from nmkevc import Repository
@@ -109,3 +111,27 @@ def test_bundle_and_peft_export_cli(repo, capsys, tmp_path):
     assert code == 0 and "truncated, max relative error" in out
     code, _, err = run(capsys, repo.root, "export", "HEAD", str(tmp_path / "full"), "--rank", "1")
     assert code != 0 and "--rank" in err
+
+
+@pytest.mark.parametrize("arch", ["llama"])
+def test_real_edit_travels_clone_edit_push_pull(repo, capsys, tmp_path):
+    origin = repo.root
+    assert run(capsys, tmp_path, "clone", str(origin), "alice")[0] == 0
+    assert run(capsys, tmp_path, "clone", str(origin), "bob")[0] == 0
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    code, _, err = run(capsys, alice, "edit", "-s", "France", "-p", "The capital of {} is", "-t", "Rome",
+                       "--layers", "1-2", "--stats-tokens", "400")
+    assert code == 0, err
+    code, out, _ = run(capsys, alice, "push", "--json")
+    sent = json.loads(out)
+    assert code == 0 and sent["objects"] == 3  # commit, delta, context templates; statistics stay
+    code, out, _ = run(capsys, bob, "pull")
+    assert code == 0 and "Fast-forward" in out
+    a, b = Repository.open(alice), Repository.open(bob)
+    assert a.resolve() == b.resolve()
+    wa = a.load_model().model.state_dict()
+    wb = b.load_model().model.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # the same model, bit for bit
+    _, out_a, _ = run(capsys, alice, "ask", "The capital of France is", "--json")
+    _, out_b, _ = run(capsys, bob, "ask", "The capital of France is", "--json")
+    assert json.loads(out_a) == json.loads(out_b)
