@@ -74,6 +74,10 @@ def test_remote_verbs_and_errors(repo, capsys, tmp_path):
     assert out.strip() == f"backup\t{tmp_path / 'backup'}"
     code, out, _ = run(capsys, repo.root, "push", "backup", "--json")
     assert code == 0 and json.loads(out)["updates"][0]["status"] == "new"
+    code, out, _ = run(capsys, tmp_path / "backup", "fsck")  # the bare remote is a repository too
+    assert code == 0
+    code, out, _ = run(capsys, tmp_path / "backup", "log", "--oneline")
+    assert code == 0 and "main" in out
     code, _, err = run(capsys, repo.root, "remote", "add", "bad", "s3://me:pw@bucket/x")
     assert code != 0 and "password" in err
     code, _, err = run(capsys, repo.root, "fetch", "nowhere")

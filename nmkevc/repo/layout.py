@@ -16,13 +16,23 @@ FORMAT = 1
 
 
 def find_repo_dir(start: Path) -> Path:
-    """The `.nmkevc` directory of `start` or of its nearest parent that has one."""
+    """The `.nmkevc` directory of `start` or of its nearest parent that has one, or `start`
+    itself when it is a bare repository (the layout `push` creates at an empty remote)."""
     start = Path(start).resolve()
+    if is_bare_layout(start):
+        return start
     for d in (start, *start.parents):
         cand = d / REPO_DIR
         if (cand / "config.json").is_file():
             return cand
     raise NotARepositoryError(f"not an nmkevc repository (or any parent up to /): {start}")
+
+
+def is_bare_layout(path: Path) -> bool:
+    """config.json, HEAD, objects/ and refs/ directly in `path` (no `.nmkevc` around them)."""
+    p = Path(path)
+    return ((p / "config.json").is_file() and (p / "HEAD").is_file() and (p / "objects").is_dir()
+            and (p / "refs").is_dir())
 
 
 @dataclass
