@@ -18,27 +18,31 @@ from .base import cli, json_option, open_repo
 @click.pass_context
 def log(ctx, rev, oneline, graph, stat, max_count, as_json):
     """Show the history reachable from REV."""
-    entries = open_repo(ctx).log(rev, max_count=max_count, stat=stat or as_json)
+    repo = open_repo(ctx)
     if as_json:
-        render.emit_json([e.to_json() for e in entries])
+        render.emit_json([e.to_json() for e in repo.log(rev, max_count=max_count, stat=True)])
         return
-    prefixes = render.graph_prefixes(entries) if graph else [""] * len(entries)
-    for pre, e in zip(prefixes, entries):
-        pre = pre + " " if pre else ""
+    if graph:
+        rows = repo.log_graph(rev, max_count=max_count, stat=stat)
+    else:
+        rows = [(e, None) for e in repo.log(rev, max_count=max_count, stat=stat)]
+    for e, row in rows:
+        pre, body = (row.prefix + " ", row.body + " ") if row else ("", "")
         if oneline:
             click.echo(f"{pre}{click.style(e.id[:10], fg='yellow')}{render.decorate(e.refs)} "
                        f"{e.message.splitlines()[0] if e.message else ''}")
-        else:
-            pad = " " * len(pre)
-            for i, line in enumerate(render.commit_header(e)):
-                click.echo((pre if i == 0 else pad) + line)
             if stat:
                 for line in render.stat_lines(e):
-                    click.echo(pad + line)
-            click.echo("")
-        if oneline and stat:
-            for line in render.stat_lines(e):
-                click.echo(line)
+                    click.echo(body + line)
+        else:
+            for i, line in enumerate(render.commit_header(e)):
+                click.echo(((pre if i == 0 else body) + line).rstrip())
+            if stat:
+                for line in render.stat_lines(e):
+                    click.echo(body + line)
+            click.echo(body.rstrip())
+        for line in row.connectors if row else ():
+            click.echo(line)
 
 
 @cli.command()

@@ -12,11 +12,27 @@ from .base import StageBars, cli, json_option, method_names, open_repo, progress
 @cli.command()
 @click.argument("rev")
 @click.argument("directory")
+@click.option("--format", "fmt", type=click.Choice(["hf", "peft"]), default="hf", show_default=True,
+              help="hf: the whole model; peft: a LoRA adapter of the change from the base.")
+@click.option("--rank", type=int, default=None,
+              help="With --format peft: truncate the adapter to this rank (the error is reported).")
 @json_option
 @click.pass_context
-def export(ctx, rev, directory, as_json):
-    """Write the model at REV as a standard Hugging Face directory."""
+def export(ctx, rev, directory, fmt, rank, as_json):
+    """Write the model at REV as a Hugging Face directory, or (--format peft) as a LoRA adapter."""
     repo = open_repo(ctx)
+    if fmt == "peft":
+        rep = repo.export_peft(rev, directory, rank=rank)
+        if as_json:
+            render.emit_json(rep.to_json())
+            return
+        how = "exact" if rep.exact else f"truncated, max relative error {rep.max_error:.3g}"
+        click.echo(f"Exported {rep.commit[:10]} to {rep.path} as a LoRA adapter: rank {rep.rank}, "
+                   f"layers {','.join(map(str, rep.layers))}, {rep.facts} fact(s), {how}, "
+                   f"{render.human_bytes(rep.bytes_written)}")
+        return
+    if rank is not None:
+        raise click.UsageError("--rank applies to --format peft only")
     with progress_bar("export") as cb:
         rep = repo.export(rev, directory, progress=cb)
     if as_json:
@@ -24,7 +40,6 @@ def export(ctx, rev, directory, as_json):
         return
     click.echo(f"Exported {rep.commit[:10]} to {rep.path}: {rep.tensors} tensors "
                f"({rep.edited_tensors} edited), {render.human_bytes(rep.bytes_written)}")
-
 
 
 @cli.command()

@@ -66,30 +66,3 @@ def stat_lines(ci) -> list[str]:
             f"(dense float32: {human_bytes(ci.dense_bytes)}, {ratio:.1f}x smaller)"
         )
     return lines
-
-
-def graph_prefixes(entries) -> list[str]:
-    """A compact lane graph for `log --graph`: '*' marks the commit's lane."""
-    lanes: list[str] = []
-    out = []
-    for ci in entries:
-        if ci.id in lanes:
-            col = lanes.index(ci.id)
-        else:
-            lanes.append(ci.id)
-            col = len(lanes) - 1
-        out.append(" ".join("*" if i == col else "|" for i in range(len(lanes))))
-        parents = ci.parents
-        if parents:
-            lanes[col] = parents[0]
-            for p in parents[1:]:
-                if p not in lanes:
-                    lanes.insert(col + 1, p)
-        else:
-            lanes.pop(col)
-        seen: list[str] = []
-        for lane in lanes:  # lanes that met the same parent merge into one
-            if lane not in seen:
-                seen.append(lane)
-        lanes = seen
-    return out

@@ -53,7 +53,21 @@ class ArchAdapter:
 
     def weight_name(self, i: int) -> str:
         """State-dict name of `W_l` for layer i (as the loaded model names it)."""
-        return f"{self.layers}.{i}.{self.mlp_out}.weight"
+        return f"{self.mlp_out_path(i)}.weight"
+
+    def mlp_out_path(self, i: int) -> str:
+        """Module path of `W_l` for layer i (what a LoRA adapter targets)."""
+        return f"{self.layers}.{i}.{self.mlp_out}"
+
+    @property
+    def layers_pattern(self) -> str:
+        """The name of the decoder-layer list inside its path (PEFT's `layers_pattern`)."""
+        return self.layers.rsplit(".", 1)[-1]
+
+    @property
+    def fan_in_fan_out(self) -> bool:
+        """True when `W_l` is stored (in, out), as GPT-2's Conv1D is (PEFT's flag of that name)."""
+        return self.orientation == IN_OUT
 
     def weight(self, model: nn.Module, i: int) -> torch.Tensor:
         return self.mlp_out_module(model, i).weight

@@ -9,6 +9,7 @@ import torch
 from ..deltas.compose import summed_out_in
 from ..deltas.delta import WeightDelta
 from ..history.commit import Commit
+from ..history.lanes import GraphRow, layout
 from ..repo.repository import Repo
 
 
@@ -51,7 +52,7 @@ def weight_stats(w: WeightDelta) -> WeightStat:
 
 
 def ref_names(repo: Repo) -> dict[str, list[str]]:
-    """commit id → the names pointing at it (HEAD, branches, tags)."""
+    """commit id → the names pointing at it (HEAD, branches, remote-tracking branches, tags)."""
     out: dict[str, list[str]] = {}
     head = repo.head()
     for name, oid in repo.branches().items():
@@ -59,6 +60,8 @@ def ref_names(repo: Repo) -> dict[str, list[str]]:
         out.setdefault(oid, []).append(label)
     if head.branch is None and head.commit:
         out.setdefault(head.commit, []).insert(0, "HEAD")
+    for name, oid in repo.remote_branches().items():
+        out.setdefault(oid, []).append(name)
     for name, oid in repo.tags().items():
         out.setdefault(oid, []).append(f"tag: {name}")
     return out
@@ -88,6 +91,15 @@ def log(repo: Repo, rev: str = "HEAD", max_count: int | None = None, stat: bool 
         order = order[:max_count]
     names = ref_names(repo)
     return [commit_info(repo, c, stat=stat, names=names) for c in order]
+
+
+def log_graph(repo: Repo, rev: str = "HEAD", max_count: int | None = None,
+              stat: bool = False) -> list[tuple[CommitInfo, GraphRow]]:
+    """`log` with the drawing of the graph beside each commit (lanes, merges, joins)."""
+    entries = log(repo, rev, max_count, stat)
+    shown = {e.id for e in entries}
+    rows = layout([(e.id, [p for p in e.parents if p in shown or max_count is None]) for e in entries])
+    return list(zip(entries, rows))
 
 
 def facts_at(repo: Repo, cid: str) -> list[tuple[str, dict]]:

@@ -70,7 +70,7 @@ def fsck(repo: Repo) -> FsckReport:
             rep.problems.append("HEAD does not point at a valid commit")
     except NmkevcError as e:
         rep.problems.append(str(e))
-    for namespace in (repo.branch_refs, repo.tag_refs):
+    for namespace in (repo.branch_refs, repo.tag_refs, repo.remote_refs):
         try:
             for name, oid in namespace.list().items():
                 if kinds.get(oid) != "commit":

@@ -18,7 +18,19 @@ from ..history.commit import Commit
 from ..models.live import ModelState
 from ..models.source import BaseSource, parse_base_argument
 from ..repo.repository import Head, ReflogEntry, Repo
-from . import answers, branching, changes, describe, edit, evaluate, exporting, maintenance, merging
+from . import (
+    answers,
+    branching,
+    changes,
+    describe,
+    edit,
+    evaluate,
+    exporting,
+    maintenance,
+    merging,
+    peft_export,
+    sharing,
+)
 from .edit_inputs import DEFAULT_STATS_TOKENS
 
 Progress = Callable[[int, int], None] | None
@@ -77,6 +89,10 @@ class Repository:
     # -- history views -------------------------------------------------------------------
     def log(self, rev: str = "HEAD", max_count: int | None = None, stat: bool = False):
         return describe.log(self._repo, rev, max_count, stat)
+
+    def log_graph(self, rev: str = "HEAD", max_count: int | None = None, stat: bool = False):
+        """`log` with each commit's row of the graph drawing: [(CommitInfo, GraphRow)]."""
+        return describe.log_graph(self._repo, rev, max_count, stat)
 
     def show(self, rev: str = "HEAD") -> describe.CommitInfo:
         return describe.commit_info(self._repo, self._repo.resolve(rev), stat=True)
@@ -228,6 +244,50 @@ class Repository:
 
     def export(self, rev: str, out_dir: str | Path, progress: Progress = None) -> exporting.ExportReport:
         return exporting.export(self._repo, rev, out_dir, progress)
+
+    def export_peft(self, rev: str, out_dir: str | Path, rank: int | None = None) -> peft_export.PeftExportReport:
+        """The change from the base to rev as a PEFT LoRA adapter (exact unless `rank` truncates)."""
+        return peft_export.export_peft(self._repo, rev, out_dir, rank)
+
+    # -- sharing -------------------------------------------------------------------------
+    @classmethod
+    def clone(cls, url: str, directory: str | Path | None = None, origin: str = "origin",
+              with_stats: bool = False, progress: Progress = None, parent: str | Path = ".") -> sharing.CloneReport:
+        """Copy the repository at url (a path, any fsspec URL, or a bundle) into directory
+        (default: a folder of `parent` named after the URL)."""
+        return sharing.clone(url, directory, origin=origin, with_stats=with_stats, progress=progress,
+                             parent=parent)
+
+    def remotes(self) -> dict[str, str]:
+        return sharing.list_remotes(self._repo)
+
+    def add_remote(self, name: str, url: str) -> None:
+        sharing.add_remote(self._repo, name, url)
+
+    def remove_remote(self, name: str) -> None:
+        sharing.remove_remote(self._repo, name)
+
+    def fetch(self, remote: str | None = None, with_stats: bool = False, prune: bool = False,
+              progress: Progress = None) -> sharing.TransferReport:
+        return sharing.fetch(self._repo, remote, with_stats=with_stats, prune=prune, progress=progress)
+
+    def pull(self, remote: str | None = None, branch: str | None = None, with_stats: bool = False,
+             strategy: str | None = None, functional: bool = True,
+             progress: Progress = None) -> sharing.PullReport:
+        """fetch, then merge remote/branch into HEAD with the merge verb (and its checks)."""
+        return sharing.pull(self._repo, lambda rev: self.merge(rev, strategy=strategy, functional=functional),
+                            remote, branch, with_stats=with_stats, progress=progress)
+
+    def push(self, remote: str | None = None, refs: list[str] | None = None, force: bool = False,
+             with_stats: bool = False, progress: Progress = None) -> sharing.TransferReport:
+        return sharing.push(self._repo, remote, refs, force=force, with_stats=with_stats, progress=progress)
+
+    def bundle_create(self, path: str | Path, revs: list[str], progress: Progress = None) -> sharing.BundleReport:
+        return sharing.create_bundle(self._repo, path, revs, progress=progress)
+
+    @staticmethod
+    def bundle_verify(path: str) -> sharing.BundleReport:
+        return sharing.verify_bundle(path)
 
     # -- maintenance ---------------------------------------------------------------------
     def fsck(self) -> maintenance.FsckReport:

@@ -1,6 +1,7 @@
 """The repository's ref namespaces: which prefix holds what, and how its names are checked.
 
-Branches and tags are history; refs/stats/ and refs/context/ name the rebuildable caches
+Branches and tags are history; refs/remotes/ holds the branches last seen on each remote;
+refs/stats/ and refs/context/ name the rebuildable caches
 of a base (see `caches`). Every ref under refs/ is a gc root, whatever its namespace.
 """
 
@@ -10,6 +11,8 @@ from ..storage.refs import HEADS, TAGS, RefStore, check_ref_name
 
 STATS = "refs/stats/"
 CONTEXT = "refs/context/"
+#: Remote-tracking branches, refs/remotes/<remote>/<branch>: moved only by fetch and push.
+REMOTES = "refs/remotes/"
 #: The prefix under which every ref (and so every gc root) lives.
 ALL_REFS = "refs/"
 
@@ -49,3 +52,8 @@ def branch_namespace(refs: RefStore) -> RefNamespace:
 
 def tag_namespace(refs: RefStore) -> RefNamespace:
     return RefNamespace(refs, TAGS, "tag")
+
+
+def remote_namespace(refs: RefStore) -> RefNamespace:
+    """Remote-tracking branches, by short name "<remote>/<branch>"."""
+    return RefNamespace(refs, REMOTES, "remote-tracking branch")

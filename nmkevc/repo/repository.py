@@ -37,8 +37,8 @@ from ..storage.objects import canonical_json, decode
 from ..storage.refs import HEADS, Head, ReflogEntry, RefStore, check_ref_name
 from ..storage.store import ObjectStore
 from .caches import BaseCaches
-from .layout import REPO_DIR, RepoConfig, find_repo_dir
-from .namespaces import ALL_REFS, branch_namespace, tag_namespace
+from .layout import REPO_DIR, RepoConfig, find_repo_dir, make_layout
+from .namespaces import ALL_REFS, branch_namespace, remote_namespace, tag_namespace
 from .revisions import resolve_revision
 
 Progress = Callable[[int, int], None] | None
@@ -58,6 +58,7 @@ class Repo:
         self.graph = CommitGraph(self._load_commit)
         self.branch_refs = branch_namespace(self.refs)
         self.tag_refs = tag_namespace(self.refs)
+        self.remote_refs = remote_namespace(self.refs)
         self.caches = BaseCaches(self.store, self.refs)
         self._deltas: OrderedDict[str, Delta] = OrderedDict()
         self._manifests: dict[str, BaseManifest] = {}
@@ -90,8 +91,7 @@ class Repo:
             import shutil
 
             shutil.rmtree(tmp)
-        for sub in ("objects", "refs/heads", "refs/tags", "logs", "cache"):
-            (tmp / sub).mkdir(parents=True, exist_ok=True)
+        make_layout(tmp)
         store = ObjectStore(tmp / "objects")
         base_id = store.put(BASE_KIND, manifest.to_bytes())
         RepoConfig(bases={base_id: source}).save(tmp / "config.json")
@@ -179,6 +179,10 @@ class Repo:
 
     def tags(self) -> dict[str, str]:
         return self.tag_refs.list()
+
+    def remote_branches(self) -> dict[str, str]:
+        """{"<remote>/<branch>": commit} as last fetched or pushed."""
+        return self.remote_refs.list()
 
     def reflog(self, ref: str = "HEAD") -> list[ReflogEntry]:
         """Where a full ref name (or HEAD) has pointed, oldest first."""

@@ -1,4 +1,4 @@
-"""Revision syntax, git's habits: HEAD, @, branch, tag, id prefix (≥ 4 hex), ~N, ^N."""
+"""Revision syntax, git's habits: HEAD, @, branch, tag, remote/branch, id prefix (≥ 4 hex), ~N, ^N."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from ..errors import RevisionError
 from ..history.dag import CommitGraph
 from ..storage.refs import HEADS, TAGS, RefStore
 from ..storage.store import ObjectStore
+from .namespaces import REMOTES
 
 _SUFFIX = re.compile(r"(~\d*|\^\d*)")
 _HEX = re.compile(r"^[0-9a-fA-F]{4,64}$")
@@ -67,7 +68,9 @@ def _resolve_name(name: str, refs: RefStore, store: ObjectStore, is_commit) -> s
         if head.commit is None:
             raise RevisionError(f"HEAD is on branch {head.branch!r}, which has no commits")
         return head.commit
-    for prefix in (HEADS, TAGS):
+    for prefix in (HEADS, TAGS, REMOTES, ""):
+        if prefix == "" and not name.startswith("refs/"):
+            continue
         oid = refs.read(prefix + name) if _plausible_ref(name) else None
         if oid:
             return oid

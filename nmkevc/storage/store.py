@@ -31,6 +31,22 @@ class ObjectStore:
             atomic_write(p, data, mode=0o444)
         return oid
 
+    def put_compressed(self, oid: str, data: bytes) -> str:
+        """Store an object received in its compressed form (from a remote or a bundle).
+
+        The bytes are decompressed and checked against `oid` before anything is written,
+        so a corrupt or forged object never enters the store; returns the object's kind."""
+        kind, _ = check_compressed(oid, data)
+        p = self.path(oid)
+        if not p.exists():
+            atomic_write(p, data, mode=0o444)
+        return kind
+
+    def read_compressed(self, oid: str) -> bytes:
+        """The stored (compressed) bytes of an object, verified against its id."""
+        self.read_raw(oid)
+        return self.path(oid).read_bytes()
+
     def exists(self, oid: str) -> bool:
         return is_object_id(oid) and self.path(oid).exists()
 
@@ -49,12 +65,7 @@ class ObjectStore:
             data = self.path(oid).read_bytes()
         except FileNotFoundError:
             raise ObjectNotFoundError(f"object {oid[:12]} not found") from None
-        try:
-            raw = zstandard.ZstdDecompressor().decompress(data)
-        except zstandard.ZstdError:
-            raise CorruptObjectError(
-                f"object {oid[:12]} is corrupt (cannot decompress); run 'nmkevc fsck'"
-            ) from None
+        raw = decompress_object(oid, data)
         decode(raw, expected_id=oid)
         return raw
 
@@ -96,3 +107,16 @@ class ObjectStore:
             p.unlink()
         except FileNotFoundError:
             pass
+
+
+def check_compressed(oid: str, data: bytes) -> tuple[str, bytes]:
+    """(kind, payload) of an object file's bytes, refused unless they hash to `oid`."""
+    return decode(decompress_object(oid, data), expected_id=oid)
+
+
+def decompress_object(oid: str, data: bytes) -> bytes:
+    """The canonical bytes inside a stored object file (not yet checked against oid)."""
+    try:
+        return zstandard.ZstdDecompressor().decompress(data)
+    except zstandard.ZstdError:
+        raise CorruptObjectError(f"object {oid[:12]} is corrupt (cannot decompress)") from None
