@@ -281,3 +281,20 @@ def test_fetch_prune_drops_branches_deleted_on_the_remote(origin, tmp_path):
     assert [u.status for u in rep.updates if u.ref.endswith("side")] == ["deleted"]
     assert set(Repo.open(alice).remote_branches()) == {"origin/main"}
     assert fsck(Repo.open(alice)).ok
+
+
+def test_tags_are_never_moved_silently(origin, tmp_path):
+    from nmkevc import Repository
+
+    Repository.open(origin).tag("v1", "main~1")
+    alice = tmp_path / "alice"
+    transfer.clone(str(origin), alice)
+    old = Repo.open(alice).resolve("v1")
+    Repository.open(origin).tag("v1", "main", force=True)  # the remote moves its tag
+    rep = transfer.fetch(Repo.open(alice), "origin")
+    assert [(u.ref, u.status) for u in rep.updates if u.ref.startswith("refs/tags/")] == [("refs/tags/v1", "rejected")]
+    assert Repo.open(alice).resolve("v1") == old  # fetch does not clobber a tag
+    with pytest.raises(NmkevcError, match="the tag exists there"):
+        transfer.push(Repo.open(alice), "origin", refs=["v1"])
+    transfer.push(Repo.open(alice), "origin", refs=["v1"], force=True)
+    assert Repo.open(origin).resolve("v1") == old
