@@ -265,3 +265,36 @@ def test_push_refuses_when_the_remote_ref_moved_meanwhile(origin, tmp_path):
         transfer.push(Repo.open(alice), "origin", progress=meanwhile)
     assert Repo.open(origin).resolve("main") == theirs  # their move stands; ours was refused
     assert fsck(Repo.open(origin)).ok
+
+
+def test_fetch_prune_drops_branches_deleted_on_the_remote(origin, tmp_path):
+    from nmkevc import Repository
+
+    Repository.open(origin).branch("side")
+    alice = tmp_path / "alice"
+    transfer.clone(str(origin), alice)
+    assert set(Repo.open(alice).remote_branches()) == {"origin/main", "origin/side"}
+    Repository.open(origin).delete_branch("side")
+    transfer.fetch(Repo.open(alice), "origin")
+    assert "origin/side" in Repo.open(alice).remote_branches()  # kept without --prune, as git does
+    rep = transfer.fetch(Repo.open(alice), "origin", prune=True)
+    assert [u.status for u in rep.updates if u.ref.endswith("side")] == ["deleted"]
+    assert set(Repo.open(alice).remote_branches()) == {"origin/main"}
+    assert fsck(Repo.open(alice)).ok
+
+
+def test_tags_are_never_moved_silently(origin, tmp_path):
+    from nmkevc import Repository
+
+    Repository.open(origin).tag("v1", "main~1")
+    alice = tmp_path / "alice"
+    transfer.clone(str(origin), alice)
+    old = Repo.open(alice).resolve("v1")
+    Repository.open(origin).tag("v1", "main", force=True)  # the remote moves its tag
+    rep = transfer.fetch(Repo.open(alice), "origin")
+    assert [(u.ref, u.status) for u in rep.updates if u.ref.startswith("refs/tags/")] == [("refs/tags/v1", "rejected")]
+    assert Repo.open(alice).resolve("v1") == old  # fetch does not clobber a tag
+    with pytest.raises(NmkevcError, match="the tag exists there"):
+        transfer.push(Repo.open(alice), "origin", refs=["v1"])
+    transfer.push(Repo.open(alice), "origin", refs=["v1"], force=True)
+    assert Repo.open(origin).resolve("v1") == old

@@ -65,6 +65,10 @@ def test_clone_push_pull_round_trip(repo, capsys, tmp_path):
     assert code == 0 and "|\\" in out and "|/" in out
     code, out, _ = run(capsys, alice, "fsck")
     assert code == 0
+    code, out, _ = run(capsys, alice, "branch", "-a")
+    assert code == 0 and "* main" in out and "remotes/origin/main" in out
+    code, out, _ = run(capsys, alice, "branch", "-r", "--json")
+    assert json.loads(out)["remote_branches"] == {"origin/main": b.resolve("HEAD")}
 
 
 def test_remote_verbs_and_errors(repo, capsys, tmp_path):

@@ -14,20 +14,26 @@ from .base import cli, json_option, open_repo
 @click.option("-d", "--delete", is_flag=True, help="Delete the branch (must be merged).")
 @click.option("-D", "force_delete", is_flag=True, help="Delete the branch even if unmerged.")
 @click.option("-f", "--force", is_flag=True, help="Reset NAME to START if it exists.")
+@click.option("-r", "--remotes", "remotes", is_flag=True, help="List the remote-tracking branches.")
+@click.option("-a", "--all", "all_", is_flag=True, help="List local and remote-tracking branches.")
 @json_option
 @click.pass_context
-def branch(ctx, name, start, delete, force_delete, force, as_json):
+def branch(ctx, name, start, delete, force_delete, force, remotes, all_, as_json):
     """List branches, create NAME at START, or delete NAME."""
     repo = open_repo(ctx)
     if name is None:
         head = repo.head()
-        branches = repo.branches()
+        branches = {} if remotes else repo.branches()
+        tracking = repo.remote_branches() if remotes or all_ else {}
         if as_json:
-            render.emit_json({"current": head.branch, "branches": branches})
+            render.emit_json({"current": head.branch, "branches": branches,
+                              **({"remote_branches": tracking} if remotes or all_ else {})})
             return
         for b, oid in branches.items():
             mark = "*" if b == head.branch else " "
             click.echo(f"{mark} {b:<24} {oid[:10]} {repo.commit(oid).summary}")
+        for b, oid in tracking.items():
+            click.echo(f"  {'remotes/' + b:<24} {oid[:10]} {repo.commit(oid).summary}")
         return
     if delete or force_delete:
         repo.delete_branch(name, force=force_delete)

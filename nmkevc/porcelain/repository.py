@@ -258,6 +258,10 @@ class Repository:
         return sharing.clone(url, directory, origin=origin, with_stats=with_stats, progress=progress,
                              parent=parent)
 
+    def remote_branches(self) -> dict[str, str]:
+        """{"<remote>/<branch>": commit} as last fetched or pushed."""
+        return self._repo.remote_branches()
+
     def remotes(self) -> dict[str, str]:
         return sharing.list_remotes(self._repo)
 

@@ -65,7 +65,10 @@ class ObjectStore:
             data = self.path(oid).read_bytes()
         except FileNotFoundError:
             raise ObjectNotFoundError(f"object {oid[:12]} not found") from None
-        raw = decompress_object(oid, data)
+        try:
+            raw = decompress_object(oid, data)
+        except CorruptObjectError as e:  # a local object: say how to find out more
+            raise CorruptObjectError(f"{e}; run 'nmkevc fsck'") from None
         decode(raw, expected_id=oid)
         return raw
 
