@@ -16,7 +16,8 @@ from nmkevc.cli.app import main
 from nmkevc.facts import EditRequest
 from nmkevc.models import live as live_module
 
-pytestmark = pytest.mark.parametrize("arch", ["llama"])  # one architecture: these test input, not models
+#: one architecture: these tests are about input and files, not models
+llama_only = pytest.mark.parametrize("arch", ["llama"])
 
 EDIT = ["edit", "--layers", "1,2", "--stats-tokens", "200"]
 FACT = ["-s", "France", "-t", "Rome"]
@@ -46,17 +47,30 @@ def snapshot(repo) -> dict:
     return files
 
 
-@pytest.fixture
-def hostile(repo, tmp_path):
-    """main with two commits, tag v1 on the first, branch side, a regular file and an
-    edit file; the model must never load while hostile input is refused."""
+def populate(repo, files_dir):
+    """main with two commits, tag v1 on the first, branch side; a regular file and an
+    edit file in files_dir."""
     repo.commit_delta(random_delta(repo, seed=1), "one", [EditRequest.from_json(request("France", "Rome"))])
     repo.tag("v1")
     repo.branch("side")
     repo.commit_delta(random_delta(repo, seed=2), "two", [EditRequest.from_json(request("Spain", "Oslo"))])
-    (tmp_path / "afile").write_text("x")
-    (tmp_path / "edits.jsonl").write_text(json.dumps(request("France", "Rome")) + "\n")
+    (files_dir / "afile").write_text("x")
+    (files_dir / "edits.jsonl").write_text(json.dumps(request("France", "Rome")) + "\n")
     return repo
+
+
+@pytest.fixture
+def hostile(repo, tmp_path):
+    """A repository of its own for a test that changes it (see populate)."""
+    return populate(repo, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def shared(model_dirs, tmp_path_factory):
+    """One repository for the whole table: every case must leave it byte for byte as it
+    was (the test checks), so sharing it is itself part of the claim."""
+    root = tmp_path_factory.mktemp("hostile")
+    return populate(Repository.init(root / "repo", base=str(model_dirs["llama"])), root)
 
 
 LONG = "x" * 300_000
@@ -116,20 +130,21 @@ CASES = [
 
 
 @pytest.mark.parametrize("args,needle", CASES, ids=[" ".join(a)[:60] for a, _ in CASES])
-def test_hostile_input_refused(hostile, capsys, tmp_path, monkeypatch, args, needle):
+def test_hostile_input_refused(shared, capsys, monkeypatch, args, needle):
     def no_model(*a, **k):
         raise AssertionError("the model was loaded for input that should have been refused")
 
     monkeypatch.setattr(live_module.LiveModel, "load", classmethod(no_model))
-    before = snapshot(hostile)
-    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    code, _, err = run(capsys, hostile, *args)
+    before = snapshot(shared)
+    args = [a.replace("{tmp}", str(shared.root.parent)) for a in args]
+    code, _, err = run(capsys, shared, *args)
     assert code != 0 and one_line_error(err), err
     assert needle in err, err
-    assert snapshot(hostile) == before
-    assert Repository.open(hostile.dir).fsck().ok
+    assert snapshot(shared) == before
+    assert Repository.open(shared.dir).fsck().ok
 
 
+@llama_only
 def test_token_cap_against_the_context(hostile, capsys, monkeypatch):
     """Under the character cap but longer than the tiny model's 128-token context:
     refused by the tokenizer count, still before the weights load."""
@@ -142,6 +157,7 @@ def test_token_cap_against_the_context(hostile, capsys, monkeypatch):
     assert code != 0 and one_line_error(err) and "tokens" in err and "context of 128" in err
 
 
+@llama_only
 def test_refs_cases_from_the_issue_leave_the_repository_usable(hostile, capsys):
     """The probe's sequence: detached at v1, then try to delete HEAD; move a tag via a
     switch; everything refused and HEAD, tags and branches intact."""
@@ -155,6 +171,7 @@ def test_refs_cases_from_the_issue_leave_the_repository_usable(hostile, capsys):
     assert fresh.fsck().ok
 
 
+@llama_only
 def test_ref_hierarchy_both_ways_and_reuse(hostile):
     from nmkevc.errors import RefError
 
@@ -172,6 +189,7 @@ def test_ref_hierarchy_both_ways_and_reuse(hostile):
     assert hostile.fsck().ok
 
 
+@llama_only
 def test_garbage_ref_is_reported_and_skipped(hostile, capsys):
     side = hostile.dir / "refs" / "heads" / "side"
     side.write_bytes(b"\x00garbage\xff")
@@ -187,6 +205,7 @@ def test_garbage_ref_is_reported_and_skipped(hostile, capsys):
     assert Repository.open(hostile.dir).resolve("side") == hostile.resolve("v1")
 
 
+@llama_only
 def test_lost_head_is_restored(hostile):
     hostile.switch("v1", detach=True)
     (hostile.dir / "HEAD").unlink()
@@ -197,6 +216,7 @@ def test_lost_head_is_restored(hostile):
     assert Repository.open(hostile.dir).resolve("HEAD") == hostile.resolve("v1")
 
 
+@llama_only
 def test_store_replaces_a_damaged_file(hostile):
     cid = hostile.resolve("HEAD")
     raw_payload = hostile.plumbing.store.get(cid, "commit")
@@ -213,6 +233,7 @@ def _damage(path):
     path.write_bytes(path.read_bytes()[: max(1, path.stat().st_size // 3)])
 
 
+@llama_only
 def test_damaged_derived_objects_rebuilt(hostile, capsys):
     """Statistics and context templates are derived from the base: damage to them is
     repaired by the edit that needs them, and by fsck --repair, and never blocks gc."""
@@ -243,6 +264,7 @@ def test_damaged_derived_objects_rebuilt(hostile, capsys):
     assert fresh.gc().removed >= 0 and fresh.fsck().ok
 
 
+@llama_only
 def test_base_changed_in_place_caught_by_full_check(hostile, base_dir, capsys):
     """A byte changed with size, mtime and inode kept slips past the fast path (which
     trusts the stat key); fsck --full rehashes, reports it, and from then on the base
@@ -261,6 +283,7 @@ def test_base_changed_in_place_caught_by_full_check(hostile, base_dir, capsys):
     assert code != 0 and one_line_error(err) and "differs" in err
 
 
+@llama_only
 def test_init_leftover_reaped(tmp_path, base_dir):
     """A killed init's half-built repository (not locked by anyone) goes on the next init."""
     root = tmp_path / "new"
@@ -272,6 +295,7 @@ def test_init_leftover_reaped(tmp_path, base_dir):
     assert not dead.exists()
 
 
+@llama_only
 def test_gc_removes_dead_export_but_not_live_one(hostile, tmp_path):
     from nmkevc.storage.temps import claimed_tempdir
 
@@ -293,6 +317,7 @@ def test_gc_removes_dead_export_but_not_live_one(hostile, tmp_path):
     assert not dead.exists() and user.exists() and not list(claims.iterdir())
 
 
+@llama_only
 def test_lock_waits_and_names_its_holder(hostile):
     """A writer refused at once says who holds the lock; with a wait it waits, is told
     who is in the way, and proceeds when the holder lets go."""
@@ -328,6 +353,7 @@ def test_lock_waits_and_names_its_holder(hostile):
         os.close(ready_w)
 
 
+@llama_only
 def test_dash_C_applies_to_path_arguments(hostile, capsys, tmp_path, monkeypatch):
     """`nmkevc -C repo export HEAD ../x` writes beside the repository, as git would,
     whatever directory the command starts in; so do --file, dataset build and init."""
@@ -345,6 +371,7 @@ def test_dash_C_applies_to_path_arguments(hostile, capsys, tmp_path, monkeypatch
     assert code == 0 and (tmp_path / "sub" / ".nmkevc").is_dir()
 
 
+@llama_only
 def test_wait_option_parsing(hostile, capsys):
     from nmkevc.cli.base import hoist_wait
 
