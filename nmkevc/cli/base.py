@@ -36,15 +36,17 @@ def _tell_waiting(holder) -> None:
 class RepoPath(click.ParamType):
     """A path argument, taken relative to `-C`'s directory as git does (absolute paths
     as given). With `hub_ok`, a name shaped like a hub id (org/name) that is not a
-    directory there is passed through unchanged."""
+    directory there is passed through unchanged; so are the names in `keep` (built-in
+    data sets, say)."""
 
     name = "path"
 
-    def __init__(self, hub_ok: bool = False):
+    def __init__(self, hub_ok: bool = False, keep: tuple[str, ...] = ()):
         self.hub_ok = hub_ok
+        self.keep = tuple(keep)
 
     def convert(self, value, param, ctx):
-        if value is None or os.path.isabs(value):
+        if value is None or os.path.isabs(value) or value in self.keep:
             return value
         root = (ctx.find_root().params.get("path") if ctx else None) or "."
         joined = os.path.join(root, value)

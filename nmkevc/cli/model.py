@@ -200,12 +200,13 @@ def dataset_build(name, out, seed, relations, max_per_relation, split):
 
 
 @cli.command()
-@click.option("--dataset", "-d", "source", default="countryinfo", show_default=True,
+@click.option("--dataset", "-d", "source", type=RepoPath(keep=tuple(dataset_names())), default="countryinfo",
+              show_default=True,
               help="A built-in fact set (countryinfo) or a CounterFact-schema file.")
 @click.option("--edits", "-n", type=int, default=1000, show_default=True, help="Facts taught in total.")
 @click.option("--batch-size", "-b", type=int, default=100, show_default=True, help="Facts per commit.")
 @click.option("--methods", default=None, help="Comma-separated methods (default: every registered one).")
-@click.option("--out", "out_dir", default="lifelong-results", show_default=True,
+@click.option("--out", "out_dir", type=RepoPath(), default="lifelong-results", show_default=True,
               help="Directory for results.json, plots, table.md and the checkpoint.")
 @click.option("--split", type=click.Choice(["dev", "test"]), default="test", show_default=True,
               help="Part of the built-in fact set (choose hyperparameters on dev, report on test).")
