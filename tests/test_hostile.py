@@ -382,3 +382,16 @@ def test_wait_option_parsing(hostile, capsys):
     assert code != 0 and one_line_error(err) and "--wait=soon" in err
     code, _, err = run(capsys, hostile, "tag", "x", "--wait=1")  # a free lock: no wait at all
     assert code == 0, err
+
+
+@llama_only
+def test_os_failure_is_one_line(hostile, capsys, monkeypatch):
+    """A full disk (or any refusal by the OS) mid-command: the system's words in one line."""
+    from nmkevc.porcelain import branching
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device", str(hostile.dir / "refs" / "heads" / "x"))
+
+    monkeypatch.setattr(branching, "create_branch", full)
+    code, _, err = run(capsys, hostile, "branch", "x")
+    assert code == 74 and one_line_error(err) and "No space left on device" in err

@@ -188,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except BrokenPipeError:
         return 141
+    except OSError as e:  # the machine said no (disk full, permissions): its words, one line
+        if debug:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        click.echo(f"error: {e.strerror or e}{where}", err=True)
+        return 74  # EX_IOERR
     except Exception as e:  # a bug of ours: still one line, with a way to see more
         if debug:
             raise
