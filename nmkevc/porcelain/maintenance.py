@@ -101,6 +101,7 @@ def _fsck(repo: Repo, repair: bool, full: bool) -> FsckReport:
                 rep.problems.append(f"base {base_id[:12]}: {e}")
     reachable = _reachable(repo, commits, kinds)
     rep.dangling = sorted(o for o in kinds if o not in reachable)
+    repo.refs.broken.clear()  # reported above as problems, not again as warnings
     return rep
 
 
