@@ -10,6 +10,34 @@ from dataclasses import asdict, dataclass, field
 
 from .errors import EditRequestError
 
+#: Longest text field of a request, in characters: the cheap check made before any
+#: tokenizer or model is loaded (a fact is a sentence, not a document). The exact
+#: limit, in tokens against the model's context, is checked once the tokenizer is up.
+MAX_TEXT_CHARS = 2000
+#: Most paraphrase or neighbourhood prompts one request may carry.
+MAX_EXTRA_PROMPTS = 100
+PLACEHOLDER = "{}"
+
+
+def _check_length(what: str, text: str) -> None:
+    if len(text) > MAX_TEXT_CHARS:
+        raise EditRequestError(f"{what} is {len(text)} characters long; the limit is {MAX_TEXT_CHARS}")
+
+
+def _check_prompt(original: str, prompt: str) -> None:
+    """Exactly one '{}' and no other brace: a prompt is a sentence with one hole."""
+    if prompt.count(PLACEHOLDER) != 1:
+        raise EditRequestError(f"prompt {_short(original)} must contain '{{}}' exactly once")
+    rest = prompt.replace(PLACEHOLDER, "", 1)
+    if "{" in rest or "}" in rest:
+        raise EditRequestError(
+            f"prompt {_short(original)} has a stray brace: only one '{{}}' (where the subject goes) is allowed"
+        )
+
+
+def _short(text: str) -> str:
+    return repr(text if len(text) <= 80 else text[:77] + "...")
+
 
 @dataclass(frozen=True)
 class EditRequest:
@@ -24,31 +52,47 @@ class EditRequest:
     case_id: str | None = None
 
     def __post_init__(self) -> None:
+        for what, value in (("subject", self.subject), ("prompt", self.prompt), ("target", self.target_new),
+                            ("target_true", self.target_true)):
+            if value is not None and not isinstance(value, str):
+                raise EditRequestError(f"{what} must be text, not {type(value).__name__}")
+            if value is not None:
+                _check_length(what, value)
         if not self.subject or not self.subject.strip():
             raise EditRequestError("subject is empty")
         if not self.target_new or not self.target_new.strip():
-            raise EditRequestError(f"target is empty for subject {self.subject!r}")
+            raise EditRequestError(f"target is empty for subject {_short(self.subject)}")
         prompt = self.prompt
-        if "{}" not in prompt:
+        if PLACEHOLDER not in prompt:
             if self.subject in prompt:
-                prompt = prompt.replace(self.subject, "{}", 1)
+                prompt = prompt.replace(self.subject, PLACEHOLDER, 1)
             else:
                 raise EditRequestError(
-                    f"prompt {self.prompt!r} contains neither '{{}}' nor the subject {self.subject!r}"
+                    f"prompt {_short(self.prompt)} contains neither '{{}}' nor the subject {_short(self.subject)}"
                 )
-        if prompt.count("{}") != 1:
-            raise EditRequestError(f"prompt {self.prompt!r} must contain '{{}}' exactly once")
+        _check_prompt(self.prompt, prompt)
         object.__setattr__(self, "prompt", prompt)
         object.__setattr__(self, "target_new", self.target_new.strip())
         if self.target_true is not None:
             object.__setattr__(self, "target_true", self.target_true.strip() or None)
-        object.__setattr__(self, "paraphrases", tuple(self.paraphrases))
-        object.__setattr__(self, "neighborhood", tuple(self.neighborhood))
+        for what in ("paraphrases", "neighborhood"):
+            extra = getattr(self, what)
+            if isinstance(extra, str):
+                extra = (extra,)
+            extra = tuple(extra)
+            if len(extra) > MAX_EXTRA_PROMPTS:
+                raise EditRequestError(f"{len(extra)} {what} prompts; the limit is {MAX_EXTRA_PROMPTS}")
+            for text in extra:
+                if not isinstance(text, str):
+                    raise EditRequestError(f"{what} prompts must be text")
+                _check_length(f"a {what} prompt", text)
+            object.__setattr__(self, what, extra)
 
     @property
     def text(self) -> str:
         """The rewrite prompt with the subject filled in."""
-        return self.prompt.format(self.subject)
+        before, _, after = self.prompt.partition(PLACEHOLDER)
+        return before + self.subject + after
 
     @property
     def key(self) -> tuple[str, str]:

@@ -184,7 +184,7 @@ def test_edit_file_forms(tmp_path):
         (["", '{"subject": "", "prompt": "{} is", "target": "x"}'], "line 2: subject is empty"),
         (['{"subject": "A", "prompt": "{} is", "target": "x", "paraphrase": []}'], "unknown field"),
         (['{"subject": "A", "prompt": "{} {} is", "target": "x"}'], "exactly once"),
-        (['{"subject": "A", "prompt": "{} is {x}", "target": "x"}'], "braces"),
+        (['{"subject": "A", "prompt": "{} is {x}", "target": "x"}'], "stray brace"),
         (['["a list"]'], "line 1: expected a JSON object"),
         (['{"subject": 3, "prompt": "{} is", "target": "x"}'], "'subject' must be a string"),
     ],

@@ -4,6 +4,7 @@ turns every failure into one line and an exit code."""
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from contextlib import contextmanager
@@ -18,9 +19,80 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 
 
 def open_repo(ctx: click.Context):
+    """The repository `-C` names, with the lock wait `--wait` asked for; problems it
+    skips while serving the command (e.g. a corrupt ref) are printed after it."""
     from ..porcelain.repository import Repository
 
-    return Repository.open(ctx.obj["path"])
+    state = ctx.find_root().obj
+    repo = Repository.open(state["path"], wait=state.get("wait"), on_lock_wait=_tell_waiting)
+    state.setdefault("repos", []).append(repo)
+    return repo
+
+
+def _tell_waiting(holder) -> None:
+    click.echo(f"waiting for the repository lock, held by {holder.describe()}...", err=True)
+
+
+class RepoPath(click.ParamType):
+    """A path argument, taken relative to `-C`'s directory as git does (absolute paths
+    as given). With `hub_ok`, a name shaped like a hub id (org/name) that is not a
+    directory there is passed through unchanged; so are the names in `keep` (built-in
+    data sets, say)."""
+
+    name = "path"
+
+    def __init__(self, hub_ok: bool = False, keep: tuple[str, ...] = ()):
+        self.hub_ok = hub_ok
+        self.keep = tuple(keep)
+
+    def convert(self, value, param, ctx):
+        if value is None or os.path.isabs(value) or value in self.keep:
+            return value
+        root = (ctx.find_root().params.get("path") if ctx else None) or "."
+        joined = os.path.join(root, value)
+        if self.hub_ok and not os.path.exists(joined) and _looks_like_hub_id(value):
+            return value
+        return joined
+
+
+def _looks_like_hub_id(value: str) -> bool:
+    from ..models.source import looks_like_hub_id
+
+    return looks_like_hub_id(value)
+
+
+def _parse_wait(value: str | None) -> float | None:
+    """`--wait` alone: no limit; `--wait=SECONDS`: at most that long."""
+    if value is None:
+        return None
+    if value == "":
+        return math.inf
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise click.BadParameter(f"--wait={value}: expected a number of seconds") from None
+    if not seconds >= 0 or math.isnan(seconds):
+        raise click.BadParameter(f"--wait={value}: expected a number of seconds >= 0")
+    return seconds
+
+
+def hoist_wait(argv: list[str]) -> tuple[list[str], str | None]:
+    """Take `--wait` / `--wait=SECONDS` out of argv wherever it stands (before `--`), so
+    it works as a global option and on every command alike, and can never swallow the
+    next argument as its value. Returns (the rest, "" for bare --wait, or the value)."""
+    out: list[str] = []
+    wait: str | None = None
+    for i, a in enumerate(argv):
+        if a == "--":
+            out += argv[i:]
+            break
+        if a == "--wait":
+            wait = ""
+        elif a.startswith("--wait="):
+            wait = a[len("--wait="):]
+        else:
+            out.append(a)
+    return out, wait
 
 
 def method_names() -> list[str]:
@@ -71,20 +143,32 @@ def progress_bar(label: str):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-C", "path", default=".", metavar="PATH", help="Run as if started in PATH.")
+@click.option("-C", "path", default=".", metavar="PATH",
+              help="Run as if started in PATH (path arguments are taken relative to it).")
 @click.version_option(__version__, prog_name="nmkevc")
 @click.pass_context
 def cli(ctx: click.Context, path: str) -> None:
-    """Version control for knowledge edits to language models."""
+    """Version control for knowledge edits to language models.
+
+    --wait[=SECONDS] (before or after the command): wait for another command's
+    repository lock instead of failing at once (no limit without SECONDS; the config
+    setting lock_wait gives a default)."""
     ctx.ensure_object(dict)
-    ctx.obj["path"] = path
+    ctx.obj["path"] = path  # --wait was taken out of argv by main() (see hoist_wait)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors and an exit code, never a traceback (NMKEVC_DEBUG=1 shows it)."""
     debug = bool(os.environ.get("NMKEVC_DEBUG"))
+    state: dict = {}
     try:
-        rv = cli.main(args=argv, prog_name="nmkevc", standalone_mode=False)
+        args, wait = hoist_wait(list(sys.argv[1:] if argv is None else argv))
+        if wait is not None:
+            state["wait"] = _parse_wait(wait)
+        rv = cli.main(args=args, prog_name="nmkevc", standalone_mode=False, obj=state)
+        for repo in state.get("repos", []):
+            for w in repo.warnings():
+                click.echo(f"warning: {w}", err=True)
         return rv if isinstance(rv, int) else 0
     except click.exceptions.Exit as e:
         return e.exit_code
@@ -104,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except BrokenPipeError:
         return 141
+    except OSError as e:  # the machine said no (disk full, permissions): its words, one line
+        if debug:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        click.echo(f"error: {e.strerror or e}{where}", err=True)
+        return 74  # EX_IOERR
     except Exception as e:  # a bug of ours: still one line, with a way to see more
         if debug:
             raise

@@ -5,18 +5,25 @@ from __future__ import annotations
 import click
 
 from . import render
-from .base import cli, json_option, open_repo
+from .base import RepoPath, cli, json_option, open_repo
 
 
 @cli.command()
+@click.option("--repair", is_flag=True,
+              help="Rebuild what can be rebuilt: damaged statistics / context templates, refs from their reflog, HEAD.")
+@click.option("--full", is_flag=True, help="Also rehash every tensor of every base (the fast path trusts file stats).")
 @json_option
 @click.pass_context
-def fsck(ctx, as_json):
+def fsck(ctx, repair, full, as_json):
     """Check every object's hash, every ref's target, every delta's shapes against the base."""
-    rep = open_repo(ctx).fsck()
+    rep = open_repo(ctx).fsck(repair=repair, full=full)
     if as_json:
         render.emit_json(rep.to_json())
     else:
+        for r in rep.repaired:
+            click.echo(f"repaired: {r}")
+        for b in rep.bases_verified:
+            click.echo(f"base {b[:12]}: every tensor rehashed, matches")
         for p in rep.problems:
             click.echo(f"error: {p}")
         for d in rep.dangling:
@@ -36,7 +43,7 @@ def gc(ctx, as_json):
         render.emit_json(rep.to_json())
         return
     click.echo(f"removed {rep.removed} unreachable object(s), {render.human_bytes(rep.freed_bytes)}; "
-               f"{rep.temp_files} temp file(s)")
+               f"{rep.temp_files} temp file(s), {rep.temp_dirs} leftover director(ies) of killed commands")
 
 
 @cli.group()
@@ -58,7 +65,7 @@ def base_list(ctx, as_json):
 
 
 @base.command("add")
-@click.argument("location")
+@click.argument("location", type=RepoPath(hub_ok=True))
 @click.pass_context
 def base_add(ctx, location):
     """Record another base (for `switch --orphan NAME --base ID`)."""
@@ -68,7 +75,7 @@ def base_add(ctx, location):
 
 @base.command("relocate")
 @click.argument("base_id")
-@click.argument("location")
+@click.argument("location", type=RepoPath(hub_ok=True))
 @click.pass_context
 def base_relocate(ctx, base_id, location):
     """Point a recorded base at a new location (its content must match)."""

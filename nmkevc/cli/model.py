@@ -6,12 +6,12 @@ import click
 
 from ..porcelain.datasets import dataset_names
 from . import render
-from .base import StageBars, cli, json_option, method_names, open_repo, progress_bar
+from .base import RepoPath, StageBars, cli, json_option, method_names, open_repo, progress_bar
 
 
 @cli.command()
 @click.argument("rev")
-@click.argument("directory")
+@click.argument("directory", type=RepoPath())
 @click.option("--format", "fmt", type=click.Choice(["hf", "peft"]), default="hf", show_default=True,
               help="hf: the whole model; peft: a LoRA adapter of the change from the base.")
 @click.option("--rank", type=int, default=None,
@@ -48,12 +48,13 @@ def export(ctx, rev, directory, fmt, rank, as_json):
 @click.option("--target", "-t", default=None, help="The new answer.")
 @click.option("--target-true", default=None, help="The current answer (for efficacy checks).")
 @click.option("--paraphrase", "paraphrases", multiple=True, help="A paraphrase prompt to check (repeatable).")
-@click.option("--file", "-f", "path", default=None, help="JSON/JSONL file of edit requests.")
+@click.option("--file", "-f", "path", type=RepoPath(), default=None, help="JSON/JSONL file of edit requests.")
 @click.option("--batch-size", "-b", type=int, default=None, help="With --file: requests per commit (default: all).")
 @click.option("-m", "--message", default=None)
 @click.option("--method", type=click.Choice(method_names()), default="nmke", show_default=True)
 @click.option("--layers", default=None, help="Edited layers, e.g. 3-7 or 3,4,5 (default: by architecture/depth).")
-@click.option("--corpus", default=None, help="Text file for covariance statistics (default: shipped corpus).")
+@click.option("--corpus", type=RepoPath(), default=None,
+              help="Text file for covariance statistics (default: shipped corpus).")
 @click.option("--stats-tokens", type=int, default=None, help="Tokens of corpus for the statistics.")
 @json_option
 @click.pass_context
@@ -151,7 +152,7 @@ def blame(ctx, prompt, rev, as_json):
 
 @cli.command("eval")
 @click.option("--rev", "-r", default="HEAD", show_default=True)
-@click.option("--dataset", "-d", default=None,
+@click.option("--dataset", "-d", type=RepoPath(), default=None,
               help="CounterFact / zsRE / edit-request file (default: the history's facts).")
 @click.option("--no-perplexity", is_flag=True, help="Skip the held-out perplexity check.")
 @click.option("--records", is_flag=True, help="With --json: include per-record results.")
@@ -181,7 +182,7 @@ def dataset():
 
 @dataset.command("build")
 @click.argument("name", type=click.Choice(dataset_names()))
-@click.argument("out")
+@click.argument("out", type=RepoPath())
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--relation", "relations", multiple=True, help="Only these relations (repeatable).")
 @click.option("--max-per-relation", type=int, default=None)
@@ -199,12 +200,13 @@ def dataset_build(name, out, seed, relations, max_per_relation, split):
 
 
 @cli.command()
-@click.option("--dataset", "-d", "source", default="countryinfo", show_default=True,
+@click.option("--dataset", "-d", "source", type=RepoPath(keep=tuple(dataset_names())), default="countryinfo",
+              show_default=True,
               help="A built-in fact set (countryinfo) or a CounterFact-schema file.")
 @click.option("--edits", "-n", type=int, default=1000, show_default=True, help="Facts taught in total.")
 @click.option("--batch-size", "-b", type=int, default=100, show_default=True, help="Facts per commit.")
 @click.option("--methods", default=None, help="Comma-separated methods (default: every registered one).")
-@click.option("--out", "out_dir", default="lifelong-results", show_default=True,
+@click.option("--out", "out_dir", type=RepoPath(), default="lifelong-results", show_default=True,
               help="Directory for results.json, plots, table.md and the checkpoint.")
 @click.option("--split", type=click.Choice(["dev", "test"]), default="test", show_default=True,
               help="Part of the built-in fact set (choose hyperparameters on dev, report on test).")

@@ -36,8 +36,8 @@ def branch(ctx, name, start, delete, force_delete, force, remotes, all_, as_json
             click.echo(f"  {'remotes/' + b:<24} {oid[:10]} {repo.commit(oid).summary}")
         return
     if delete or force_delete:
-        repo.delete_branch(name, force=force_delete)
-        click.echo(f"Deleted branch {name}")
+        was = repo.delete_branch(name, force=force_delete)
+        click.echo(f"Deleted branch {name}" + (f" (was {was[:10]})" if was else ""))
         return
     oid = repo.branch(name, start, force=force)
     click.echo(f"Created branch {name} at {oid[:10]}")
@@ -94,8 +94,8 @@ def tag(ctx, name, rev, delete, force):
             click.echo(f"{t:<24} {oid[:10]}")
         return
     if delete:
-        repo.delete_tag(name)
-        click.echo(f"Deleted tag {name}")
+        was = repo.delete_tag(name)
+        click.echo(f"Deleted tag {name}" + (f" (was {was[:10]})" if was else ""))
         return
     oid = repo.tag(name, rev, force=force)
     click.echo(f"Tagged {oid[:10]} as {name}")

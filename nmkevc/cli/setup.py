@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from . import render
-from .base import cli, json_option, open_repo, progress_bar
+from .base import RepoPath, cli, json_option, open_repo, progress_bar
 
 
 @cli.command()
-@click.argument("directory", default=".", required=False)
-@click.option("--base", default=None,
+@click.argument("directory", type=RepoPath(), default=".", required=False)
+@click.option("--base", type=RepoPath(hub_ok=True), default=None,
               help="Local HF model directory or hub id (default: embedded SmolLM2-135M-Instruct).")
 @click.option("--branch", "-b", default="main", show_default=True, help="Name of the first branch.")
 @json_option
@@ -21,9 +19,8 @@ def init(ctx, directory, base, branch, as_json):
     """Create a repository recording BASE (verified by per-tensor sha256)."""
     from ..porcelain.repository import Repository
 
-    target = os.path.join(ctx.obj["path"], directory)
     with progress_bar("hashing base") as cb:
-        repo = Repository.init(target, base=base, progress=cb, branch=branch)
+        repo = Repository.init(directory, base=base, progress=cb, branch=branch)
     st = repo.status()
     if as_json:
         render.emit_json(st.to_json())

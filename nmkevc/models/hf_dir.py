@@ -2,8 +2,9 @@
 
 The output has the base's safetensors files (same names, same tensors per file, index
 copied) and its config and tokenizer files, so `from_pretrained` loads it like the base.
-Tensors are produced one at a time and streamed, and the directory appears whole or not
-at all (written beside the target, then renamed).
+Tensors are produced one at a time and streamed; every file is fsynced. The caller
+writes into a staging directory and renames it into place (the repository's
+`staging_dir`), so the result appears whole or not at all.
 """
 
 from __future__ import annotations
@@ -11,14 +12,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from ..errors import NmkevcError
-from ..storage.fsutil import fsync_dir
 from ..tensorio import TensorSpec, write_streaming
 from .weights import AUX_FILES, BaseWeights
 
@@ -27,23 +26,36 @@ PROVENANCE_FILE = "nmkevc.json"
 
 
 def check_export_target(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise NmkevcError(f"export target {out} exists and is not an empty directory")
+    """Refuse, before any model is loaded, a target that cannot be written: one that
+    exists and is not an empty directory, lies under a regular file, or whose nearest
+    existing ancestor is not writable."""
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        if not out.is_dir() or any(out.iterdir()):
+            raise NmkevcError(f"export target {out} exists and is not an empty directory")
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        if ancestor.is_symlink():
+            raise NmkevcError(f"cannot export to {out}: {ancestor} is a broken link")
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise NmkevcError(f"cannot export to {out}: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise NmkevcError(f"cannot export to {out}: {ancestor} is not writable")
 
 
-def write_model_dir(
+def write_model_files(
     weights: BaseWeights,
-    out: Path,
+    directory: Path,
     produce: Callable[[TensorSpec], torch.Tensor],
     provenance: dict,
     progress: Callable[[int, int], None] | None = None,
 ) -> int:
-    """Write every tensor of `weights` as `produce` gives it; returns the bytes of weights written."""
-    out = Path(out)
-    check_export_target(out)
+    """Write every tensor of `weights` as `produce` gives it, the base's config, tokenizer
+    and index files, and the provenance into `directory`, each file fsynced; returns the
+    bytes of weights written."""
+    directory = Path(directory)
     model_dir = weights.model_dir
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".export", dir=out.parent))
     total = len(weights.specs())
     done = [0]
 
@@ -53,26 +65,22 @@ def write_model_dir(
             progress(done[0], total)
 
     written = 0
-    try:
-        for fname, names in sorted(weights.files().items()):
-            specs = [weights.spec(n) for n in names]
-            with open(tmp / fname, "wb") as fh:
-                write_streaming(fh, specs, produce, metadata={"format": "pt"}, on_tensor=tick)
-                fh.flush()
-                os.fsync(fh.fileno())
-            written += (tmp / fname).stat().st_size
-        for name in AUX_FILES:
-            src = model_dir / name
-            if src.is_file():
-                shutil.copyfile(src, tmp / name)
-        for index in model_dir.glob("*.safetensors.index.json"):
-            shutil.copyfile(index, tmp / index.name)
-        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n", "utf-8")
-        if out.exists():
-            out.rmdir()
-        os.rename(tmp, out)
-        fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    for fname, names in sorted(weights.files().items()):
+        specs = [weights.spec(n) for n in names]
+        with open(directory / fname, "wb") as fh:
+            write_streaming(fh, specs, produce, metadata={"format": "pt"}, on_tensor=tick)
+            fh.flush()
+            os.fsync(fh.fileno())
+        written += (directory / fname).stat().st_size
+    copies = [model_dir / name for name in AUX_FILES if (model_dir / name).is_file()]
+    copies += sorted(model_dir.glob("*.safetensors.index.json"))
+    for src in copies:
+        with open(src, "rb") as fin, open(directory / src.name, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+            fout.flush()
+            os.fsync(fout.fileno())
+    with open(directory / PROVENANCE_FILE, "wb") as fh:
+        fh.write((json.dumps(provenance, indent=2) + "\n").encode("utf-8"))
+        fh.flush()
+        os.fsync(fh.fileno())
     return written

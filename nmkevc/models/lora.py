@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ..deltas.lowrank import LowRank
-from ..storage.fsutil import fsync_dir
 from ..tensorio import dumps
 from .adapters import ArchAdapter
-from .hf_dir import PROVENANCE_FILE, check_export_target
+from .hf_dir import PROVENANCE_FILE
 
 PREFIX = "base_model.model."
 CONFIG_FILE = "adapter_config.json"
@@ -67,25 +64,16 @@ def lora_config(adapter: ArchAdapter, layers: list[int], rank: int, base_name: s
     }
 
 
-def write_adapter_dir(out: Path, tensors: dict[str, torch.Tensor], config: dict, provenance: dict) -> int:
-    """Write a PEFT adapter directory; it appears whole or not at all. Returns the weights' bytes."""
-    out = Path(out)
-    check_export_target(out)
+def write_adapter_files(directory: Path, tensors: dict[str, torch.Tensor], config: dict, provenance: dict) -> int:
+    """Write a PEFT adapter's files into `directory` (a staging directory the repository
+    renames into place), each fsynced. Returns the weights' bytes."""
+    directory = Path(directory)
     payload = dumps(tensors, {"format": "pt"})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".export", dir=out.parent))
-    try:
-        (tmp / WEIGHTS_FILE).write_bytes(payload)
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", "utf-8")
-        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n", "utf-8")
-        for p in tmp.iterdir():
-            with open(p, "rb") as fh:
-                os.fsync(fh.fileno())
-        if out.exists():
-            out.rmdir()
-        os.rename(tmp, out)
-        fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    files = {WEIGHTS_FILE: payload, CONFIG_FILE: (json.dumps(config, indent=2) + "\n").encode("utf-8"),
+             PROVENANCE_FILE: (json.dumps(provenance, indent=2) + "\n").encode("utf-8")}
+    for name, data in files.items():
+        with open(directory / name, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
     return len(payload)

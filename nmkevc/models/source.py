@@ -45,9 +45,14 @@ def parse_base_argument(arg: str | None, revision: str | None = None) -> BaseSou
         if not p.is_dir():
             raise NmkevcError(f"--base {arg}: not a directory")
         return BaseSource("local", str(p.resolve()))
-    if _HUB_ID.match(arg) and not arg.startswith((".", "/")):
+    if looks_like_hub_id(arg):
         return BaseSource("hub", arg, revision)
     raise NmkevcError(f"--base {arg}: no such directory, and not a hub id of the form org/name")
+
+
+def looks_like_hub_id(arg: str) -> bool:
+    """org/name, as the hub spells ids (a path like ./x or /x never is one)."""
+    return bool(_HUB_ID.match(arg)) and not arg.startswith((".", "/"))
 
 
 def resolve_dir(source: BaseSource, progress=None) -> Path:

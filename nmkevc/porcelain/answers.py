@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..facts import EditRequest
 from ..repo.repository import Repo
+from .inputs import check_count, check_prompt, context_of
 
 
 @dataclass
@@ -23,6 +24,10 @@ def ask(repo: Repo, prompt: str, rev: str = "HEAD", top_k: int = 5, max_new_toke
     from ..evaluation.scoring import greedy_continuation, next_token_topk
 
     cid = repo.resolve(rev)
+    base_id = repo.commit(cid).base
+    check_count(top_k, "--top-k", 1, 1000)
+    check_count(max_new_tokens, "--max-new-tokens", 0, context_of(repo, base_id))
+    check_prompt(repo, base_id, prompt, room=max(1, max_new_tokens))
     state = repo.model_at(cid)
     top = next_token_topk(state.model, state.tokenizer, prompt, k=top_k)
     cont = greedy_continuation(state.model, state.tokenizer, prompt, max_new_tokens=max_new_tokens) \
@@ -56,6 +61,7 @@ def blame(repo: Repo, prompt: str, rev: str = "HEAD") -> BlameReport:
     from ..evaluation.scoring import next_token_topk
 
     tip = repo.resolve(rev)
+    check_prompt(repo, repo.commit(tip).base, prompt)
     order = repo.graph.canonical_order(repo.graph.ancestors(tip))
     memo: dict[str, tuple[str, float]] = {}
 

@@ -26,24 +26,34 @@ class HeadMove:
 def create_branch(repo: Repo, name: str, start: str = "HEAD", force: bool = False) -> str:
     repo.branch_refs.check_name(name)
     with repo.writing():
-        if repo.branch_refs.read(name) and not force:
+        if repo.branch_refs.exists(name) and not force:
             raise RefError(f"a branch named {name!r} already exists")
+        if repo.tag_refs.is_valid(name) and repo.tag_refs.exists(name) and not force:
+            raise RefError(f"a tag named {name!r} exists; a branch of the same name would make "
+                           f"{name!r} ambiguous (use --force to create it anyway)")
         oid = repo.resolve(start)
         repo.branch_refs.set(name, oid, f"branch: created from {start}")
         return oid
 
 
-def delete_branch(repo: Repo, name: str, force: bool = False) -> None:
+def delete_branch(repo: Repo, name: str, force: bool = False) -> str | None:
+    """Delete a branch; returns the commit it pointed at (None if its ref was corrupt)."""
+    repo.branch_refs.check_name(name)
     with repo.writing():
-        oid = repo.branch_refs.read(name)
-        if oid is None:
+        if not repo.branch_refs.exists(name):
             raise RefError(f"branch {name!r} not found")
         head = repo.head()
         if head.branch == name:
             raise RefError(f"cannot delete branch {name!r}: HEAD is on it")
-        if not force and head.commit and not repo.graph.is_ancestor(oid, head.commit):
+        try:
+            oid = repo.branch_refs.read(name)
+        except RefError:
+            if not force:
+                raise RefError(f"branch {name!r} is corrupt; use -D to delete it anyway") from None
+            oid = None
+        if not force and oid and head.commit and not repo.graph.is_ancestor(oid, head.commit):
             raise RefError(f"branch {name!r} is not merged into HEAD; use --force to delete it anyway")
-        repo.branch_refs.delete(name, "branch: deleted")
+        return repo.branch_refs.delete(name, "branch: deleted")
 
 
 def switch(repo: Repo, target: str, create: bool = False, detach: bool = False) -> str:
@@ -51,7 +61,7 @@ def switch(repo: Repo, target: str, create: bool = False, detach: bool = False) 
     with repo.writing():
         if create:
             create_branch(repo, target)
-        oid = None if detach else repo.branch_refs.read(target)
+        oid = None if detach or not repo.branch_refs.is_valid(target) else repo.branch_refs.read(target)
         if oid is not None:
             repo.refs.set_head_branch(target, f"switch: to {target}")
             return oid
@@ -59,6 +69,7 @@ def switch(repo: Repo, target: str, create: bool = False, detach: bool = False) 
             try:
                 oid = repo.resolve(target)
             except NmkevcError:
+                repo.branch_refs.check_name(target)  # a name no branch could have says so
                 raise RefError(f"no branch named {target!r} (use -c to create it)") from None
             raise RefError(
                 f"{target!r} is not a branch; use --detach to look at commit {oid[:12]} without a branch"
@@ -72,8 +83,10 @@ def switch_orphan(repo: Repo, name: str, base_id: str | None = None, message: st
     """A new branch with its own root commit (optionally on another recorded base)."""
     repo.branch_refs.check_name(name)
     with repo.writing():
-        if repo.branch_refs.read(name):
+        if repo.branch_refs.exists(name):
             raise RefError(f"a branch named {name!r} already exists")
+        if repo.tag_refs.is_valid(name) and repo.tag_refs.exists(name):
+            raise RefError(f"a tag named {name!r} exists; choose another branch name")
         base = base_id or repo.commit(repo.resolve("HEAD")).base
         repo.manifest(base)
         root = Commit(kind="init", parents=(), base=base, message=message or f"Root of {name}",
@@ -87,18 +100,20 @@ def switch_orphan(repo: Repo, name: str, base_id: str | None = None, message: st
 def create_tag(repo: Repo, name: str, rev: str = "HEAD", force: bool = False) -> str:
     repo.tag_refs.check_name(name)
     with repo.writing():
-        if repo.tag_refs.read(name) and not force:
+        if repo.tag_refs.exists(name) and not force:
             raise RefError(f"tag {name!r} already exists")
         oid = repo.resolve(rev)
         repo.tag_refs.set(name, oid, f"tag: {rev}")
         return oid
 
 
-def delete_tag(repo: Repo, name: str) -> None:
+def delete_tag(repo: Repo, name: str) -> str | None:
+    """Delete a tag; returns the commit it pointed at (None if its ref was corrupt)."""
+    repo.tag_refs.check_name(name)
     with repo.writing():
-        if repo.tag_refs.read(name) is None:
+        if not repo.tag_refs.exists(name):
             raise RefError(f"tag {name!r} not found")
-        repo.tag_refs.delete(name, "tag: deleted")
+        return repo.tag_refs.delete(name, "tag: deleted")
 
 
 def checkout(repo: Repo, target: str, new_branch: str | None = None) -> HeadMove:
@@ -108,7 +123,7 @@ def checkout(repo: Repo, target: str, new_branch: str | None = None) -> HeadMove
         if new_branch:
             create_branch(repo, new_branch, target)
             return HeadMove(switch(repo, new_branch), new_branch, created=True)
-        if repo.branch_refs.read(target):
+        if repo.branch_refs.is_valid(target) and repo.branch_refs.read(target):
             return HeadMove(switch(repo, target), target)
         return HeadMove(switch(repo, target, detach=True), None)
 

@@ -22,7 +22,11 @@ from ..models.live import ModelState
 from ..repo.repository import Repo, default_author
 from ..version import __version__
 from .edit_inputs import DEFAULT_STATS_TOKENS, context_templates, second_moments
+from .inputs import context_of, token_count
 
+#: Tokens kept free in front of a rewrite prompt for the context templates (a short
+#: prefix plus 10 sampled tokens, see editing/context.py).
+TEMPLATE_RESERVE = 32
 Progress = Callable[[str, int, int], None] | None
 
 
@@ -38,6 +42,33 @@ class EditOutcome:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def check_edit_input(repo: Repo, requests: Sequence[EditRequest], stats_tokens: int,
+                     base_id: str | None = None) -> None:
+    """Refuse what cannot work before any model is loaded: no requests, a bad token
+    budget, or a request longer than the model's context (counted with the base's
+    tokenizer, which loads in a moment; the weights are not touched)."""
+    if not requests:
+        raise EditRequestError("no edit requests given")
+    if isinstance(stats_tokens, bool) or not isinstance(stats_tokens, int) or stats_tokens < 1:
+        raise EditRequestError(f"--stats-tokens must be a positive number of tokens, not {stats_tokens!r}")
+    base_id = base_id or repo.commit(repo.resolve("HEAD")).base
+    ctx = context_of(repo, base_id)
+    if ctx is None:
+        return
+    for i, r in enumerate(requests, 1):
+        target = token_count(repo, base_id, " " + r.target_new) + 1
+        checks = [(r.text, ctx - TEMPLATE_RESERVE, "prompt")]
+        checks += [(t, ctx, "paraphrase") for t in r.paraphrases]
+        checks += [(t, ctx, "neighbourhood prompt") for t in r.neighborhood]
+        for text, limit, what in checks:
+            n = token_count(repo, base_id, text) + target
+            if n > limit:
+                raise EditRequestError(
+                    f"request {i} ({r.subject[:40]!r}): {what} and target are {n} tokens; the model's "
+                    f"context of {ctx} tokens leaves room for {limit}"
+                )
 
 
 def _projectors(sigmas: dict[int, torch.Tensor], hp) -> tuple[dict[int, torch.Tensor], dict[int, int]]:
@@ -160,6 +191,7 @@ def edit(
     with repo.writing():
         head = repo.resolve("HEAD")
         base_id = repo.commit(head).base
+        check_edit_input(repo, requests, stats_tokens, base_id)
         hp = with_layers(repo, base_id, hparams or EditHparams())
         commits = repo.effective(head)
         before = check_requests(repo.model_of(base_id, commits), requests)

@@ -66,3 +66,36 @@ def second_moments(
             ids[layer] = repo.caches.put_stats(keys[layer], sigmas[layer], count)
             out[layer] = sigmas[layer].float()
     return out, ids
+
+
+def recorded_stats(repo: Repo, commits) -> dict[str, tuple[StatsKey, int]]:
+    """{stats ref: (key, layer)} for every statistics object the given commits say they
+    used (layer, corpus id, token budget): what `fsck --repair` needs to recompute one."""
+    from ..errors import NmkevcError
+    from ..models.adapters import adapter_for
+
+    out: dict[str, tuple[StatsKey, int]] = {}
+    for c in commits:
+        stats, corpus = c.info.get("stats"), c.info.get("corpus")
+        if not isinstance(stats, dict) or not isinstance(corpus, dict):
+            continue
+        try:
+            adapter = adapter_for(repo.manifest(c.base).config)
+            for layer in stats:
+                key = StatsKey(c.base, adapter.weight_name(int(layer)), corpus["id"], int(corpus["tokens"]))
+                out[key.ref] = (key, int(layer))
+        except (NmkevcError, KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def rebuild_stats(repo: Repo, how: tuple[StatsKey, int]) -> str | None:
+    """Recompute one layer's statistics as recorded; the new object replaces a damaged
+    file of the same id. None when the corpus is not the shipped one (its file is not
+    recorded), so only the next edit with that corpus can rebuild it."""
+    key, layer = how
+    corpus = repo.corpus()
+    if corpus.id != key.corpus:
+        return None
+    _, ids = second_moments(repo, key.base, [layer], corpus, key.tokens)
+    return ids[layer]

@@ -1,7 +1,9 @@
 """Export: the model at a commit as a standard Hugging Face directory.
 
 Untouched tensors are streamed from the memory-mapped base; only edited weights are
-computed. The directory layout and its crash safety are the model layer's (models.hf_dir).
+computed. The directory layout is the model layer's (models.hf_dir); staging it beside
+the target and renaming it into place, so a killed export leaves nothing gc cannot
+find, is the repository's (Repo.staging_dir).
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..deltas.compose import apply_to_weight
+from ..errors import NmkevcError
 from ..models.adapters import adapter_for
-from ..models.hf_dir import check_export_target, write_model_dir
+from ..models.hf_dir import check_export_target, write_model_files
 from ..models.weights import BaseWeights
 from ..repo.repository import Repo
 from ..tensorio import TensorSpec
@@ -52,5 +55,9 @@ def export(repo: Repo, rev: str, out_dir: str | Path,
         "effective_set": repo.effective(cid),
         "facts": [r for _, r in facts_at(repo, cid)],
     }
-    written = write_model_dir(weights, out, produce, provenance, progress)
+    try:
+        with repo.staging_dir(out, "export") as tmp:
+            written = write_model_files(weights, tmp, produce, provenance, progress)
+    except OSError as e:
+        raise NmkevcError(f"cannot write export to {out}: {e.strerror or e}") from None
     return ExportReport(cid, str(out), len(weights.specs()), len(resolved), written)

@@ -53,8 +53,9 @@ class MergeReport:
     def conflict_lines(self) -> list[str]:
         lines = []
         for f in self.fact_conflicts:
+            text = f["prompt"].replace("{}", f["subject"], 1)
             lines.append(
-                f"fact conflict: {f['prompt'].format(f['subject'])!r}: ours {f['ours_target']!r} "
+                f"fact conflict: {text!r}: ours {f['ours_target']!r} "
                 f"({f['ours_commit'][:10]}) vs theirs {f['theirs_target']!r} ({f['theirs_commit'][:10]})"
             )
         for m in self.mask_scores:
@@ -84,6 +85,9 @@ def merge(
     replay: Replay | None = None,
 ) -> MergeReport:
     resolver = get_strategy(strategy) if strategy is not None else None
+    if isinstance(mask_threshold, bool) or not isinstance(mask_threshold, int | float) \
+            or not 0.0 <= mask_threshold <= 1.0:
+        raise MergeError(f"--mask-threshold is a share of delta mass, between 0 and 1, not {mask_threshold!r}")
     with repo.writing():
         ours = repo.resolve("HEAD")
         theirs = repo.resolve(rev)

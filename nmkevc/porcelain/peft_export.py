@@ -15,7 +15,7 @@ from ..deltas.lowrank import LowRank, low_rank
 from ..errors import NmkevcError, UsageError
 from ..models.adapters import adapter_for
 from ..models.hf_dir import check_export_target
-from ..models.lora import lora_config, lora_tensors, write_adapter_dir
+from ..models.lora import lora_config, lora_tensors, write_adapter_files
 from ..repo.repository import Repo
 from .describe import facts_at
 
@@ -58,7 +58,11 @@ def export_peft(repo: Repo, rev: str, out_dir: str | Path, rank: int | None = No
     config = lora_config(adapter, sorted(factors), r, base_name)
     provenance = {"tool": "nmkevc", "commit": cid, "base": base,
                   "facts": [req for _, req in facts_at(repo, cid)]}
-    written = write_adapter_dir(out, tensors, config, provenance)
+    try:
+        with repo.staging_dir(out, "export") as tmp:  # whole or absent; gc reaps a killed one
+            written = write_adapter_files(tmp, tensors, config, provenance)
+    except OSError as e:
+        raise NmkevcError(f"cannot write export to {out}: {e.strerror or e}") from None
     errors = {layer: f.error for layer, f in sorted(factors.items())}
     return PeftExportReport(
         commit=cid, path=str(out), rank=r, layers=sorted(factors), facts=len(provenance["facts"]),

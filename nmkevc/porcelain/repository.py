@@ -17,7 +17,7 @@ from ..facts import EditRequest
 from ..history.commit import Commit
 from ..models.live import ModelState
 from ..models.source import BaseSource, parse_base_argument
-from ..repo.repository import Head, ReflogEntry, Repo
+from ..repo.repository import Head, LockHolder, ReflogEntry, Repo
 from . import (
     answers,
     branching,
@@ -43,8 +43,12 @@ class Repository:
         self._repo = repo
 
     @classmethod
-    def open(cls, path: str | Path = ".") -> Repository:
-        return cls(Repo.open(path))
+    def open(cls, path: str | Path = ".", wait: float | None = None,
+             on_lock_wait: Callable[[LockHolder], None] | None = None) -> Repository:
+        """`wait`: seconds a writing verb waits for a busy lock (None: the config's
+        `lock_wait`, default 0 = refuse at once; math.inf = no limit); `on_lock_wait`
+        is told who holds the lock when the wait begins."""
+        return cls(Repo.open(path, wait=wait, on_lock_wait=on_lock_wait))
 
     @classmethod
     def init(cls, path: str | Path = ".", base: str | BaseSource | None = None,
@@ -116,8 +120,9 @@ class Repository:
     def branch(self, name: str, start: str = "HEAD", force: bool = False) -> str:
         return branching.create_branch(self._repo, name, start, force)
 
-    def delete_branch(self, name: str, force: bool = False) -> None:
-        branching.delete_branch(self._repo, name, force)
+    def delete_branch(self, name: str, force: bool = False) -> str | None:
+        """Delete a branch; returns the commit it pointed at (None if its ref was corrupt)."""
+        return branching.delete_branch(self._repo, name, force)
 
     def switch(self, target: str, create: bool = False, detach: bool = False) -> str:
         return branching.switch(self._repo, target, create, detach)
@@ -133,8 +138,9 @@ class Repository:
     def tag(self, name: str, rev: str = "HEAD", force: bool = False) -> str:
         return branching.create_tag(self._repo, name, rev, force)
 
-    def delete_tag(self, name: str) -> None:
-        branching.delete_tag(self._repo, name)
+    def delete_tag(self, name: str) -> str | None:
+        """Delete a tag; returns the commit it pointed at (None if its ref was corrupt)."""
+        return branching.delete_tag(self._repo, name)
 
     def tags(self) -> dict[str, str]:
         return branching.tags(self._repo)
@@ -187,11 +193,15 @@ class Repository:
 
     def edit_batches(self, requests: list[EditRequest], batch_size: int | None = None,
                      **kw) -> list[edit.EditOutcome]:
-        """Sequential batches, one commit each (the lifelong-editing setting); None = one batch."""
+        """Sequential batches, one commit each (the lifelong-editing setting); None: one batch.
+
+        Every request is checked before the first batch runs, so bad input commits nothing."""
         if batch_size is None:
             batch_size = max(1, len(requests))
-        if batch_size < 1:
-            raise EditRequestError("batch size must be at least 1")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise EditRequestError(f"batch size must be at least 1, not {batch_size!r}")
+        stats_tokens = kw.get("stats_tokens")
+        edit.check_edit_input(self._repo, requests, DEFAULT_STATS_TOKENS if stats_tokens is None else stats_tokens)
         return [self.edit(requests[i : i + batch_size], **kw) for i in range(0, len(requests), batch_size)]
 
     def ask(self, prompt: str, rev: str = "HEAD", top_k: int = 5, max_new_tokens: int = 12) -> answers.Answer:
@@ -294,8 +304,13 @@ class Repository:
         return sharing.verify_bundle(path)
 
     # -- maintenance ---------------------------------------------------------------------
-    def fsck(self) -> maintenance.FsckReport:
-        return maintenance.fsck(self._repo)
+    def fsck(self, repair: bool = False, full: bool = False) -> maintenance.FsckReport:
+        """Check everything; `repair` rebuilds what can be rebuilt, `full` rehashes the bases."""
+        return maintenance.fsck(self._repo, repair=repair, full=full)
+
+    def warnings(self) -> list[str]:
+        """Problems met and skipped while serving a command (e.g. a corrupt ref in a listing)."""
+        return [f"{problem}; skipped" for _, problem in sorted(self._repo.refs.broken.items())]
 
     def gc(self) -> maintenance.GcReport:
         return maintenance.gc(self._repo)

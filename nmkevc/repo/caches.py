@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .. import tensorio
+from ..errors import NmkevcError
 from ..storage.objects import canonical_json
 from ..storage.refs import RefStore
 from ..storage.store import ObjectStore
@@ -51,12 +52,16 @@ class BaseCaches:
 
     # -- key statistics Σ_l ----------------------------------------------------------------
     def find_stats(self, key: StatsKey) -> tuple[str, torch.Tensor] | None:
-        """(object id, Σ) stored under key, or None."""
-        oid = self._refs.read(key.ref)
-        if oid is None:
+        """(object id, Σ) stored under key, or None when absent *or damaged*: a cache is
+        recomputed (and the store replaces the bad file) rather than block every edit."""
+        try:
+            oid = self._refs.read(key.ref)
+            if oid is None:
+                return None
+            tensors, _meta = tensorio.loads(self._store.get(oid, STATS_KIND))
+            return oid, tensors["sigma"]
+        except (NmkevcError, KeyError, ValueError):
             return None
-        tensors, _meta = tensorio.loads(self._store.get(oid, STATS_KIND))
-        return oid, tensors["sigma"]
 
     def put_stats(self, key: StatsKey, sigma: torch.Tensor, count: int) -> str:
         meta = {"nmkevc": json.dumps({**key.to_json(), "count": count}, sort_keys=True)}
@@ -66,10 +71,17 @@ class BaseCaches:
 
     # -- context templates -------------------------------------------------------------------
     def find_templates(self, base_id: str) -> list[str] | None:
-        oid = self._refs.read(CONTEXT + base_id)
-        if oid is None:
+        """The stored templates, or None when absent or damaged (they are sampled again)."""
+        try:
+            oid = self._refs.read(CONTEXT + base_id)
+            if oid is None:
+                return None
+            templates = json.loads(self._store.get(oid, TEMPLATES_KIND))["templates"]
+        except (NmkevcError, ValueError, KeyError, TypeError):
             return None
-        return json.loads(self._store.get(oid, TEMPLATES_KIND))["templates"]
+        if isinstance(templates, list) and all(isinstance(t, str) for t in templates):
+            return templates
+        return None
 
     def put_templates(self, base_id: str, seed: int, templates: list[str]) -> str:
         payload = json.dumps({"base": base_id, "seed": seed, "templates": templates}, sort_keys=True)

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import NotARepositoryError
+from ..errors import NmkevcError, NotARepositoryError
 from ..models.source import BaseSource
 from ..storage.fsutil import atomic_write
 from ..storage.objects import canonical_json
@@ -66,8 +66,16 @@ class RepoConfig:
         except (ValueError, KeyError, TypeError):
             raise NotARepositoryError(f"{path} is corrupt; the repository cannot be opened") from None
 
+    @property
+    def lock_wait(self) -> float:
+        """Default seconds a writer waits for the lock (setting `lock_wait`; 0 = refuse)."""
+        v = self.settings.get("lock_wait", 0)
+        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+            raise NmkevcError(f"config setting lock_wait must be a number of seconds >= 0, not {v!r}")
+        return float(v)
+
     def save(self, path: Path) -> None:
-        atomic_write(path, self.to_bytes())
+        atomic_write(path, self.to_bytes(), what="config")
 
 
 LAYOUT_DIRS = ("objects", "refs/heads", "refs/tags", "logs", "cache")

@@ -7,7 +7,7 @@ of a base (see `caches`). Every ref under refs/ is a gc root, whatever its names
 
 from __future__ import annotations
 
-from ..storage.refs import HEADS, TAGS, RefStore, check_ref_name
+from ..storage.refs import HEADS, TAGS, RefStore, check_ref_name, is_valid_ref_name
 
 STATS = "refs/stats/"
 CONTEXT = "refs/context/"
@@ -30,16 +30,26 @@ class RefNamespace:
         return self.prefix + name
 
     def check_name(self, name: str) -> str:
+        """The name, or a one-line refusal saying which of git's rules it breaks."""
         return check_ref_name(name, self.what)
 
+    def is_valid(self, name: str) -> bool:
+        return is_valid_ref_name(name) and name != "HEAD"
+
+    def exists(self, name: str) -> bool:
+        """A ref file of this name is there (readable or not)."""
+        return self._refs.exists(self.prefix + self.check_name(name))
+
     def read(self, name: str) -> str | None:
-        return self._refs.read(self.prefix + name)
+        """The id the ref holds, None if absent; RefError if the name is invalid or the file corrupt."""
+        return self._refs.read(self.prefix + self.check_name(name))
 
     def set(self, name: str, oid: str, message: str) -> None:
-        self._refs.set(self.prefix + name, oid, message)
+        self._refs.set(self.prefix + self.check_name(name), oid, message)
 
-    def delete(self, name: str, message: str) -> None:
-        self._refs.delete(self.prefix + name, message)
+    def delete(self, name: str, message: str) -> str | None:
+        """Remove the ref (and its reflog); returns the id it held (None if corrupt)."""
+        return self._refs.delete(self.prefix + self.check_name(name), message)
 
     def list(self) -> dict[str, str]:
         """{short name: object id}."""

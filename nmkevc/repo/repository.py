@@ -16,6 +16,7 @@ import getpass
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -31,11 +32,13 @@ from ..history.dag import CommitGraph
 from ..models.live import LiveModel, ModelState
 from ..models.manifest import BaseManifest, build_manifest
 from ..models.source import BaseSource, resolve_dir
-from ..storage.fsutil import atomic_write, remove_stale_temps
-from ..storage.lock import RepoLock
+from ..storage.faults import crash_point
+from ..storage.fsutil import atomic_write, fsync_dir
+from ..storage.lock import LockHolder, RepoLock
 from ..storage.objects import canonical_json, decode
 from ..storage.refs import HEADS, Head, ReflogEntry, RefStore, check_ref_name
 from ..storage.store import ObjectStore
+from ..storage.temps import claimed_tempdir, make_init_dir, reap_claims, reap_init_dirs, remove_stale_temps
 from .caches import BaseCaches
 from .layout import REPO_DIR, RepoConfig, find_repo_dir, make_layout
 from .namespaces import ALL_REFS, branch_namespace, remote_namespace, tag_namespace
@@ -48,13 +51,18 @@ COMMIT_KIND, DELTA_KIND, BASE_KIND = "commit", "delta", "base"
 
 
 class Repo:
-    def __init__(self, repo_dir: Path):
+    def __init__(self, repo_dir: Path, wait: float | None = None,
+                 on_lock_wait: Callable[[LockHolder], None] | None = None):
+        """`wait`: seconds a writer waits for a busy lock (None: the config's `lock_wait`
+        setting, else 0 = refuse at once; math.inf: forever); `on_lock_wait` is told who
+        holds it when waiting starts."""
         self.dir = Path(repo_dir)
         self.root = self.dir.parent
         self.store = ObjectStore(self.dir / "objects")
         self.refs = RefStore(self.dir)
-        self.lock = RepoLock(self.dir / "lock")
         self.config = RepoConfig.load(self.dir / "config.json")
+        self.lock = RepoLock(self.dir / "lock", wait=self.config.lock_wait if wait is None else wait,
+                             on_wait=on_lock_wait)
         self.graph = CommitGraph(self._load_commit)
         self.branch_refs = branch_namespace(self.refs)
         self.tag_refs = tag_namespace(self.refs)
@@ -67,48 +75,66 @@ class Repo:
         self._live_base: str | None = None
         self._base_model: tuple[str, LiveModel] | None = None
         self._corpora: dict[str, Corpus] = {}
+        self._tokenizers: dict[str, object] = {}
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path = ".") -> Repo:
-        return cls(find_repo_dir(Path(path)))
+    def open(cls, path: str | Path = ".", wait: float | None = None,
+             on_lock_wait: Callable[[LockHolder], None] | None = None) -> Repo:
+        return cls(find_repo_dir(Path(path)), wait=wait, on_lock_wait=on_lock_wait)
 
     @classmethod
     def create(cls, path: str | Path, source: BaseSource, progress: Progress = None,
                branch: str = "main", message: str | None = None) -> Repo:
         """Make `.nmkevc` with the base recorded and a root commit on `branch`."""
         root = Path(path)
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise NmkevcError(f"cannot create {root}: {e.strerror or e}") from None
         repo_dir = root / REPO_DIR
         if (repo_dir / "config.json").exists():
             raise NmkevcError(f"{root} is already an nmkevc repository")
+        if repo_dir.exists() or repo_dir.is_symlink():
+            raise NmkevcError(f"{repo_dir} exists but is not an nmkevc repository; move it away first")
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise NmkevcError(f"cannot create a repository in {root}: permission denied")
         check_ref_name(branch)
         model_dir = resolve_dir(source, progress=progress)
         hash_cache: dict = {}
         manifest = build_manifest(model_dir, progress=progress, hash_cache=hash_cache)
-        tmp = root / f".{REPO_DIR}.init-{os.getpid()}"
-        if tmp.exists():
-            import shutil
-
-            shutil.rmtree(tmp)
-        make_layout(tmp)
-        store = ObjectStore(tmp / "objects")
-        base_id = store.put(BASE_KIND, manifest.to_bytes())
-        RepoConfig(bases={base_id: source}).save(tmp / "config.json")
-        atomic_write(tmp / "cache" / "hashes.json", json.dumps(hash_cache).encode())
-        root_commit = Commit(
-            kind="init",
-            parents=(),
-            base=base_id,
-            message=message or f"Initial commit: base {source.describe()}",
-            author=default_author(),
-            time=int(time.time()),
-        )
-        cid = store.put(COMMIT_KIND, root_commit.to_bytes())
-        refs = RefStore(tmp)
-        refs.set(HEADS + branch, cid, "init")
-        atomic_write(tmp / "HEAD", f"ref: {HEADS}{branch}\n".encode())
-        os.rename(tmp, repo_dir)  # the repository appears whole or not at all
+        reap_init_dirs(root)
+        tmp = make_init_dir(root)
+        lock = RepoLock(tmp / "lock")
+        try:
+            lock.acquire()  # marks the half-built repository as alive (see storage/temps.py)
+            os.chmod(tmp, 0o755)
+            make_layout(tmp)
+            store = ObjectStore(tmp / "objects")
+            base_id = store.put(BASE_KIND, manifest.to_bytes())
+            RepoConfig(bases={base_id: source}).save(tmp / "config.json")
+            atomic_write(tmp / "cache" / "hashes.json", json.dumps(hash_cache).encode())
+            root_commit = Commit(
+                kind="init",
+                parents=(),
+                base=base_id,
+                message=message or f"Initial commit: base {source.describe()}",
+                author=default_author(),
+                time=int(time.time()),
+            )
+            cid = store.put(COMMIT_KIND, root_commit.to_bytes())
+            refs = RefStore(tmp)
+            refs.set(HEADS + branch, cid, "init")
+            atomic_write(tmp / "HEAD", f"ref: {HEADS}{branch}\n".encode())
+            fsync_dir(tmp)
+            crash_point("init")
+            os.rename(tmp, repo_dir)  # the repository appears whole or not at all
+            fsync_dir(root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            lock.release()
         repo = cls(repo_dir)
         repo._verified[base_id] = model_dir
         return repo
@@ -119,6 +145,23 @@ class Repo:
         """Hold the repository lock while objects are written and refs moved."""
         with self.lock:
             yield
+
+    @contextlib.contextmanager
+    def staging_dir(self, target: Path, what: str) -> Iterator[Path]:
+        """A hidden directory beside `target` to fill; on a clean exit it is fsynced and
+        renamed onto `target` (absent or empty), so the result appears whole or not at
+        all. If the process dies instead, `gc` finds the directory by its claim and
+        removes it."""
+        target = Path(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with claimed_tempdir(self.dir, target.parent, f".{target.name}.", f".{what}") as tmp:
+            yield tmp
+            fsync_dir(tmp)
+            crash_point(what)
+            if target.exists():
+                target.rmdir()
+            os.rename(tmp, target)
+            fsync_dir(target.parent)
 
     # -- objects -------------------------------------------------------------------------
     def _load_commit(self, oid: str) -> Commit:
@@ -204,8 +247,14 @@ class Repo:
         return roots
 
     def remove_stale_temps(self) -> int:
-        """Delete temp files an interrupted write left in the repository; returns how many."""
+        """Delete temp files an interrupted write left in the repository; returns how many.
+        Only under the lock (a live writer's temp file would go too)."""
         return remove_stale_temps(self.dir)
+
+    def remove_leftover_dirs(self) -> int:
+        """Delete directories of killed commands that are provably ours and dead: exports
+        whose claim nobody holds, half-built repositories of killed inits beside this one."""
+        return reap_claims(self.dir) + reap_init_dirs(self.root)
 
     # -- the effective set ---------------------------------------------------------------
     def effective(self, cid: str) -> list[str]:
@@ -254,23 +303,33 @@ class Repo:
         except KeyError:
             raise BaseMismatchError(f"the repository has no location for base {base_id[:12]}") from None
 
-    def base_dir(self, base_id: str, progress: Progress = None) -> Path:
-        """The base's directory, verified tensor by tensor against its manifest."""
-        if base_id in self._verified:
+    def base_dir(self, base_id: str, progress: Progress = None, full: bool = False) -> Path:
+        """The base's directory, verified tensor by tensor against its manifest.
+
+        The fast path trusts the hash cache for a tensor file whose (path, size, mtime,
+        inode) is unchanged; config and tokenizer files are always re-read. `full`
+        rehashes every tensor and refreshes the cache with what it finds."""
+        if base_id in self._verified and not full:
             return self._verified[base_id]
         source = self.base_source(base_id)
         model_dir = resolve_dir(source, progress=progress)
         cache_path = self.dir / "cache" / "hashes.json"
         try:
             hash_cache = json.loads(cache_path.read_text("utf-8"))
-        except (FileNotFoundError, ValueError):
+            if not isinstance(hash_cache, dict):
+                hash_cache = {}
+        except (OSError, ValueError):
             hash_cache = {}
-        found = build_manifest(model_dir, progress=progress, hash_cache=hash_cache)
+        fresh: dict = {} if full else hash_cache
+        found = build_manifest(model_dir, progress=progress, hash_cache=fresh)
+        if full:
+            hash_cache.update(fresh)  # what the files hold now replaces what was trusted
         with contextlib.suppress(OSError):
-            atomic_write(cache_path, json.dumps(hash_cache).encode())
+            atomic_write(cache_path, json.dumps(hash_cache).encode(), what="cache")
         want = self.manifest(base_id)
         problem = _manifest_difference(want, found)
         if problem:
+            self._verified.pop(base_id, None)
             raise BaseMismatchError(
                 f"the base at {source.describe()} is not the one this repository was built on "
                 f"({problem}); refusing to use it"
@@ -301,6 +360,20 @@ class Repo:
                 self.config.bases[base_id] = old
                 raise
             self.config.save(self.dir / "config.json")
+
+    def tokenizer(self, base_id: str):
+        """The base's tokenizer, without loading its weights (for checks made before any
+        forward pass); a loaded model's own when there is one."""
+        loaded = [(self._live_base, self._live), *([self._base_model] if self._base_model else [])]
+        for bid, live in loaded:
+            if live is not None and bid == base_id:
+                return live.tokenizer
+        tok = self._tokenizers.get(base_id)
+        if tok is None:
+            from ..models.loading import load_tokenizer
+
+            tok = self._tokenizers[base_id] = load_tokenizer(self.base_dir(base_id))
+        return tok
 
     def model_at(self, cid: str, progress: Progress = None) -> ModelState:
         """The model at commit cid: moving between commits rewrites only changed weights."""

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from ..errors import RevisionError
 from ..history.dag import CommitGraph
-from ..storage.refs import HEADS, TAGS, RefStore
+from ..storage.refs import HEADS, TAGS, RefStore, is_valid_ref_name
 from ..storage.store import ObjectStore
 from .namespaces import REMOTES
 
@@ -71,7 +71,8 @@ def _resolve_name(name: str, refs: RefStore, store: ObjectStore, is_commit) -> s
     for prefix in (HEADS, TAGS, REMOTES, ""):
         if prefix == "" and not name.startswith("refs/"):
             continue
-        oid = refs.read(prefix + name) if _plausible_ref(name) else None
+        full = prefix + name
+        oid = refs.read(full) if is_valid_ref_name(full) and full.count("/") >= 2 else None
         if oid:
             return oid
     if _HEX.match(name):
@@ -83,6 +84,3 @@ def _resolve_name(name: str, refs: RefStore, store: ObjectStore, is_commit) -> s
             raise RevisionError(f"ambiguous revision {name!r}: matches {shown}")
     raise RevisionError(f"unknown revision {name!r}")
 
-
-def _plausible_ref(name: str) -> bool:
-    return bool(name) and ".." not in name and not name.startswith(("/", "."))

@@ -11,6 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .faults import crash_point
+
 
 def fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):  # some filesystems cannot fsync a directory
@@ -21,7 +23,8 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+def atomic_write(path: Path, data: bytes, mode: int = 0o644, what: str = "file") -> None:
+    """Replace `path` with `data` atomically; `what` names the boundary for crash tests."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -31,7 +34,9 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)
+        crash_point("write", what)
         os.replace(tmp, path)
+        crash_point("rename", what)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -39,15 +44,5 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     fsync_dir(path.parent)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, text.encode("utf-8"))
-
-
-def remove_stale_temps(root: Path) -> int:
-    """Delete temp files left by an interrupted write; returns how many."""
-    n = 0
-    for p in Path(root).rglob(".*.tmp"):
-        with contextlib.suppress(OSError):
-            p.unlink()
-            n += 1
-    return n
+def atomic_write_text(path: Path, text: str, what: str = "file") -> None:
+    atomic_write(path, text.encode("utf-8"), what=what)

@@ -1,28 +1,83 @@
 """The repository write lock.
 
 An OS advisory lock (flock) on `.nmkevc/lock`: the kernel drops it when the holder
-dies, so a crash or Ctrl-C never leaves a stale lock behind, and a second writer is
-told at once rather than made to wait.
+dies, so a crash or Ctrl-C never leaves a stale lock behind. The holder writes who it
+is (pid, command, start time) into the file so a refused or waiting writer can say
+who is in the way. By default a second writer is refused at once; with a wait
+(seconds, or `math.inf`) it polls until the lock is free or the time runs out.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import RepositoryLockedError
+from .faults import crash_point
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - non-POSIX
     fcntl = None  # type: ignore[assignment]
 
+POLL_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """What the lock file says about the process holding it."""
+
+    pid: int | None
+    command: str
+    since: float | None
+
+    def describe(self) -> str:
+        parts = [f"process {self.pid}" if self.pid else "another process"]
+        if self.command:
+            parts.append(f"({self.command[:80]})")
+        if self.since:
+            parts.append(f"since {time.strftime('%H:%M:%S', time.localtime(self.since))}")
+        return " ".join(parts)
+
+    @classmethod
+    def parse(cls, text: str) -> LockHolder:
+        try:
+            d = json.loads(text)
+            return cls(int(d["pid"]), str(d.get("command", "")), float(d["time"]))
+        except (ValueError, KeyError, TypeError):
+            pid = text.strip()
+            return cls(int(pid) if pid.isdigit() else None, "", None)
+
+
+def _me() -> bytes:
+    cmd = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))
+    return json.dumps({"pid": os.getpid(), "command": cmd, "time": time.time()}).encode("utf-8")
+
 
 class RepoLock:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, wait: float = 0.0,
+                 on_wait: Callable[[LockHolder], None] | None = None):
         self.path = Path(path)
+        #: seconds to wait for a busy lock (0: refuse at once; math.inf: wait forever)
+        self.wait = wait
+        #: told once, when a writer starts waiting, who holds the lock
+        self.on_wait = on_wait
         self._fd: int | None = None
         self._depth = 0
+
+    def holder(self) -> LockHolder | None:
+        """Who holds the lock now, as recorded in the file (None if nobody says)."""
+        try:
+            text = self.path.read_text("utf-8", errors="replace")
+        except OSError:
+            return None
+        return LockHolder.parse(text) if text.strip() else None
 
     def acquire(self) -> None:
         if self._depth:
@@ -30,23 +85,33 @@ class RepoLock:
             return
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                holder = ""
+            deadline = time.monotonic() + self.wait if self.wait > 0 else None
+            told = False
+            while True:
                 try:
-                    holder = os.read(fd, 64).decode("ascii", "replace").strip()
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
                 except OSError:
                     pass
-                os.close(fd)
-                who = f" by process {holder}" if holder else ""
-                raise RepositoryLockedError(
-                    f"repository is locked{who}: another nmkevc command is writing to it"
-                ) from None
+                holder = self.holder() or LockHolder(None, "", None)
+                if deadline is None or time.monotonic() >= deadline:
+                    os.close(fd)
+                    waited = f" after waiting {self.wait:g}s" if self.wait > 0 else ""
+                    hint = "" if self.wait > 0 else " (use --wait to wait for it)"
+                    raise RepositoryLockedError(
+                        f"repository is locked by {holder.describe()}{waited}: another nmkevc "
+                        f"command is writing to it{hint}"
+                    )
+                if not told and self.on_wait is not None:
+                    self.on_wait(holder)
+                    told = True
+                time.sleep(POLL_SECONDS if math.isinf(self.wait) else
+                           max(0.0, min(POLL_SECONDS, deadline - time.monotonic())))
         os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode("ascii"))
+        os.pwrite(fd, _me(), 0)
         self._fd = fd
         self._depth = 1
+        crash_point("lock")
 
     def release(self) -> None:
         if not self._depth:

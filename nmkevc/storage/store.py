@@ -9,6 +9,7 @@ from pathlib import Path
 import zstandard
 
 from ..errors import CorruptObjectError, ObjectNotFoundError, RevisionError
+from .faults import crash_point
 from .fsutil import atomic_write
 from .objects import decode, encode, is_object_id, object_id
 
@@ -22,13 +23,17 @@ class ObjectStore:
         return self.root / oid[:2] / oid[2:]
 
     def put(self, kind: str, payload: bytes) -> str:
-        """Store an object (idempotent) and return its id."""
+        """Store an object (idempotent) and return its id.
+
+        A file already there is kept only if it is intact: a damaged copy (torn by a
+        disk fault, truncated by hand) is replaced by the correct content being written
+        now, which is how rebuilding a derived object repairs the store."""
         raw = encode(kind, payload)
         oid = object_id(raw)
         p = self.path(oid)
-        if not p.exists():
+        if not p.exists() or not self.intact(oid):
             data = zstandard.ZstdCompressor(level=self.level, write_checksum=True).compress(raw)
-            atomic_write(p, data, mode=0o444)
+            atomic_write(p, data, mode=0o444, what=f"object-{kind}")
         return oid
 
     def put_compressed(self, oid: str, data: bytes) -> str:
@@ -38,14 +43,22 @@ class ObjectStore:
         so a corrupt or forged object never enters the store; returns the object's kind."""
         kind, _ = check_compressed(oid, data)
         p = self.path(oid)
-        if not p.exists():
-            atomic_write(p, data, mode=0o444)
+        if not p.exists() or not self.intact(oid):  # a damaged copy is replaced
+            atomic_write(p, data, mode=0o444, what=f"object-{kind}")
         return kind
 
     def read_compressed(self, oid: str) -> bytes:
         """The stored (compressed) bytes of an object, verified against its id."""
         self.read_raw(oid)
         return self.path(oid).read_bytes()
+
+    def intact(self, oid: str) -> bool:
+        """The stored file decompresses to bytes whose hash is its id."""
+        try:
+            self.read_raw(oid)
+        except (CorruptObjectError, ObjectNotFoundError):
+            return False
+        return True
 
     def exists(self, oid: str) -> bool:
         return is_object_id(oid) and self.path(oid).exists()
@@ -65,6 +78,8 @@ class ObjectStore:
             data = self.path(oid).read_bytes()
         except FileNotFoundError:
             raise ObjectNotFoundError(f"object {oid[:12]} not found") from None
+        except OSError as e:
+            raise CorruptObjectError(f"object {oid[:12]} cannot be read ({e.strerror})") from None
         try:
             raw = decompress_object(oid, data)
         except CorruptObjectError as e:  # a local object: say how to find out more
@@ -109,7 +124,8 @@ class ObjectStore:
             os.chmod(p, 0o644)
             p.unlink()
         except FileNotFoundError:
-            pass
+            return
+        crash_point("delete", "object")
 
 
 def check_compressed(oid: str, data: bytes) -> tuple[str, bytes]:
