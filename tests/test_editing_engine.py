@@ -207,7 +207,7 @@ def test_z_of_a_request_does_not_depend_on_its_batch(sharp):
     try:
         alone = optimise_z(model, tok, ad, [EDIT], TEMPLATES, 2, hp)
         both = optimise_z(model, tok, ad, [other, EDIT], TEMPLATES, 2, hp)
-        split = optimise_z(model, tok, ad, [other, EDIT], TEMPLATES, 2, hp, max_rows=4)
+        split = optimise_z(model, tok, ad, [other, EDIT], TEMPLATES, 2, hp, pack_tokens=4)
     finally:
         for p in model.parameters():
             p.requires_grad_(True)
