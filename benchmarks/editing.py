@@ -112,13 +112,17 @@ def edit_case(repo_dir: str, n: int, method: str, stats_tokens: int) -> dict:
         "efficacy": sum(bool(c["efficacy"]) for c in out.checks) / n,
         "mask_fraction": round(sum(x["neurons"] / x["d_ff"] for x in out.layers) / len(out.layers), 3),
         "z_steps_mean": round(sum(out.info["editor"].get("z_steps", [0])) / n, 1),
-        "threads": torch.get_num_threads(), "load_before": load0, "load_after": load_avg(),
+        "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "load_before": load0, "load_after": load_avg(),
     }
 
 
 def run_case(tree: Path, args: list[str]) -> dict:
     env = dict(os.environ, PYTHONPATH=str(tree))
     env.pop("OMP_NUM_THREADS", None)  # measure with torch's own thread choice
+    # nmkevc sets passive OpenMP waiting itself; older trees did not, so set it for every tree
+    # alike: the comparison is of the code, not of the threads' waiting policy
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     cmd = [sys.executable, str(Path(__file__).resolve()), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tree))
     if proc.returncode != 0:

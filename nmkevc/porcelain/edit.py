@@ -150,7 +150,7 @@ def compute_delta(
         state.model, state.tokenizer, requests, hp, context_templates=templates,
         projectors=projectors, prior_keys_cov=prior,
         key_second_moment=sigmas if method.uses_second_moment else None,
-        progress=_stage(progress, "edit"),
+        progress=progress,  # the engine names its phases: z, attribution, update
     )
     d_model, d_ff = adapter.dims(state.model, layers[0])
     weights = []
