@@ -131,3 +131,17 @@ def test_packs_cover_every_row_once(sharp):
         packs = plan_packs(batch, budget)
         rows = torch.cat(packs).sort().values
         assert torch.equal(rows, torch.arange(len(texts)))
+
+
+def test_the_cached_prefix_path_is_the_one_taken(sharp):
+    """The equality above must be of the fast path, not of its whole-row fallback."""
+    from nmkevc.editing.zopt import UpperRunner, build_rows
+
+    model, tok = sharp
+    rows = build_rows(tok, REQUESTS, TEMPLATES, EditHparams(layers=[1], **HP))
+    runner = UpperRunner(model, adapter_for(model), 1)
+    packs = [runner.prepare(rows.batch, idx) for idx in plan_packs(rows.batch)]
+    assert all(p.cache is not None for p in packs)
+    assert all(bool((p.offset == rows.batch.subject_pos[p.rows]).all()) for p in packs)
+    re_run = sum(p.h.shape[0] * p.h.shape[1] for p in packs)
+    assert re_run < int(rows.batch.lengths.sum())  # fewer positions than the rows hold
