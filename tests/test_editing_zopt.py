@@ -91,7 +91,7 @@ def reference_one(model, tok, req, templates, layer, hp):
                     limit = hp.z_clamp * seen["h"].norm()
                     if delta.norm() > limit:
                         delta.mul_(limit / delta.norm())
-    return seen["h"] + delta.detach(), steps, float(nll), float(kl)
+    return seen["h"] + delta.detach(), steps, float(nll.detach()), float(kl.detach())
 
 
 @pytest.mark.parametrize("budget", [1024, 6])
