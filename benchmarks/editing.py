@@ -3,7 +3,8 @@
 Every case runs in its own process, so its peak memory (max RSS) is its own, on a fresh
 copy of a repository whose statistics and context templates are already computed:
 - the statistics pass (key second moment of layers 3..7 over the shipped corpus);
-- one edit and batches of edits (countryinfo counterfactuals) per method.
+- one edit and batches of edits (countryinfo counterfactuals) per method; the facts are
+  built once by the process running this script, so every code tree edits the same ones.
 A case records wall time of `Repository.edit` (model checks included), the engine's own
 phase timings (z / attribution / update; their sum is "the edit maths"), efficacy, peak
 RSS, stored bytes per edit and the machine's load average before and after, since the
@@ -54,6 +55,7 @@ def load_avg() -> float:
 
 
 def requests(n: int, seed: int = 0):
+    """The first n countryinfo counterfactuals (shuffled with `seed`), from the tree that runs the benchmark."""
     from nmkevc.datasets import build_countryinfo
     from nmkevc.datasets.counterfact import counterfact_record
     from nmkevc.datasets.records import Located
@@ -95,12 +97,15 @@ def edit_case(repo_dir: str, n: int, method: str, stats_tokens: int) -> dict:
     import torch
 
     from nmkevc import Repository
+    from nmkevc.facts import EditRequest
 
     repo = Repository.open(repo_dir)
     t0 = time.time()
     repo.load_model()
     load_s = time.time() - t0
-    reqs = requests(n)
+    # the same facts for every code tree: written once by the parent (a tree's own fact set may differ)
+    stored = json.loads((Path(repo_dir).parent / "requests.json").read_text())
+    reqs = [EditRequest.from_json(d) for d in stored[:n]]
     load0 = load_avg()
     t1 = time.time()
     out = repo.edit(reqs, method=method, stats_tokens=stats_tokens)
@@ -165,6 +170,8 @@ def measure(label: str, tree: Path, methods: list[str], batches: list[int], repe
         env_py = [sys.executable, "-c", "import sys; from nmkevc import Repository; Repository.init(sys.argv[1])",
                   str(work / "template")]
         subprocess.run(env_py, check=True, env=dict(os.environ, PYTHONPATH=str(tree)), cwd=str(tree))
+        facts = [r.to_json() for r in requests(max(batches))]
+        (work / "requests.json").write_text(json.dumps(facts))
         rows = []
         stats = run_case(tree, ["--case", str(work / "template"), "stats", "0", "-", str(stats_tokens)])
         stats.update(label=label, commit=git_commit(tree), runs=1)
