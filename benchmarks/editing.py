@@ -261,8 +261,30 @@ def _replace_between(doc: Path, begin: str, end: str, body: str) -> None:
     doc.write_text(head + begin + "\n" + body + "\n" + end + tail)
 
 
+def ratios(path: Path) -> str:
+    """Derived figures: z per request in a batch against one request alone, and after against
+    before for the same case (each from medians; loads differ, see the table)."""
+    rows = [r for r in json.loads(path.read_text())["rows"] if r["case"] == "edit"]
+    by = {(r["label"], r["method"], r["n"]): r for r in rows}
+    out = []
+    for (label, method, n), r in sorted(by.items()):
+        one = by.get((label, method, 1))
+        if n > 1 and one is not None and r["timings"].get("z") and one["timings"].get("z"):
+            speed = one["timings"]["z"] / (r["timings"]["z"] / n)
+            out.append(f"- {label}, {method}: z per request in a batch of {n} is {speed:.1f}× faster than one "
+                       f"request alone ({r['timings']['z'] / n:.1f} s vs {one['timings']['z']:.1f} s).")
+    for (label, method, n), r in sorted(by.items()):
+        old = by.get(("before", method, n))
+        if label == "after" and old is not None:
+            out.append(f"- {method}, {'1 fact' if n == 1 else f'batch of {n}'}: edit maths "
+                       f"{old['maths_seconds'] / r['maths_seconds']:.1f}× faster after than before "
+                       f"({old['maths_seconds']:.1f} s → {r['maths_seconds']:.1f} s), z "
+                       f"{old['timings']['z'] / r['timings']['z']:.1f}×.")
+    return "\n".join(out)
+
+
 def write_markdown(path: Path) -> None:
-    _replace_between(DOC, BEGIN, END, markdown(path))
+    _replace_between(DOC, BEGIN, END, markdown(path) + "\n\n" + ratios(path))
     _replace_between(README, README_BEGIN, README_END, readme_sentence(path))
 
 
