@@ -65,3 +65,26 @@ def test_edit_ask_revert_export_on_smollm2(tmp_path):
     ans = repo.ask("The capital of France is", rev=edited, top_k=1, max_new_tokens=0).top[0]
     assert live.tokenizer.decode(int(probs.argmax())) == ans[0]
     assert abs(float(probs.max()) - ans[1]) < 1e-5
+
+
+def test_bfloat16_edit_and_revert_on_smollm2(tmp_path):
+    """The same checks at bfloat16: the edit lands, its neighbour holds, revert is bit-exact."""
+    repo = Repository.init(tmp_path / "repo", dtype="bfloat16")
+    state = repo.load_model()
+    assert state.model.dtype == torch.bfloat16
+    base_digest = digest(state.model)
+    assert top1(repo, "The capital of France is") == "Paris"
+
+    out = repo.edit(EditRequest("France", "The capital of {} is", "Rome", target_true="Paris"))
+    assert out.checks[0]["efficacy"] and out.checks[0]["p_after"] > 0.5 > out.checks[0]["p_before"]
+    for layer in out.layers:
+        assert 0.2 < layer["neurons"] / layer["d_ff"] < 0.9
+    assert top1(repo, "The capital of France is") == "Rome"
+    assert top1(repo, "The capital of Germany is") == "Berlin"
+    evaluated = digest(repo.load_model().model)
+    assert digest(Repository.open(repo.dir).load_model().model) == evaluated  # checkout = what was checked
+
+    repo.revert("HEAD")
+    assert top1(repo, "The capital of France is") == "Paris"
+    assert digest(repo.load_model().model) == base_digest
+    assert digest(Repository.open(repo.dir).load_model().model) == base_digest

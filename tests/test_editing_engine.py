@@ -88,11 +88,18 @@ def test_edit_raises_target_probability_and_restores_weights(sharp, method):
     seen = []
     res = compute_edit(model, tok, [EDIT], EditHparams(method=method, layers=layers, **TINY),
                        context_templates=TEMPLATES, projectors=proj, prior_keys_cov=None,
-                       progress=lambda a, b: seen.append((a, b)))
+                       progress=lambda phase, a, b: seen.append((phase, a, b)))
     assert_same(model, before)
     assert model.training and grads == {n: p.requires_grad for n, p in model.named_parameters()}
     model.eval()
-    assert seen and seen[-1][0] == seen[-1][1] and all(a <= b for a, b in seen)
+    # every phase of the method reports, in order, and ends complete
+    phases = [p for p, _, _ in seen]
+    expected = ["z", "attribution", "update"] if method == "nmke" else ["z", "update"]
+    assert sorted(set(phases), key=phases.index) == expected
+    assert all(a <= b for _, a, b in seen)
+    for phase in expected:
+        last = [(a, b) for p, a, b in seen if p == phase][-1]
+        assert last[0] == last[1]
     assert [u.layer for u in res.updates] == layers
     ad = adapter_for(model)
     for u in res.updates:
@@ -122,8 +129,8 @@ def test_weights_are_restored_when_the_edit_fails(sharp):
     before = snapshot(model)
     hp = EditHparams(layers=[1, 2], **TINY)
 
-    def boom(done, _n):
-        if done > hp.z_steps + 2:  # inside the update stage: layer 1 is already written
+    def boom(phase, done, _n):
+        if phase == "update" and done >= 1:  # inside the update stage: layer 1 is already written
             name = adapter_for(model).weight_name(1)
             assert not torch.equal(model.state_dict()[name], before[name])
             raise RuntimeError("interrupted")
@@ -207,7 +214,7 @@ def test_z_of_a_request_does_not_depend_on_its_batch(sharp):
     try:
         alone = optimise_z(model, tok, ad, [EDIT], TEMPLATES, 2, hp)
         both = optimise_z(model, tok, ad, [other, EDIT], TEMPLATES, 2, hp)
-        split = optimise_z(model, tok, ad, [other, EDIT], TEMPLATES, 2, hp, max_rows=4)
+        split = optimise_z(model, tok, ad, [other, EDIT], TEMPLATES, 2, hp, pack_tokens=4)
     finally:
         for p in model.parameters():
             p.requires_grad_(True)

@@ -159,3 +159,18 @@ def test_missing_or_misshaped_statistics_are_refused(setup):
         run(model, tok, REQS, EditHparams(layers=[1, 99], **FAST), proj)
     with pytest.raises(NmkevcError, match="no edit requests"):
         run(model, tok, [], hp, proj)
+
+
+def test_first_edit_shortcut_equals_the_full_solve():
+    """Without C the factor comes from an n × n system; it must equal the d_ff × d_ff one."""
+    from nmkevc.editing.update import nullspace_factor
+
+    g = torch.Generator().manual_seed(0)
+    d_ff, n = 40, 3
+    keys = torch.randn(d_ff, n, generator=g)
+    basis = torch.linalg.qr(torch.randn(d_ff, 25, generator=g, dtype=torch.float64))[0]
+    for projector in (None, (basis @ basis.T).float()):
+        for ridge in (0.1, 10.0):
+            fast = nullspace_factor(keys, projector, None, ridge)
+            full = nullspace_factor(keys, projector, torch.zeros(d_ff, d_ff), ridge)
+            torch.testing.assert_close(fast, full, rtol=1e-9, atol=1e-12)

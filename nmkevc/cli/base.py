@@ -24,7 +24,8 @@ def open_repo(ctx: click.Context):
     from ..porcelain.repository import Repository
 
     state = ctx.find_root().obj
-    repo = Repository.open(state["path"], wait=state.get("wait"), on_lock_wait=_tell_waiting)
+    repo = Repository.open(state["path"], wait=state.get("wait"), on_lock_wait=_tell_waiting,
+                           device=state.get("device"), dtype=state.get("dtype"))
     state.setdefault("repos", []).append(repo)
     return repo
 
@@ -110,19 +111,21 @@ def strategy_names() -> list[str]:
 
 
 class StageBars:
-    """Progress bars on stderr (when it is a terminal), one per named stage."""
+    """Progress bars on stderr (when it is a terminal and output is not --json), one per named
+    stage (an edit's: statistics, z, attribution, update)."""
 
-    def __init__(self):
+    def __init__(self, enabled: bool = True):
         from tqdm import tqdm
 
         self._tqdm = tqdm
         self.bars = {}
+        self.disable = None if enabled else True  # None: tqdm's own rule, off without a terminal
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         bar = self.bars.get(stage)
         if bar is None:
             bar = self.bars[stage] = self._tqdm(total=total, desc=stage, leave=False, file=sys.stderr,
-                                               disable=None, dynamic_ncols=True)
+                                               disable=self.disable, dynamic_ncols=True)
         bar.total = total
         bar.n = done
         bar.refresh()
@@ -145,9 +148,13 @@ def progress_bar(label: str):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-C", "path", default=".", metavar="PATH",
               help="Run as if started in PATH (path arguments are taken relative to it).")
+@click.option("--device", default=None, metavar="DEVICE",
+              help="Where the model runs: auto, cpu, cuda, cuda:N or mps (default: the repository's, set at init).")
+@click.option("--dtype", default=None, type=click.Choice(["float32", "bfloat16", "float16"]),
+              help="The model's weight dtype (default: the repository's, set at init).")
 @click.version_option(__version__, prog_name="nmkevc")
 @click.pass_context
-def cli(ctx: click.Context, path: str) -> None:
+def cli(ctx: click.Context, path: str, device: str | None, dtype: str | None) -> None:
     """Version control for knowledge edits to language models.
 
     --wait[=SECONDS] (before or after the command): wait for another command's
@@ -155,6 +162,8 @@ def cli(ctx: click.Context, path: str) -> None:
     setting lock_wait gives a default)."""
     ctx.ensure_object(dict)
     ctx.obj["path"] = path  # --wait was taken out of argv by main() (see hoist_wait)
+    ctx.obj["device"] = device
+    ctx.obj["dtype"] = dtype
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,7 +77,7 @@ def edit(ctx, subject, prompt, target, target_true, paraphrases, path, batch_siz
                                 paraphrases=tuple(paraphrases))]
     repo = open_repo(ctx)
     overrides = {"layers": _parse_layers(layers)} if layers else {}
-    bars = StageBars()
+    bars = StageBars(enabled=not as_json)
     try:
         outcomes = repo.edit_batches(
             requests, batch_size, method=method, message=message, corpus=corpus,

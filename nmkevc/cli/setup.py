@@ -16,11 +16,14 @@ from .base import RepoPath, cli, json_option, open_repo, progress_bar
 @json_option
 @click.pass_context
 def init(ctx, directory, base, branch, as_json):
-    """Create a repository recording BASE (verified by per-tensor sha256)."""
+    """Create a repository recording BASE (verified by per-tensor sha256).
+
+    `nmkevc --device ... --dtype ... init` makes those the repository's defaults."""
     from ..porcelain.repository import Repository
 
     with progress_bar("hashing base") as cb:
-        repo = Repository.init(directory, base=base, progress=cb, branch=branch)
+        repo = Repository.init(directory, base=base, progress=cb, branch=branch, device=ctx.obj.get("device"),
+                               dtype=ctx.obj.get("dtype"))
     st = repo.status()
     if as_json:
         render.emit_json(st.to_json())

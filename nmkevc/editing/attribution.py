@@ -5,8 +5,9 @@ with N the final norm applied *linearly* with the statistics of the model's real
 hidden state at p's last token. Because N is linear there, the perturbed logits are
 L0[p] + (A·m[p, i] / σ_p) · B[:, i] with B = U · N_lin(W) (vocab × d_ff) independent of
 the prompt, so B is computed once per layer, chunk by chunk over the vocabulary, and the
-log-sum-exp over the vocabulary is accumulated across chunks: memory stays bounded by
-`attribution_chunk` elements whatever the vocabulary, d_ff or number of prompts.
+log-sum-exp over the vocabulary is accumulated across chunks in cache-sized blocks: memory
+stays bounded whatever the vocabulary, d_ff or number of prompts, and no pass over a
+block leaves the CPU cache.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ import torch
 from ..models.adapters import ArchAdapter
 from .hooks import first_input, hidden_of, hooks, run_base
 from .tokens import Batch
+
+#: elements of one working block of the perturbed log-sum-exp (1 MiB of float32: cache-sized)
+CACHE_BLOCK = 1 << 18
+#: vocabulary rows of B = U · N(W) computed at once (d_ff × this many floats)
+VOCAB_CHUNK = 4096
 
 
 @dataclass
@@ -113,11 +119,8 @@ def neuron_scores(
     """S (P × d_ff) for one layer: the log-prob increase of each prompt's top-1 token."""
     lr = readout.layers[layer]
     top = readout.top
-    n_p = int(top.numel())
     unembed = adapter.lm_head_module(model).weight.detach().float()  # (V, d_model)
-    vocab = unembed.shape[0]
     w = adapter.to_out_in(adapter.weight(model, layer).detach()).float()  # (d_model, d_ff)
-    d_ff = w.shape[1]
     sigma = norm_scale(adapter, model, readout.x_final)  # (P,)
     w_n = linear_norm(adapter, model, w, torch.ones(()), dim=0)  # g ⊙ (centred) W, (d_model, d_ff)
     base = linear_norm(adapter, model, lr.r, sigma[:, None]) @ unembed.T  # L0 (P, V)
@@ -128,16 +131,43 @@ def neuron_scores(
     b_top = unembed[top] @ w_n  # (P, d_ff): B[w_p, i]
     target = base.gather(1, top[:, None]) + coef * b_top  # perturbed logit of w_p, (P, d_ff)
 
-    v_chunk = max(1, min(vocab, chunk_elements // max(1, d_ff)))
-    p_chunk = max(1, chunk_elements // (d_ff * v_chunk))
-    lse = torch.full((n_p, d_ff), float("-inf"))
-    for v0 in range(0, vocab, v_chunk):
-        b_t = (unembed[v0 : v0 + v_chunk] @ w_n).T.contiguous()  # (d_ff, Vc)
-        for p0 in range(0, n_p, p_chunk):
-            ps = slice(p0, p0 + p_chunk)
-            logits = torch.addcmul(base[ps, None, v0 : v0 + v_chunk], coef[ps, :, None], b_t[None])
-            lse[ps] = torch.logaddexp(lse[ps], torch.logsumexp(logits, dim=-1))
+    lse = _perturbed_lse(unembed, w_n, base, coef, chunk_elements)
     return (target - lse).clamp(lo, hi) - base_lp[:, None]
+
+
+def _perturbed_lse(unembed: torch.Tensor, w_n: torch.Tensor, base: torch.Tensor, coef: torch.Tensor,
+                   chunk_elements: int) -> torch.Tensor:
+    """logsumexp_v (base[p, v] + coef[p, i] · B[v, i]) for every prompt p and neuron i (P × d_ff),
+    with B = unembed · w_n computed one vocabulary chunk at a time.
+
+    This is P × d_ff × vocab exponentials, the cost of Step 2. They are taken in blocks of at
+    most `block` elements, small enough to stay in the CPU cache, with every pass (scale,
+    shift, max, exp, sum) in place on one buffer; the running result merges chunk by chunk."""
+    n_p, d_ff = coef.shape
+    vocab = unembed.shape[0]
+    w_t = w_n.T.contiguous()  # (d_ff, d_model)
+    v_chunk = max(1, min(vocab, VOCAB_CHUNK, chunk_elements // d_ff))  # B's chunk ≤ chunk_elements
+    block = max(1, min(chunk_elements, CACHE_BLOCK))
+    lse = torch.full((n_p, d_ff), float("-inf"))
+    buf = torch.empty(block)
+    for v0 in range(0, vocab, v_chunk):
+        b_t = w_t @ unembed[v0 : v0 + v_chunk].T  # (d_ff, Vc): B[v0:v0+Vc, :]ᵀ, contiguous
+        vc = b_t.shape[1]
+        i_blk = max(1, min(d_ff, block // vc))
+        p_blk = max(1, min(n_p, block // (i_blk * vc)))
+        for p0 in range(0, n_p, p_blk):
+            ps = slice(p0, p0 + p_blk)
+            bp = min(p_blk, n_p - p0)
+            for i0 in range(0, d_ff, i_blk):
+                bi = min(i_blk, d_ff - i0)
+                x = buf[: bp * bi * vc].view(bp, bi, vc)
+                torch.mul(coef[ps, i0 : i0 + bi, None], b_t[None, i0 : i0 + bi], out=x)
+                x.add_(base[ps, None, v0 : v0 + vc])
+                peak = x.amax(-1, keepdim=True)
+                x.sub_(peak).exp_()
+                part = x.sum(-1).log_().add_(peak[..., 0])
+                lse[ps, i0 : i0 + bi] = torch.logaddexp(lse[ps, i0 : i0 + bi], part)
+    return lse
 
 
 def attribution_scores(

@@ -8,24 +8,27 @@ before returning, including on error. What comes back is only the factored form.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import EditRequestError, NmkevcError
 from ..facts import EditRequest
-from ..models.adapters import adapter_for
+from ..models.adapters import ArchAdapter, adapter_for
 from .attribution import attribution_scores
 from .hooks import frozen_eval
 from .hparams import EditHparams
 from .masking import neuron_mask
-from .methods import FactorInputs, get_method
+from .methods import EditMethod, FactorInputs, get_method
 from .tokens import encode, split_template, templated
 from .update import rewrite_keys, run_layers
-from .zopt import optimise_z
+from .zopt import ZResult, optimise_z
 
-Progress = Callable[[int, int], None] | None
+#: progress(phase, done, total) with phase "z", "attribution" or "update"
+Progress = Callable[[str, int, int], None] | None
+PHASES = ("z", "attribution", "update")
 
 
 @dataclass
@@ -48,6 +51,18 @@ class EditResult:
     z: torch.Tensor | None = None  # (d_model, n) the Step-1 targets at the last edited layer
 
 
+@dataclass
+class EditPlan:
+    """What one edit runs on, checked before any work."""
+
+    method: EditMethod
+    adapter: ArchAdapter
+    requests: list[EditRequest]
+    templates: list[str]
+    layers: list[int]
+    d_ff: int
+
+
 def compute_edit(
     model,
     tokenizer,
@@ -64,6 +79,35 @@ def compute_edit(
 
     projectors: P_l per layer (None = identity: no null-space protection); prior_keys_cov:
     C_l = Σ K Kᵀ of earlier edits (missing layer = zeros); key_second_moment: Σ_l (MEMIT only)."""
+    plan = plan_edit(model, requests, hparams, context_templates)
+    _check_stats(plan.method, plan.layers, plan.d_ff, projectors, prior_keys_cov, key_second_moment)
+    report = _reporter(progress)
+    weights = [plan.adapter.weight(model, layer) for layer in plan.layers]
+    originals = [w.detach().clone() for w in weights]
+    timings: dict[str, float] = {}
+    try:
+        with frozen_eval(model):
+            with _timed(timings, "z"):
+                zres = step1_targets(model, tokenizer, plan, hparams, report)
+            batch = encode(tokenizer, *templated(plan.requests, plan.templates))
+            masks, mask_info = None, {}
+            if plan.method.masks_neurons:
+                with _timed(timings, "attribution"):
+                    masks, mask_info = step2_3_masks(model, plan, batch, hparams, report)
+            with _timed(timings, "update"):
+                steps, final_keys, h_final = step4_update(model, plan, batch, zres.z, hparams, masks,
+                                                          projectors, prior_keys_cov, key_second_moment, report)
+    finally:
+        with torch.no_grad():
+            for w, orig in zip(weights, originals, strict=True):
+                w.copy_(orig)
+    return _result(plan, hparams, steps, final_keys, h_final, zres, mask_info, timings,
+                   projectors is not None)
+
+
+def plan_edit(model, requests: Sequence[EditRequest], hparams: EditHparams,
+              context_templates: Sequence[str]) -> EditPlan:
+    """Validate the request batch, templates and layers (one-line errors before any work)."""
     hparams.validate()
     method = get_method(hparams.method)
     requests = list(requests)
@@ -79,73 +123,62 @@ def compute_edit(
     layers = list(hparams.layers) if hparams.layers is not None else adapter.default_layers(n_layers)
     if layers[-1] >= n_layers:
         raise EditRequestError(f"layer {layers[-1]} does not exist (the model has {n_layers} layers)")
-    d_ff = adapter.dims(model, layers[0])[1]
-    _check_stats(method, layers, d_ff, projectors, prior_keys_cov, key_second_moment)
+    return EditPlan(method, adapter, requests, templates, layers, adapter.dims(model, layers[0])[1])
 
-    n_attr = len(layers) if method.masks_neurons else 0
-    total = hparams.z_steps + n_attr + len(layers) + 1
-    offsets = {"z": 0, "attr": hparams.z_steps, "upd": hparams.z_steps + n_attr}
 
-    def tick(stage: str) -> Callable[[int], None] | None:
-        if progress is None:
-            return None
-        return lambda k: progress(offsets[stage] + k, total)
+def step1_targets(model, tokenizer, plan: EditPlan, hp: EditHparams, report) -> ZResult:
+    """Step 1: z = h + δ at the last edited layer, for every request."""
+    zres = optimise_z(model, tokenizer, plan.adapter, plan.requests, plan.templates, plan.layers[-1], hp,
+                      progress=lambda k: report("z", k, hp.z_steps))
+    report("z", hp.z_steps, hp.z_steps)  # early stops end the phase before its last step
+    return zres
 
-    weights = [adapter.weight(model, layer) for layer in layers]
-    originals = [w.detach().clone() for w in weights]
-    timings: dict[str, float] = {}
-    try:
-        with frozen_eval(model):
-            t0 = time.perf_counter()
-            zres = optimise_z(model, tokenizer, adapter, requests, templates, layers[-1], hparams,
-                              progress=tick("z"))
-            timings["z"] = time.perf_counter() - t0
 
-            texts, ends = templated(requests, templates)
-            batch = encode(tokenizer, texts, ends)
-            masks, mask_info = None, {}
-            if method.masks_neurons:
-                t0 = time.perf_counter()
-                scores, _ = attribution_scores(
-                    model, adapter, batch, layers, hparams.amplification, hparams.prob_clamp,
-                    hparams.attribution_chunk, progress=tick("attr"),
-                )
-                masks = {}
-                for layer in layers:
-                    masks[layer], mask_info[layer] = neuron_mask(
-                        scores[layer], hparams.mask_bounds, hparams.mask_exponents, hparams.entropy_alpha
-                    )
-                timings["attribution"] = time.perf_counter() - t0
+def step2_3_masks(model, plan: EditPlan, batch, hp: EditHparams, report) -> tuple[dict, dict]:
+    """Steps 2 and 3: neuron attribution on the unedited model, then each layer's entropy mask."""
+    scores, _ = attribution_scores(
+        model, plan.adapter, batch, plan.layers, hp.amplification, hp.prob_clamp, hp.attribution_chunk,
+        progress=lambda k: report("attribution", k, len(plan.layers)),
+    )
+    masks, info = {}, {}
+    for layer in plan.layers:
+        masks[layer], info[layer] = neuron_mask(scores[layer], hp.mask_bounds, hp.mask_exponents,
+                                                hp.entropy_alpha)
+    return masks, info
 
-            def factor(layer: int, keys: torch.Tensor) -> torch.Tensor:
-                return method.factor(FactorInputs(
-                    keys=keys,
-                    projector=None if projectors is None else projectors.get(layer),
-                    prior_cov=(prior_keys_cov or {}).get(layer),
-                    second_moment=(key_second_moment or {}).get(layer),
-                ), hparams)
 
-            t0 = time.perf_counter()
-            steps = run_layers(model, adapter, batch, len(templates), layers, zres.z, factor, masks,
-                               progress=tick("upd"))
-            final_keys, h_final = rewrite_keys(model, adapter, batch, len(templates), layers, tap=layers[-1])
-            timings["update"] = time.perf_counter() - t0
-            if progress is not None:
-                progress(total, total)
-    finally:
-        with torch.no_grad():
-            for w, orig in zip(weights, originals, strict=True):
-                w.copy_(orig)
+def step4_update(model, plan: EditPlan, batch, z: torch.Tensor, hp: EditHparams, masks, projectors,
+                 prior_keys_cov, key_second_moment, report):
+    """Step 4: the layer-by-layer update (applied in place), then every layer's final keys."""
 
+    def factor(layer: int, keys: torch.Tensor) -> torch.Tensor:
+        return plan.method.factor(FactorInputs(
+            keys=keys,
+            projector=None if projectors is None else projectors.get(layer),
+            prior_cov=(prior_keys_cov or {}).get(layer),
+            second_moment=(key_second_moment or {}).get(layer),
+        ), hp)
+
+    m = len(plan.layers)
+    steps = run_layers(model, plan.adapter, batch, len(plan.templates), plan.layers, z, factor, masks,
+                       progress=lambda k: report("update", k, m + 1))
+    final_keys, h_final = rewrite_keys(model, plan.adapter, batch, len(plan.templates), plan.layers,
+                                       tap=plan.layers[-1])
+    report("update", m + 1, m + 1)
+    return steps, final_keys, h_final
+
+
+def _result(plan: EditPlan, hparams: EditHparams, steps, final_keys, h_final, zres: ZResult, mask_info: dict,
+            timings: dict, projectors_given: bool) -> EditResult:
     updates = []
     for st in steps:
-        info = dict(mask_info.get(st.layer, {"kept": int(st.idx.numel()), "d_ff": d_ff}))
+        info = dict(mask_info.get(st.layer, {"kept": int(st.idx.numel()), "d_ff": plan.d_ff}))
         gram_v = st.V.double().T @ st.V.double()
         gram_u = st.U.double().T @ st.U.double()
         info["delta_norm"] = float(torch.trace(gram_v @ gram_u).clamp_min(0).sqrt())
         updates.append(LayerUpdate(
             layer=st.layer,
-            weight_name=adapter.weight_name(st.layer),
+            weight_name=plan.adapter.weight_name(st.layer),
             idx=st.idx,
             U=st.U,
             V=st.V,
@@ -155,18 +188,31 @@ def compute_edit(
     residual = (zres.z - h_final).norm(dim=0) / zres.delta.norm(dim=0).clamp_min(1e-12)
     info = {
         "method": hparams.method,
-        "layers": layers,
-        "n_requests": len(requests),
+        "layers": plan.layers,
+        "n_requests": len(plan.requests),
         "z_steps": zres.steps,
         "z_nll": zres.nll,
         "z_kl": zres.kl,
         "z_loss_history": zres.history,
         "delta_over_h": [float(x) for x in zres.delta.norm(dim=0) / zres.h.norm(dim=0).clamp_min(1e-12)],
         "residual_left": [float(x) for x in residual],
-        "projector": "given" if projectors is not None else ("identity" if method.uses_projector else "none"),
+        "projector": "given" if projectors_given else ("identity" if plan.method.uses_projector else "none"),
         "timings": timings,
     }
     return EditResult(updates=updates, info=info, z=zres.z)
+
+
+def _reporter(progress: Progress) -> Callable[[str, int, int], None]:
+    if progress is None:
+        return lambda _phase, _done, _total: None
+    return progress
+
+
+@contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - t0
 
 
 def _check_stats(method, layers, d_ff, projectors, prior, second) -> None:

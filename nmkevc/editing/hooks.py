@@ -40,12 +40,16 @@ def with_hidden(output, hidden: torch.Tensor):
 
 @contextmanager
 def hooks(pre: dict[nn.Module, Callable] | None = None,
-          post: dict[nn.Module, Callable] | None = None) -> Iterator[None]:
-    """Register forward pre-hooks fn(module, args) and forward hooks fn(module, args, output)."""
+          post: dict[nn.Module, Callable] | None = None,
+          pre_kwargs: dict[nn.Module, Callable] | None = None) -> Iterator[None]:
+    """Register forward pre-hooks fn(module, args), forward hooks fn(module, args, output)
+    and pre-hooks that also see keyword arguments fn(module, args, kwargs)."""
     handles = []
     try:
         for module, fn in (pre or {}).items():
             handles.append(module.register_forward_pre_hook(fn))
+        for module, fn in (pre_kwargs or {}).items():
+            handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
         for module, fn in (post or {}).items():
             handles.append(module.register_forward_hook(fn))
         yield

@@ -68,19 +68,20 @@ def nullspace_factor(
     prior_cov: torch.Tensor | None,
     ridge: float,
 ) -> torch.Tensor:
-    """U = (P (K Kᵀ + C) + λ I)⁻¹ P K  (d_ff × n, float64); P None = identity, C None = 0."""
+    """U = (P (K Kᵀ + C) + λ I)⁻¹ P K  (d_ff × n, float64); P None = identity, C None = 0.
+
+    Without C (a first edit) the d_ff × d_ff system is never formed: with X = P K,
+    (X Kᵀ + λ I)⁻¹ X = X (Kᵀ X + λ I)⁻¹ (push-through identity), an n × n solve."""
     k = keys.double()
     d = k.shape[0]
-    gram = k @ k.T
-    if prior_cov is not None:
-        gram = gram + prior_cov.double()
-    if projector is None:
-        a, rhs = gram, k
-    else:
-        p = projector.double()
-        a, rhs = p @ gram, p @ k
+    x = k if projector is None else projector.double() @ k
+    if prior_cov is None:
+        small = k.T @ x + ridge * torch.eye(k.shape[1], dtype=torch.float64)
+        return torch.linalg.solve(small, x.T).T
+    gram = k @ k.T + prior_cov.double()
+    a = gram if projector is None else projector.double() @ gram
     a = a + ridge * torch.eye(d, dtype=torch.float64)
-    return torch.linalg.solve(a, rhs)
+    return torch.linalg.solve(a, x)
 
 
 def memit_factor(keys: torch.Tensor, second_moment: torch.Tensor, lambda0: float) -> torch.Tensor:

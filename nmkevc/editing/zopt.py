@@ -3,10 +3,24 @@
 Each request r gets its own δ_r, added to the output of the last edited layer l_m at the
 subject's last token of all of r's rows; the requests share forward/backward passes but
 not parameters, so the sum of their losses has exactly each δ_r's own gradient.
+
+The maths is that of a plain forward pass with a hook adding δ at l_m. It runs faster
+because most of that pass does not depend on δ:
+- δ changes nothing at or below l_m: those layers run once per row (without autograd),
+  and every Adam step replays only the layers above, from the stored output of l_m;
+- causal attention: positions before a row's subject never see δ, so their keys and
+  values at the layers above are computed once (a cache prefix) and a step re-runs only
+  the positions from the subject's last token on;
+- rows are packed by subject position and length (not all padded to the longest), so a
+  pack's prefix is long and its padding short;
+- a request that has converged is frozen; packs whose rows are mostly frozen are rebuilt
+  with the active rows only, and dropped once none is left.
+`tests/test_editing_zopt.py` checks all of this against the plain hooked forward pass.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -15,13 +29,17 @@ import torch.nn.functional as F
 
 from ..facts import EditRequest
 from ..models.adapters import ArchAdapter
-from .hooks import hidden_of, hooks, run_base, with_hidden
+from .hooks import hidden_of, hooks
 from .hparams import EditHparams
-from .tokens import encode, fill, target_ids, templated
+from .tokens import Batch, encode, fill, target_ids, templated
 
-#: rows (templates + KL prompt per request) optimised together; larger batches are split
-#: by request, which changes nothing since every request has its own δ and its own stop.
-MAX_ROWS = 96
+#: the suffix tokens (rows × positions re-run per step) of one pack: bounds the autograd
+#: graph held at once (memory) while keeping matrix products large enough to be efficient
+PACK_TOKENS = 1024
+#: a pack's fixed cost per step, in re-run tokens: rows join a pack unless that costs more
+PACK_OVERHEAD = 16
+#: rebuild a pack once fewer than this share of its rows belongs to active requests
+REBUILD_BELOW = 0.5
 
 
 @dataclass
@@ -32,7 +50,23 @@ class ZResult:
     nll: list[float]  # final target NLL per request (mean over templates and target tokens)
     kl: list[float]  # final KL(original || edited) on the KL prompt, per request
     steps: list[int]  # Adam steps taken per request
-    history: list[float] = field(default_factory=list)  # total loss per forward pass (all groups)
+    history: list[float] = field(default_factory=list)  # total loss per forward pass (all requests)
+
+
+@dataclass
+class ZRows:
+    """Every row the loss reads: request r's prompt under each template followed by its
+    target (rows r·T + t), then one KL prompt per request (rows n·T + r)."""
+
+    batch: Batch
+    request: torch.Tensor  # (R,) request of each row
+    rewrite: torch.Tensor  # (n,) row of each request's first template (its rewrite prompt)
+    kl: torch.Tensor  # (n,) KL row of each request
+    # target tokens: row, position predicting it, token id, weight 1/(T_r · n_templates)
+    t_row: torch.Tensor
+    t_pos: torch.Tensor
+    t_tok: torch.Tensor
+    t_w: torch.Tensor
 
 
 def optimise_z(
@@ -44,37 +78,64 @@ def optimise_z(
     layer: int,
     hp: EditHparams,
     progress: Callable[[int], None] | None = None,
-    max_rows: int = MAX_ROWS,
+    pack_tokens: int = PACK_TOKENS,
 ) -> ZResult:
     """Find δ for every request (Adam, weight decay, clamp, early stop per request); the
     model's weights must not require grad (see `frozen_eval`).
 
     A request stops (its δ is frozen) as soon as its target NLL is below `z_stop_loss`, so
     its z does not depend on which other requests share the batch."""
-    per_group = max(1, max_rows // (len(templates) + 1))
-    groups = [list(requests[i : i + per_group]) for i in range(0, len(requests), per_group)]
-    parts = []
-    for g, group in enumerate(groups):
-
-        def tick(k: int, g: int = g) -> None:
-            if progress is not None:
-                progress(round((g * hp.z_steps + k) / len(groups)))
-
-        parts.append(_optimise_group(model, tokenizer, adapter, group, templates, layer, hp, tick))
+    rows = build_rows(tokenizer, requests, templates, hp)
+    runner = UpperRunner(model, adapter, layer)
+    packs = [runner.prepare(rows.batch, idx) for idx in plan_packs(rows.batch, pack_tokens)]
+    n = len(requests)
+    h = _rewrite_hidden(packs, rows)
+    p0 = _kl_reference(runner, packs, rows)
+    delta = torch.zeros(n, h.shape[1], requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=hp.z_lr)
+    h_norm2 = h.pow(2).sum(-1).clamp_min(1e-12)
+    nll, kl = torch.zeros(n), torch.zeros(n)
+    active = torch.ones(n, dtype=torch.bool)
+    steps = torch.zeros(n, dtype=torch.long)
+    history: list[float] = []
+    for step in range(hp.z_steps + 1):
+        last = step == hp.z_steps
+        opt.zero_grad()
+        pass_nll, pass_kl = torch.zeros(n), torch.zeros(n)
+        for pack in packs:  # forward and backward pack by pack: one graph held at a time
+            part_nll, part_kl = _pack_losses(runner, pack, rows, delta, p0, n)
+            pass_nll += part_nll.detach()
+            pass_kl += part_kl.detach()
+            if not last:
+                (part_nll.sum() + hp.z_kl_factor * part_kl.sum()).backward()
+        # every row of an active request is in some pack; frozen requests keep their last values
+        nll = torch.where(active, pass_nll, nll)
+        kl = torch.where(active, pass_kl, kl)
+        decay = hp.z_weight_decay * delta.pow(2).sum(-1) / h_norm2
+        history.append(float((nll + hp.z_kl_factor * kl + decay.detach()).sum()))
+        active &= nll >= hp.z_stop_loss
+        if last or not bool(active.any()):
+            break
+        decay.sum().backward()
+        _adam_step(opt, delta, active, hp.z_clamp * h_norm2.sqrt())
+        steps += active.long()
+        packs = runner.shrink(packs, rows, active)
+        if progress is not None:
+            progress(step + 1)
+    d = delta.detach().clone()
     return ZResult(
-        z=torch.cat([p.z for p in parts], dim=1),
-        h=torch.cat([p.h for p in parts], dim=1),
-        delta=torch.cat([p.delta for p in parts], dim=1),
-        nll=[x for p in parts for x in p.nll],
-        kl=[x for p in parts for x in p.kl],
-        steps=[x for p in parts for x in p.steps],
-        history=[x for p in parts for x in p.history],
+        z=(h + d).T.contiguous(),
+        h=h.T.contiguous(),
+        delta=d.T.contiguous(),
+        nll=[float(x) for x in nll],
+        kl=[float(x) for x in kl],
+        steps=[int(x) for x in steps],
+        history=history,
     )
 
 
-def _optimise_group(model, tokenizer, adapter, requests, templates, layer, hp, progress) -> ZResult:
-    """One batched optimisation: rows r·T + t carry request r's prompt under template t
-    followed by its target; the last n rows are the KL prompts."""
+# -- Step 1a: the rows and their targets ------------------------------------------------------------
+def build_rows(tokenizer, requests: Sequence[EditRequest], templates: Sequence[str], hp: EditHparams) -> ZRows:
     n, n_t = len(requests), len(templates)
     tgt = [target_ids(tokenizer, r.target_new) for r in requests]
     texts, ends = templated(requests, templates)
@@ -85,11 +146,6 @@ def _optimise_group(model, tokenizer, adapter, requests, templates, layer, hp, p
         ends.append(end)
         suffixes.append([])
     batch = encode(tokenizer, texts, ends, suffixes)
-    req_of_row = torch.cat([torch.arange(n).repeat_interleave(n_t), torch.arange(n)])
-    kl_rows = torch.arange(n * n_t, n * n_t + n)
-    rewrite_rows = torch.arange(n) * n_t
-
-    # target tokens: row, position predicting it, token id, weight 1/(T_r · n_t)
     t_row, t_pos, t_tok, t_w = [], [], [], []
     for row in range(n * n_t):
         ids = tgt[row // n_t]
@@ -99,69 +155,259 @@ def _optimise_group(model, tokenizer, adapter, requests, templates, layer, hp, p
             t_pos.append(start + j)
             t_tok.append(tok)
             t_w.append(1.0 / (len(ids) * n_t))
-    t_row_t, t_pos_t, t_tok_t = (torch.tensor(x, dtype=torch.long) for x in (t_row, t_pos, t_tok))
-    t_w_t = torch.tensor(t_w, dtype=torch.float32)
-    t_req = req_of_row[t_row_t]
-
-    head = adapter.lm_head_module(model)
-    block = adapter.layer(model, layer)
-    d_model = adapter.dims(model, layer)[0]
-    delta = torch.zeros(n, d_model, requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=hp.z_lr)
-    spos = batch.subject_pos
-    rows = batch.rows
-    captured: dict[str, torch.Tensor] = {}
-
-    def add_delta(_m, _a, out):
-        hidden = hidden_of(out)
-        if "h" not in captured:
-            captured["h"] = hidden[rewrite_rows, spos[rewrite_rows]].detach().float().clone()
-        new = hidden.index_put((rows, spos), delta[req_of_row].to(hidden.dtype), accumulate=True)
-        return with_hidden(out, new)
-
-    p0: torch.Tensor | None = None
-    history: list[float] = []
-    nll = kl = torch.zeros(n)
-    active = torch.ones(n, dtype=torch.bool)
-    steps = torch.zeros(n, dtype=torch.long)
-    with hooks(post={block: add_delta}):
-        for step in range(hp.z_steps + 1):
-            final = run_base(model, batch)
-            logp = F.log_softmax(head(final[t_row_t, t_pos_t]).float(), dim=-1)
-            tok_nll = -logp.gather(1, t_tok_t[:, None])[:, 0]
-            nll = torch.zeros(n).index_add(0, t_req, tok_nll * t_w_t)
-            kl_logp = F.log_softmax(head(final[kl_rows, batch.last[kl_rows]]).float(), dim=-1)
-            if p0 is None:
-                p0 = kl_logp.detach()
-            kl = (p0.exp() * (p0 - kl_logp)).sum(-1)
-            h_norm2 = captured["h"].pow(2).sum(-1).clamp_min(1e-12)
-            decay = hp.z_weight_decay * delta.pow(2).sum(-1) / h_norm2
-            loss = nll + hp.z_kl_factor * kl + decay
-            history.append(float(loss.detach().sum()))
-            active &= nll.detach() >= hp.z_stop_loss
-            if step == hp.z_steps or not bool(active.any()):
-                break
-            opt.zero_grad()
-            loss.sum().backward()
-            with torch.no_grad():
-                frozen = delta[~active].clone()
-            opt.step()
-            steps += active.long()
-            with torch.no_grad():
-                delta[~active] = frozen
-                limit = hp.z_clamp * h_norm2.sqrt()
-                norm = delta.norm(dim=-1)
-                scale = torch.where(norm > limit, limit / norm.clamp_min(1e-12), torch.ones_like(norm))
-                delta.mul_(scale[:, None])
-            progress(step + 1)
-    h = captured["h"]
-    d = delta.detach().clone()
-    return ZResult(
-        z=(h + d).T.contiguous(),
-        h=h.T.contiguous(),
-        delta=d.T.contiguous(),
-        nll=[float(x) for x in nll.detach()],
-        kl=[float(x) for x in kl.detach()],
-        steps=[int(x) for x in steps],
-        history=history,
+    return ZRows(
+        batch=batch,
+        request=torch.cat([torch.arange(n).repeat_interleave(n_t), torch.arange(n)]),
+        rewrite=torch.arange(n) * n_t,
+        kl=torch.arange(n * n_t, n * n_t + n),
+        t_row=torch.tensor(t_row, dtype=torch.long),
+        t_pos=torch.tensor(t_pos, dtype=torch.long),
+        t_tok=torch.tensor(t_tok, dtype=torch.long),
+        t_w=torch.tensor(t_w, dtype=torch.float32),
     )
+
+
+def plan_packs(batch: Batch, budget: int = PACK_TOKENS, rows: Sequence[int] | None = None) -> list[torch.Tensor]:
+    """Rows grouped so that each group re-runs few tokens. A pack re-runs, per row, the
+    positions from the subject's last token to the pack's longest such tail; sorted by that
+    tail, a row joins the current pack unless the padding it adds costs more than a pack of
+    its own, or the pack would exceed `budget` tokens."""
+    tail = (batch.lengths - batch.subject_pos).tolist()
+    order = sorted(range(len(tail)) if rows is None else rows, key=lambda r: tail[r])
+    packs: list[list[int]] = []
+    cur: list[int] = []
+    width = 0
+    for r in order:
+        if cur:
+            new_width = max(width, tail[r])
+            grown = (len(cur) + 1) * new_width - len(cur) * width
+            if (len(cur) + 1) * new_width > budget or grown > tail[r] + PACK_OVERHEAD:
+                packs.append(cur)
+                cur, width = [], 0
+        cur.append(r)
+        width = max(width, tail[r])
+    if cur:
+        packs.append(cur)
+    return [torch.tensor(p, dtype=torch.long) for p in packs]
+
+
+# -- Step 1b: the layers above l_m, replayed ------------------------------------------------------
+@dataclass
+class Pack:
+    rows: torch.Tensor  # (b,) global row indices
+    #: (b,) column j of the re-run part holds position offset + j of the row: the subject's
+    #: last token (rows aligned on it), or 0 when the whole row is re-run
+    offset: torch.Tensor
+    h: torch.Tensor  # (b, W, d_model) output of l_m on the re-run columns, without δ
+    final: torch.Tensor  # (b, W, d_model) final hidden state there, without δ
+    calls: list  # (module, args after the hidden state, kwargs) of every layer above l_m
+    cache: object | None  # the cache holding the prefix keys/values, or None
+    prefix: list | None  # the cache's per-layer (keys, values) of the prefix alone
+
+
+class UpperRunner:
+    """Runs a pack once up to l_m (and fills the prefix cache), then replays the layers above."""
+
+    def __init__(self, model, adapter: ArchAdapter, layer: int):
+        self.model, self.adapter, self.layer = model, adapter, layer
+        self.block = adapter.layer(model, layer)
+        self.upper = list(adapter.layer_modules(model))[layer + 1 :]
+        self.norm = adapter.final_norm_module(model)
+        params = inspect.signature(model.base_model.forward).parameters
+        self.cache_kw = "cache" if "cache" in params else ("past_key_values" if "past_key_values" in params else None)
+
+    @torch.no_grad()
+    def prepare(self, batch: Batch, idx: torch.Tensor) -> Pack:
+        """Run the pack's rows once, aligned on their subjects' last tokens (left-padded, true
+        position ids): the columns before that token fill the prefix cache, the rest is the
+        part every step re-runs. Without a usable cache, the whole right-padded rows are kept."""
+        aligned = _align(batch, idx)
+        cache = self._new_cache() if aligned is not None else None
+        prefix = None
+        if cache is not None:
+            ids, mask, pos, split = aligned
+            self.model.base_model(input_ids=ids[:, :split], attention_mask=mask[:, :split],
+                                  position_ids=pos[:, :split], use_cache=True, **{self.cache_kw: cache})
+            prefix = _cache_state(cache)
+        if prefix is None:  # a cache this code cannot rewind: re-run whole rows instead
+            cache = None
+            sub = _select(batch, idx)
+            inputs = {"input_ids": sub.input_ids, "attention_mask": sub.attention_mask, "use_cache": False}
+            offset = torch.zeros(idx.numel(), dtype=torch.long)
+        else:
+            inputs = {"input_ids": ids[:, split:], "attention_mask": mask, "position_ids": pos[:, split:],
+                      "use_cache": True, self.cache_kw: cache}
+            offset = batch.subject_pos[idx]
+        got: dict = {"calls": [None] * len(self.upper)}
+
+        def grab_h(_m, _a, out):
+            got["h"] = hidden_of(out).detach()
+
+        def grab_call(j):
+            def fn(_m, args, kwargs):
+                got["calls"][j] = (tuple(args[1:]), dict(kwargs))
+
+            return fn
+
+        pre_kw = {m: grab_call(j) for j, m in enumerate(self.upper)}
+        with hooks(post={self.block: grab_h}, pre_kwargs=pre_kw):
+            out = self.model.base_model(**inputs)
+        final = out.last_hidden_state if hasattr(out, "last_hidden_state") else hidden_of(out)
+        if cache is not None:
+            _restore(cache, prefix)
+        calls = [(m, *got["calls"][j]) for j, m in enumerate(self.upper)]
+        return Pack(rows=idx, offset=offset, h=got["h"], final=final.detach(), calls=calls, cache=cache,
+                    prefix=prefix)
+
+    def replay(self, pack: Pack, delta_rows: torch.Tensor, spos: torch.Tensor) -> torch.Tensor:
+        """Final (normed) hidden states of the pack's re-run columns with δ added at l_m."""
+        b = pack.rows.numel()
+        hidden = pack.h.index_put((torch.arange(b), spos - pack.offset), delta_rows.to(pack.h.dtype),
+                                  accumulate=True)
+        try:
+            for module, args, kwargs in pack.calls:
+                hidden = hidden_of(module(hidden, *args, **kwargs))
+        finally:
+            if pack.cache is not None:
+                _restore(pack.cache, pack.prefix)
+        return self.norm(hidden)
+
+    def shrink(self, packs: list[Pack], rows: ZRows, active: torch.Tensor) -> list[Pack]:
+        """Drop packs with no active request; rebuild those mostly made of frozen ones."""
+        out = []
+        for pack in packs:
+            live = active[rows.request[pack.rows]]
+            if not bool(live.any()):
+                continue
+            if float(live.float().mean()) < REBUILD_BELOW:
+                for idx in plan_packs(rows.batch, rows=pack.rows[live].tolist()):
+                    out.append(self.prepare(rows.batch, idx))
+            else:
+                out.append(pack)
+        return out
+
+    def _new_cache(self):
+        if self.cache_kw is None:
+            return None
+        try:
+            from transformers import DynamicCache
+        except ImportError:
+            return None
+        try:
+            return DynamicCache(config=self.model.config)
+        except TypeError:
+            return DynamicCache()
+
+
+def _cache_state(cache) -> list | None:
+    """Per-layer (keys, values) of a dynamic cache; None if it is not laid out that way."""
+    layers = getattr(cache, "layers", None)
+    if not layers or not all(hasattr(x, "keys") and hasattr(x, "values") for x in layers):
+        return None
+    if not all(isinstance(x.keys, torch.Tensor) for x in layers):
+        return None
+    return [(x.keys, x.values) for x in layers]
+
+
+def _restore(cache, state: list) -> None:
+    """Back to the prefix: the cache grows by concatenation, so the prefix tensors are intact."""
+    for x, (k, v) in zip(cache.layers, state, strict=True):
+        x.keys, x.values = k, v
+
+
+def _select(batch: Batch, idx: torch.Tensor) -> Batch:
+    """Rows `idx` of a right-padded batch, cut to their own longest row."""
+    width = int(batch.lengths[idx].max())
+    return Batch(
+        input_ids=batch.input_ids[idx, :width],
+        attention_mask=batch.attention_mask[idx, :width],
+        lengths=batch.lengths[idx],
+        prompt_lengths=batch.prompt_lengths[idx],
+        subject_pos=batch.subject_pos[idx],
+    )
+
+
+def _align(batch: Batch, idx: torch.Tensor) -> tuple | None:
+    """Rows `idx` left-padded so that every subject's last token sits in one column `split`:
+    (input_ids, attention_mask, position_ids, split); None when no row has a prefix."""
+    spos, length = batch.subject_pos[idx], batch.lengths[idx]
+    split = int(spos.max())
+    if split == 0:
+        return None
+    width = split + int((length - spos).max())
+    ids = torch.full((idx.numel(), width), int(batch.input_ids[idx[0], 0]), dtype=torch.long)
+    mask = torch.zeros((idx.numel(), width), dtype=torch.long)
+    pos = torch.zeros((idx.numel(), width), dtype=torch.long)
+    for j, row in enumerate(idx.tolist()):
+        shift, n = split - int(spos[j]), int(length[j])
+        ids[j, shift : shift + n] = batch.input_ids[row, :n]
+        mask[j, shift : shift + n] = 1
+        pos[j, shift : shift + n] = torch.arange(n)
+    return ids, mask, pos, split
+
+
+# -- Step 1c: the loss ---------------------------------------------------------------------------------
+def _rewrite_hidden(packs: list[Pack], rows: ZRows) -> torch.Tensor:
+    """h (n × d_model): the output of l_m at the subject's last token of each rewrite row."""
+    n = rows.rewrite.numel()
+    h = torch.empty(n, packs[0].h.shape[-1])
+    for pack in packs:
+        for j, row in enumerate(pack.rows.tolist()):
+            req = int(rows.request[row])
+            if row == int(rows.rewrite[req]):
+                h[req] = pack.h[j, int(rows.batch.subject_pos[row] - pack.offset[j])].float()
+    return h
+
+
+def _kl_reference(runner: UpperRunner, packs: list[Pack], rows: ZRows) -> torch.Tensor:
+    """log p0 (n × vocab): the unedited next-token distribution of each KL row."""
+    head = runner.adapter.lm_head_module(runner.model)
+    out = {}
+    with torch.no_grad():
+        for pack in packs:
+            for j, row in enumerate(pack.rows.tolist()):
+                req = int(rows.request[row])
+                if row == int(rows.kl[req]):
+                    x = pack.final[j, int(rows.batch.last[row] - pack.offset[j])]
+                    out[req] = F.log_softmax(head(x[None]).float(), dim=-1)[0]
+    return torch.stack([out[r] for r in range(rows.kl.numel())])
+
+
+def _pack_losses(runner: UpperRunner, pack: Pack, rows: ZRows, delta: torch.Tensor, p0: torch.Tensor,
+                 n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This pack's share of every request's target NLL and its KL (n each; zeros elsewhere)."""
+    local = torch.full((rows.request.numel(),), -1, dtype=torch.long)
+    local[pack.rows] = torch.arange(pack.rows.numel())
+    spos = rows.batch.subject_pos[pack.rows]
+    final = runner.replay(pack, delta[rows.request[pack.rows]], spos)
+    head = runner.adapter.lm_head_module(runner.model)
+
+    sel = local[rows.t_row] >= 0
+    t_local = local[rows.t_row[sel]]
+    logp = F.log_softmax(head(final[t_local, rows.t_pos[sel] - pack.offset[t_local]]).float(), dim=-1)
+    tok_nll = -logp.gather(1, rows.t_tok[sel][:, None])[:, 0]
+    nll = torch.zeros(n).index_add(0, rows.request[rows.t_row[sel]], tok_nll * rows.t_w[sel])
+
+    kl = torch.zeros(n)
+    kl_sel = local[rows.kl] >= 0
+    if bool(kl_sel.any()):
+        reqs = torch.nonzero(kl_sel)[:, 0]
+        kl_rows = rows.kl[reqs]
+        kl_local = local[kl_rows]
+        kl_logp = F.log_softmax(head(final[kl_local, rows.batch.last[kl_rows] - pack.offset[kl_local]]).float(),
+                                dim=-1)
+        ref = p0[reqs]
+        kl = kl.index_put((reqs,), (ref.exp() * (ref - kl_logp)).sum(-1))
+    return nll, kl
+
+
+def _adam_step(opt: torch.optim.Optimizer, delta: torch.Tensor, active: torch.Tensor, limit: torch.Tensor) -> None:
+    """One Adam step for the active requests; frozen ones keep their δ; then ‖δ‖ ≤ limit."""
+    with torch.no_grad():
+        frozen = delta[~active].clone()
+    opt.step()
+    with torch.no_grad():
+        delta[~active] = frozen
+        norm = delta.norm(dim=-1)
+        scale = torch.where(norm > limit, limit / norm.clamp_min(1e-12), torch.ones_like(norm))
+        delta.mul_(scale[:, None])

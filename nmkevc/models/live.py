@@ -22,7 +22,7 @@ from ..deltas.compose import apply_to_weight
 from ..deltas.delta import WeightDelta
 from ..errors import BaseMismatchError, NmkevcError, StaleModelError
 from .adapters import ArchAdapter
-from .loading import load_model, load_tokenizer
+from .loading import Runtime, load_model, load_tokenizer
 from .weights import BaseWeights
 
 
@@ -40,8 +40,9 @@ class LiveModel:
     frozen: bool = False
 
     @classmethod
-    def load(cls, model_dir: Path, state_key: str | None = None, frozen: bool = False) -> LiveModel:
-        model, adapter = load_model(model_dir)
+    def load(cls, model_dir: Path, state_key: str | None = None, frozen: bool = False,
+             runtime: Runtime | None = None) -> LiveModel:
+        model, adapter = load_model(model_dir, runtime)
         return cls(model_dir, model, load_tokenizer(model_dir), adapter, BaseWeights(model_dir, adapter),
                    state_key=state_key, frozen=frozen)
 

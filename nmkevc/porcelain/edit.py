@@ -71,14 +71,16 @@ def check_edit_input(repo: Repo, requests: Sequence[EditRequest], stats_tokens: 
                 )
 
 
-def _projectors(sigmas: dict[int, torch.Tensor], hp) -> tuple[dict[int, torch.Tensor], dict[int, int]]:
+def _projectors(repo: Repo, sigmas: dict[int, torch.Tensor], stats_ids: dict[int, str],
+                hp) -> tuple[dict[int, torch.Tensor], dict[int, int]]:
+    """P_l per layer; each eigendecomposition is done once per repository object."""
     from ..editing.covariance import nullspace_projector
 
     out, kept = {}, {}
     for layer, sigma in sigmas.items():
-        out[layer], kept[layer] = nullspace_projector(
-            sigma, threshold=hp.nullspace_threshold, keep_fraction=hp.nullspace_keep_fraction
-        )
+        key = ("projector", stats_ids[layer], hp.nullspace_threshold, hp.nullspace_keep_fraction)
+        out[layer], kept[layer] = repo.caches.derived(key, lambda s=sigma: nullspace_projector(
+            s, threshold=hp.nullspace_threshold, keep_fraction=hp.nullspace_keep_fraction))
     return out, kept
 
 
@@ -142,7 +144,7 @@ def compute_delta(
     method = get_method(hp.method)
     projectors, kept = (None, {})
     if method.uses_projector:
-        projectors, kept = _projectors(sigmas, hp)
+        projectors, kept = _projectors(repo, sigmas, stats_ids, hp)
     names = {adapter.weight_name(x): x for x in layers}
     prior = {names[n]: c for n, c in repo.keys_cov(commits, list(names), extra).items()}
     state = repo.model_of(base_id, commits, extra)
@@ -150,7 +152,7 @@ def compute_delta(
         state.model, state.tokenizer, requests, hp, context_templates=templates,
         projectors=projectors, prior_keys_cov=prior,
         key_second_moment=sigmas if method.uses_second_moment else None,
-        progress=_stage(progress, "edit"),
+        progress=progress,  # the engine names its phases: z, attribution, update
     )
     d_model, d_ff = adapter.dims(state.model, layers[0])
     weights = []

@@ -16,6 +16,7 @@ from ..errors import EditRequestError
 from ..facts import EditRequest
 from ..history.commit import Commit
 from ..models.live import ModelState
+from ..models.loading import Runtime
 from ..models.source import BaseSource, parse_base_argument
 from ..repo.repository import Head, LockHolder, ReflogEntry, Repo
 from . import (
@@ -44,17 +45,25 @@ class Repository:
 
     @classmethod
     def open(cls, path: str | Path = ".", wait: float | None = None,
-             on_lock_wait: Callable[[LockHolder], None] | None = None) -> Repository:
+             on_lock_wait: Callable[[LockHolder], None] | None = None,
+             device: str | None = None, dtype: str | None = None) -> Repository:
         """`wait`: seconds a writing verb waits for a busy lock (None: the config's
         `lock_wait`, default 0 = refuse at once; math.inf = no limit); `on_lock_wait`
-        is told who holds the lock when the wait begins."""
-        return cls(Repo.open(path, wait=wait, on_lock_wait=on_lock_wait))
+        is told who holds the lock when the wait begins; `device` / `dtype` override the
+        repository's defaults (chosen at init) for this object."""
+        repo = Repo.open(path, wait=wait, on_lock_wait=on_lock_wait)
+        if device is not None or dtype is not None:
+            repo.runtime = Runtime(device or repo.runtime.device, dtype or repo.runtime.dtype)
+        return cls(repo)
 
     @classmethod
     def init(cls, path: str | Path = ".", base: str | BaseSource | None = None,
-             progress: Progress = None, branch: str = "main") -> Repository:
+             progress: Progress = None, branch: str = "main", device: str | None = None,
+             dtype: str | None = None) -> Repository:
+        """`device` / `dtype` become the repository's defaults for every command that runs the model."""
         source = base if isinstance(base, BaseSource) else parse_base_argument(base)
-        return cls(Repo.create(path, source, progress=progress, branch=branch))
+        runtime = Runtime(device or "cpu", dtype or "float32") if device or dtype else None
+        return cls(Repo.create(path, source, progress=progress, branch=branch, runtime=runtime))
 
     # -- where and what ------------------------------------------------------------------
     @property

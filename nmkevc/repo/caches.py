@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -49,6 +50,15 @@ class BaseCaches:
     def __init__(self, store: ObjectStore, refs: RefStore):
         self._store = store
         self._refs = refs
+        self._derived: dict[tuple, object] = {}
+
+    # -- values derived from stored objects, kept for this repository object's lifetime --------
+    def derived(self, key: tuple, compute: Callable[[], object]) -> object:
+        """compute() once per key (which must name every input, e.g. a stats object id and
+        the threshold): the null-space projectors of a lifelong run are decomposed once."""
+        if key not in self._derived:
+            self._derived[key] = compute()
+        return self._derived[key]
 
     # -- key statistics Σ_l ----------------------------------------------------------------
     def find_stats(self, key: StatsKey) -> tuple[str, torch.Tensor] | None:

@@ -30,6 +30,7 @@ from ..errors import BaseMismatchError, NmkevcError, RefError
 from ..history.commit import Commit
 from ..history.dag import CommitGraph
 from ..models.live import LiveModel, ModelState
+from ..models.loading import Runtime
 from ..models.manifest import BaseManifest, build_manifest
 from ..models.source import BaseSource, resolve_dir
 from ..storage.faults import crash_point
@@ -52,7 +53,7 @@ COMMIT_KIND, DELTA_KIND, BASE_KIND = "commit", "delta", "base"
 
 class Repo:
     def __init__(self, repo_dir: Path, wait: float | None = None,
-                 on_lock_wait: Callable[[LockHolder], None] | None = None):
+                 on_lock_wait: Callable[[LockHolder], None] | None = None, runtime: Runtime | None = None):
         """`wait`: seconds a writer waits for a busy lock (None: the config's `lock_wait`
         setting, else 0 = refuse at once; math.inf: forever); `on_lock_wait` is told who
         holds it when waiting starts."""
@@ -76,16 +77,19 @@ class Repo:
         self._base_model: tuple[str, LiveModel] | None = None
         self._corpora: dict[str, Corpus] = {}
         self._tokenizers: dict[str, object] = {}
+        #: where and in which dtype models run: the caller's choice, else the repository's default
+        self.runtime = runtime or Runtime(**{k: self.config.settings[k] for k in ("device", "dtype")
+                                             if k in self.config.settings})
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | Path = ".", wait: float | None = None,
-             on_lock_wait: Callable[[LockHolder], None] | None = None) -> Repo:
-        return cls(find_repo_dir(Path(path)), wait=wait, on_lock_wait=on_lock_wait)
+             on_lock_wait: Callable[[LockHolder], None] | None = None, runtime: Runtime | None = None) -> Repo:
+        return cls(find_repo_dir(Path(path)), wait=wait, on_lock_wait=on_lock_wait, runtime=runtime)
 
     @classmethod
     def create(cls, path: str | Path, source: BaseSource, progress: Progress = None,
-               branch: str = "main", message: str | None = None) -> Repo:
+               branch: str = "main", message: str | None = None, runtime: Runtime | None = None) -> Repo:
         """Make `.nmkevc` with the base recorded and a root commit on `branch`."""
         root = Path(path)
         try:
@@ -112,7 +116,8 @@ class Repo:
             make_layout(tmp)
             store = ObjectStore(tmp / "objects")
             base_id = store.put(BASE_KIND, manifest.to_bytes())
-            RepoConfig(bases={base_id: source}).save(tmp / "config.json")
+            settings = {} if runtime is None else {"device": runtime.device, "dtype": runtime.dtype}
+            RepoConfig(bases={base_id: source}, settings=settings).save(tmp / "config.json")
             atomic_write(tmp / "cache" / "hashes.json", json.dumps(hash_cache).encode())
             root_commit = Commit(
                 kind="init",
@@ -388,7 +393,7 @@ class Repo:
         model_dir = self.base_dir(base_id, progress=progress)
         if self._live is None or self._live_base != base_id:
             self._live = None
-            self._live = LiveModel.load(model_dir)
+            self._live = LiveModel.load(model_dir, runtime=self.runtime)
             self._live_base = base_id
         key = self.state_key(base_id, commits, extra)
         if self._live.state_key != key:
@@ -402,7 +407,8 @@ class Repo:
         if self._base_model is None or self._base_model[0] != base_id:
             self._base_model = None
             key = self.state_key(base_id, [])
-            self._base_model = (base_id, LiveModel.load(self.base_dir(base_id, progress=progress), key, frozen=True))
+            self._base_model = (base_id, LiveModel.load(self.base_dir(base_id, progress=progress), key, frozen=True,
+                                                       runtime=self.runtime))
         live = self._base_model[1]
         return ModelState(live, live.state_key or "", f"base {base_id[:12]}")
 
