@@ -1,6 +1,6 @@
 """Step 1's fast path (layers above l_m replayed, cached prefix, packed rows, frozen requests
 dropped) against a plain reimplementation: one full forward pass per step with a hook that
-adds δ at l_m, exactly as NMKE.md states the optimisation."""
+adds δ at l_m, exactly as docs/method.md states the optimisation."""
 
 from __future__ import annotations
 

@@ -120,9 +120,7 @@ def plan_edit(model, requests: Sequence[EditRequest], hparams: EditHparams,
         split_template(t)
     adapter = adapter_for(model)
     n_layers = adapter.num_layers(model)
-    layers = list(hparams.layers) if hparams.layers is not None else adapter.default_layers(n_layers)
-    if layers[-1] >= n_layers:
-        raise EditRequestError(f"layer {layers[-1]} does not exist (the model has {n_layers} layers)")
+    layers = adapter.edit_layers(hparams.layers, n_layers)
     return EditPlan(method, adapter, requests, templates, layers, adapter.dims(model, layers[0])[1])
 
 

@@ -15,7 +15,8 @@ from ..errors import EditRequestError
 
 @dataclass
 class EditHparams:
-    """Defaults are the NMKE authors' (NMKE.md) unless a comment says otherwise."""
+    """Defaults are the NMKE authors' (docs/method.md, table and "The formulae") unless a comment
+    says otherwise."""
 
     method: str = "nmke"
     #: edited MLP layers l_1..l_m (ascending); None = the adapter's default for the model's depth
@@ -42,8 +43,8 @@ class EditHparams:
     entropy_alpha: float = 30.0
 
     # -- Step 4: the update ----------------------------------------------------------------
-    #: λ of A = P(KKᵀ + C) + λI (NMKE.md: 1–10). One full-mask layer writes the fraction
-    #: kᵀPk / (kᵀPk + λ) of its residual share; on SmolLM2-135M (layers 3..7) kᵀPk is ~7–130,
+    #: λ of A = P(KKᵀ + C) + λI (1–10: docs/method.md, "Choices and deviations"). One full-mask
+    #: layer writes the fraction kᵀPk / (kᵀPk + λ) of its residual share; on SmolLM2-135M (layers 3..7) kᵀPk is ~7–130,
     #: and the later layers make up what an earlier one leaves. Measured there (France → Rome):
     #: λ = 1 → P(Rome | France) 0.98 but P(Rome | Germany) 0.11; λ = 10 → 0.88 and 0.02, with the
     #: same efficacy on a 10-fact batch. We take the upper end: same success, far less bleed,
