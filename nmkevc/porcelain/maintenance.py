@@ -211,18 +211,6 @@ def _repair_derived(repo: Repo, ref: str, oid: str, recorded: dict) -> str:
     return f"dropped damaged {oid[:12]} and {ref} (the next edit that needs it rebuilds it)"
 
 
-def _roots(repo: Repo) -> set[str]:
-    roots: set[str] = set()
-    roots |= set(repo.refs.scan("refs/")[0].values())  # branches, tags, stats, context templates
-    try:
-        h = repo.head().commit
-        if h:
-            roots.add(h)
-    except NmkevcError:
-        pass
-    roots |= set(repo.config.bases)
-    return roots
-
 
 def _reachable(repo: Repo, commits: dict[str, Commit], kinds: dict[str, str]) -> set[str]:
     seen: set[str] = set()
