@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from nmkevc.editing.attribution import attribution_scores, read_model
+from nmkevc.editing import attribution
+from nmkevc.editing.attribution import _exact_lse, _moment_lse, _perturbed_lse, attribution_scores, read_model
 from nmkevc.editing.tokens import encode
 from nmkevc.models.adapters import adapter_for
 
@@ -75,6 +76,49 @@ def test_chunking_does_not_change_scores(loaded):
     big, _ = attribution_scores(model, adapter, batch, [1], chunk_elements=1 << 26)
     small, _ = attribution_scores(model, adapter, batch, [1], chunk_elements=700)
     torch.testing.assert_close(big[1], small[1], rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_moment_form_equals_the_direct_scores(loaded, monkeypatch):
+    """A batch's scores (moments + exact fallback) equal the direct exponentials."""
+    model, tok = loaded
+    adapter = adapter_for(model)
+    batch = encode(tok, PROMPTS * 2)
+    monkeypatch.setattr(attribution, "MOMENTS_MIN_PROMPTS", 10**9)
+    direct, _ = attribution_scores(model, adapter, batch, [1, 2])
+    monkeypatch.setattr(attribution, "MOMENTS_MIN_PROMPTS", 1)
+    moments, _ = attribution_scores(model, adapter, batch, [1, 2])
+    for layer in (1, 2):
+        torch.testing.assert_close(moments[layer], direct[layer], rtol=0, atol=2e-5)
+
+
+def _lse_reference(unembed, w_n, base, coef):
+    b = unembed.double() @ w_n.double()
+    return torch.logsumexp(base.double()[:, None, :] + coef.double()[:, :, None] * b.T[None], -1)
+
+
+@torch.no_grad()
+def test_moment_series_is_within_its_bound_and_far_pairs_are_exact():
+    """Inside the radius the series meets its error bound; outside it every pair is taken exactly."""
+    gen = torch.Generator().manual_seed(0)
+    vocab, d_model, d_ff, n_p = 300, 16, 24, 5
+    unembed = torch.randn(vocab, d_model, generator=gen)
+    w_n = torch.randn(d_model, d_ff, generator=gen) * 0.1
+    base = torch.randn(n_p, vocab, generator=gen) * 3
+    coef = torch.randn(n_p, d_ff, generator=gen)
+    coef[0, :6] = torch.tensor([40.0, -40.0, 30.0, -30.0, 50.0, 45.0])  # far outside the radius
+    ref = _lse_reference(unembed, w_n, base, coef)
+    series, far = _moment_lse(unembed, w_n, base, coef, 1 << 20)
+    assert far[0, :6].all() and far.float().mean() < 0.5
+    inside = ~far
+    assert (series.double() - ref).abs()[inside].max() < 1e-5
+    assert (series.double() - ref).abs()[far].max() > 1e-2  # why the fallback exists
+    combined = _perturbed_lse(unembed, w_n, base, coef, 1 << 20)
+    assert (combined.double() - ref).abs().max() < 1e-5
+    rows = [torch.tensor([1, 5]), torch.tensor([], dtype=torch.long)] + [torch.arange(d_ff)] * 3
+    part = _exact_lse(unembed, w_n, base, coef, rows, 1 << 20)
+    assert torch.isinf(part[1]).all() and torch.isinf(part[0, [0, 2, 3]]).all()
+    assert (part[0, [1, 5]].double() - ref[0, [1, 5]]).abs().max() < 1e-5
 
 
 @torch.no_grad()

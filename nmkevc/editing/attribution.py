@@ -4,10 +4,11 @@ For prompt p, layer l, neuron i:  s[p, i] = log p(w | N(r + A·m_i·W[:, i])) �
 with N the final norm applied *linearly* with the statistics of the model's real final
 hidden state at p's last token. Because N is linear there, the perturbed logits are
 L0[p] + (A·m[p, i] / σ_p) · B[:, i] with B = U · N_lin(W) (vocab × d_ff) independent of
-the prompt, so B is computed once per layer, chunk by chunk over the vocabulary, and the
-log-sum-exp over the vocabulary is accumulated across chunks in cache-sized blocks: memory
-stays bounded whatever the vocabulary, d_ff or number of prompts, and no pass over a
-block leaves the CPU cache.
+the prompt, so B is computed once per layer, chunk by chunk over the vocabulary. What costs
+is the log-sum-exp over the vocabulary for every (prompt, neuron) pair: for a few prompts it
+is taken directly, in cache-sized blocks; for a batch it comes from moments of B (matrix
+products) with a proven error bound, and the rare pairs outside that bound are taken directly.
+Memory stays bounded whatever the vocabulary, d_ff or number of prompts.
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ from .tokens import Batch
 CACHE_BLOCK = 1 << 18
 #: vocabulary rows of B = U · N(W) computed at once (d_ff × this many floats)
 VOCAB_CHUNK = 4096
+#: from this many prompts on, the perturbed log-sum-exp uses the moment form (matrix products);
+#: below it the direct exponentials are cheaper (measured on SmolLM2: docs/benchmarks.md)
+MOMENTS_MIN_PROMPTS = 12
+#: order K of the moment series and the radius τ within which it is used; the error bound
+#: τ^(K+1) e^(2τ) / (K+1)! is 1.3e-9 at K = 16, τ = 1.75
+MOMENTS_ORDER = 16
+MOMENTS_RADIUS = 1.75
 
 
 @dataclass
@@ -138,35 +146,94 @@ def neuron_scores(
 def _perturbed_lse(unembed: torch.Tensor, w_n: torch.Tensor, base: torch.Tensor, coef: torch.Tensor,
                    chunk_elements: int) -> torch.Tensor:
     """logsumexp_v (base[p, v] + coef[p, i] · B[v, i]) for every prompt p and neuron i (P × d_ff),
-    with B = unembed · w_n computed one vocabulary chunk at a time.
+    with B = unembed · w_n (vocab × d_ff).
 
-    This is P × d_ff × vocab exponentials, the cost of Step 2. They are taken in blocks of at
-    most `block` elements, small enough to stay in the CPU cache, with every pass (scale,
-    shift, max, exp, sum) in place on one buffer; the running result merges chunk by chunk."""
+    Taken exactly, this is P × d_ff × vocab exponentials, which grows with the batch. Past a
+    few prompts the moment form below does it with matrix products instead, and only the
+    (prompt, neuron) pairs outside its proven accuracy radius are taken exactly."""
+    n_p, d_ff = coef.shape
+    if n_p < MOMENTS_MIN_PROMPTS:
+        return _exact_lse(unembed, w_n, base, coef, [torch.arange(d_ff)] * n_p, chunk_elements)
+    lse, far = _moment_lse(unembed, w_n, base, coef, chunk_elements)
+    rows = [torch.nonzero(far[p])[:, 0] for p in range(n_p)]
+    exact = _exact_lse(unembed, w_n, base, coef, rows, chunk_elements)
+    lse[far] = exact[far]
+    return lse
+
+
+def _vocab_chunk(vocab: int, d_ff: int, chunk_elements: int) -> int:
+    """Vocabulary rows of B computed at once, so that B's chunk holds ≤ chunk_elements floats."""
+    return max(1, min(vocab, VOCAB_CHUNK, chunk_elements // d_ff))
+
+
+def _moment_lse(unembed: torch.Tensor, w_n: torch.Tensor, base: torch.Tensor, coef: torch.Tensor,
+                chunk_elements: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The perturbed log-sum-exp from moments of B under each prompt's unperturbed distribution.
+
+    With q_p = softmax(base[p]) and x = coef[p, i] · B[v, i]:
+        Σ_v exp(base[p, v] + x) = exp(lse(base[p])) · Σ_k coef[p, i]^k / k! · M_k[p, i],
+        M_k = q · B^k   (one (P × vocab) · (vocab × d_ff) product per order k).
+    Truncated after order K, each term's remainder is at most τ^(K+1) e^τ / (K+1)! with
+    τ = |coef[p, i]| · max_v |B[v, i]|, and the sum is at least e^(−τ), so the log-sum-exp is
+    off by at most τ^(K+1) e^(2τ) / (K+1)! — below 2e-9 for τ ≤ MOMENTS_RADIUS. Returns the
+    values and the mask of pairs with τ beyond the radius, which the caller takes exactly."""
     n_p, d_ff = coef.shape
     vocab = unembed.shape[0]
-    w_t = w_n.T.contiguous()  # (d_ff, d_model)
-    v_chunk = max(1, min(vocab, VOCAB_CHUNK, chunk_elements // d_ff))  # B's chunk ≤ chunk_elements
+    v_chunk = _vocab_chunk(vocab, d_ff, chunk_elements)
+    lse0 = torch.logsumexp(base, -1)
+    moments = torch.zeros(MOMENTS_ORDER + 1, n_p, d_ff, dtype=torch.float64)
+    b_max = torch.zeros(d_ff)
+    for v0 in range(0, vocab, v_chunk):
+        b = unembed[v0 : v0 + v_chunk] @ w_n  # (Vc, d_ff)
+        torch.maximum(b_max, b.abs().amax(0), out=b_max)
+        q = torch.exp(base[:, v0 : v0 + v_chunk] - lse0[:, None])  # (P, Vc)
+        moments[0] += q.sum(-1, dtype=torch.float64)[:, None]
+        power = b.clone()
+        for k in range(1, MOMENTS_ORDER + 1):
+            moments[k] += q @ power
+            if k < MOMENTS_ORDER:
+                power.mul_(b)
+    c = coef.double()
+    series = moments[MOMENTS_ORDER] / math.factorial(MOMENTS_ORDER)
+    for k in range(MOMENTS_ORDER - 1, -1, -1):  # Horner
+        series = series * c + moments[k] / math.factorial(k)
+    lse = (lse0[:, None].double() + series.clamp_min(1e-300).log()).float()
+    return lse, coef.abs() * b_max > MOMENTS_RADIUS
+
+
+def _exact_lse(unembed: torch.Tensor, w_n: torch.Tensor, base: torch.Tensor, coef: torch.Tensor,
+               rows: list[torch.Tensor], chunk_elements: int) -> torch.Tensor:
+    """logsumexp_v (base[p, v] + coef[p, i] · B[v, i]) exactly for the neurons rows[p] of each
+    prompt p (P × d_ff; other entries −inf), B computed one vocabulary chunk at a time.
+
+    The exponentials are taken in blocks small enough to stay in the CPU cache, with every
+    pass (scale, shift, max, exp, sum) in place on one buffer; results merge chunk by chunk."""
+    n_p, d_ff = coef.shape
+    vocab = unembed.shape[0]
+    v_chunk = _vocab_chunk(vocab, d_ff, chunk_elements)
     block = max(1, min(chunk_elements, CACHE_BLOCK))
     lse = torch.full((n_p, d_ff), float("-inf"))
+    todo = [(p, idx) for p, idx in enumerate(rows) if idx.numel()]
+    if not todo:
+        return lse
+    w_t = w_n.T.contiguous()  # (d_ff, d_model)
     buf = torch.empty(block)
     for v0 in range(0, vocab, v_chunk):
         b_t = w_t @ unembed[v0 : v0 + v_chunk].T  # (d_ff, Vc): B[v0:v0+Vc, :]ᵀ, contiguous
         vc = b_t.shape[1]
         i_blk = max(1, min(d_ff, block // vc))
-        p_blk = max(1, min(n_p, block // (i_blk * vc)))
-        for p0 in range(0, n_p, p_blk):
-            ps = slice(p0, p0 + p_blk)
-            bp = min(p_blk, n_p - p0)
-            for i0 in range(0, d_ff, i_blk):
-                bi = min(i_blk, d_ff - i0)
-                x = buf[: bp * bi * vc].view(bp, bi, vc)
-                torch.mul(coef[ps, i0 : i0 + bi, None], b_t[None, i0 : i0 + bi], out=x)
-                x.add_(base[ps, None, v0 : v0 + vc])
+        for p, idx in todo:
+            whole = idx.numel() == d_ff
+            for j0 in range(0, idx.numel(), i_blk):
+                sel = slice(j0, j0 + i_blk) if whole else idx[j0 : j0 + i_blk]
+                rows_b = b_t[sel]
+                x = buf[: rows_b.shape[0] * vc].view(rows_b.shape[0], vc)
+                torch.mul(coef[p, sel, None], rows_b, out=x)
+                x.add_(base[p, None, v0 : v0 + vc])
                 peak = x.amax(-1, keepdim=True)
                 x.sub_(peak).exp_()
-                part = x.sum(-1).log_().add_(peak[..., 0])
-                lse[ps, i0 : i0 + bi] = torch.logaddexp(lse[ps, i0 : i0 + bi], part)
+                part = x.sum(-1).log_().add_(peak[:, 0])
+                lse[p, sel] = torch.logaddexp(lse[p, sel], part)
     return lse
 
 
