@@ -12,22 +12,30 @@ import json
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-import torch
+if TYPE_CHECKING:  # tensors arrive from callers; reading a header needs no torch
+    import torch
 
-DTYPE_CODES: dict[torch.dtype, str] = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
+#: torch dtype name → (safetensors code, bytes per element). Keyed by name so that this
+#: module loads without torch (commands that never touch a tensor start faster).
+DTYPE_CODES: dict[str, tuple[str, int]] = {
+    "float64": ("F64", 8),
+    "float32": ("F32", 4),
+    "float16": ("F16", 2),
+    "bfloat16": ("BF16", 2),
+    "int64": ("I64", 8),
+    "int32": ("I32", 4),
+    "int16": ("I16", 2),
+    "int8": ("I8", 1),
+    "uint8": ("U8", 1),
+    "bool": ("BOOL", 1),
 }
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """"float32" for torch.float32."""
+    return str(dtype).removeprefix("torch.")
 
 
 @dataclass(frozen=True)
@@ -41,17 +49,17 @@ class TensorSpec:
         n = 1
         for s in self.shape:
             n *= s
-        return n * torch.empty((), dtype=self.dtype).element_size()
+        return n * DTYPE_CODES[dtype_name(self.dtype)][1]
 
 
 def _header(specs: list[TensorSpec], metadata: dict[str, str] | None) -> bytes:
     header: dict[str, object] = {}
     offset = 0
     for spec in specs:
-        if spec.dtype not in DTYPE_CODES:
+        if dtype_name(spec.dtype) not in DTYPE_CODES:
             raise ValueError(f"unsupported dtype {spec.dtype} for tensor {spec.name}")
         header[spec.name] = {
-            "dtype": DTYPE_CODES[spec.dtype],
+            "dtype": DTYPE_CODES[dtype_name(spec.dtype)][0],
             "shape": list(spec.shape),
             "data_offsets": [offset, offset + spec.nbytes],
         }
@@ -64,6 +72,8 @@ def _header(specs: list[TensorSpec], metadata: dict[str, str] | None) -> bytes:
 
 
 def tensor_bytes(t: torch.Tensor) -> bytes:
+    import torch  # loaded already: t is a tensor
+
     t = t.detach().contiguous().cpu()
     if t.numel() == 0:
         return b""

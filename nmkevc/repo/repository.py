@@ -21,17 +21,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..corpus import Corpus, load_corpus
-from ..deltas.delta import Delta, WeightDelta
 from ..errors import BaseMismatchError, NmkevcError, RefError
 from ..history.commit import Commit
 from ..history.dag import CommitGraph
-from ..models.live import LiveModel, ModelState
-from ..models.loading import Runtime
-from ..models.manifest import BaseManifest, build_manifest
+from ..models.runtime import Runtime
 from ..models.source import BaseSource, resolve_dir
 from ..storage.faults import crash_point
 from ..storage.fsutil import atomic_write, fsync_dir
@@ -44,6 +40,16 @@ from .caches import BaseCaches
 from .layout import REPO_DIR, RepoConfig, find_repo_dir, make_layout
 from .namespaces import ALL_REFS, branch_namespace, remote_namespace, tag_namespace
 from .revisions import resolve_revision
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..deltas.delta import Delta, WeightDelta
+    from ..models.live import LiveModel, ModelState
+    from ..models.manifest import BaseManifest
+
+# Deltas, manifests and models are imported where they are used: a verb that only moves
+# refs (checkout, branch, log) then runs without loading torch, which alone takes ~1 s.
 
 Progress = Callable[[int, int], None] | None
 DELTA_CACHE_SIZE = 4096
@@ -104,6 +110,8 @@ class Repo:
         if not os.access(root, os.W_OK | os.X_OK):
             raise NmkevcError(f"cannot create a repository in {root}: permission denied")
         check_ref_name(branch)
+        from ..models.manifest import build_manifest
+
         model_dir = resolve_dir(source, progress=progress)
         hash_cache: dict = {}
         manifest = build_manifest(model_dir, progress=progress, hash_cache=hash_cache)
@@ -188,6 +196,8 @@ class Repo:
     def delta(self, oid: str) -> Delta:
         d = self._deltas.get(oid)
         if d is None:
+            from ..deltas.delta import Delta
+
             d = Delta.from_bytes(self.store.get(oid, DELTA_KIND), oid)
             self._deltas[oid] = d
             while len(self._deltas) > DELTA_CACHE_SIZE:
@@ -204,6 +214,8 @@ class Repo:
     def manifest(self, base_id: str) -> BaseManifest:
         m = self._manifests.get(base_id)
         if m is None:
+            from ..models.manifest import BaseManifest
+
             m = BaseManifest.from_bytes(self.store.get(base_id, BASE_KIND))
             self._manifests[base_id] = m
         return m
@@ -316,6 +328,8 @@ class Repo:
         rehashes every tensor and refreshes the cache with what it finds."""
         if base_id in self._verified and not full:
             return self._verified[base_id]
+        from ..models.manifest import build_manifest
+
         source = self.base_source(base_id)
         model_dir = resolve_dir(source, progress=progress)
         cache_path = self.dir / "cache" / "hashes.json"
@@ -344,6 +358,8 @@ class Repo:
 
     def add_base(self, source: BaseSource) -> str:
         """Record another base (e.g. for an orphan branch on a newer model)."""
+        from ..models.manifest import build_manifest
+
         with self.writing():
             manifest = build_manifest(resolve_dir(source))
             base_id = self.store.put(BASE_KIND, manifest.to_bytes())
@@ -390,6 +406,8 @@ class Repo:
 
         The live model is shared: handles given out earlier for another state refuse use
         from now on (StaleModelError) rather than answer for this one."""
+        from ..models.live import LiveModel, ModelState
+
         model_dir = self.base_dir(base_id, progress=progress)
         if self._live is None or self._live_base != base_id:
             self._live = None
@@ -404,6 +422,8 @@ class Repo:
         """The unedited base, from a model of its own (loaded on first use, then kept with
         this object): statistics, context templates and base references read it without
         moving the live model anyone else holds."""
+        from ..models.live import LiveModel, ModelState
+
         if self._base_model is None or self._base_model[0] != base_id:
             self._base_model = None
             key = self.state_key(base_id, [])
