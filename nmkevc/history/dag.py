@@ -25,6 +25,8 @@ class CommitGraph:
         self._load = load
         self.commits: dict[str, Commit] = {}
         self._graph: nx.DiGraph | None = None
+        #: effective sets already resolved (a pure function of immutable commits)
+        self._active: dict[str, tuple[str, ...]] = {}
 
     @property
     def graph(self) -> nx.DiGraph:
@@ -99,7 +101,9 @@ class CommitGraph:
 
     def active(self, oid: str) -> list[str]:
         """The effective set of `oid` in canonical order."""
-        return self._resolve(self.ancestors(oid), ())
+        if oid not in self._active:
+            self._active[oid] = tuple(self._resolve(self.ancestors(oid), ()))
+        return list(self._active[oid])
 
     def active_for(self, parents: tuple[str, ...], cancels: tuple[str, ...] = ()) -> list[str]:
         """The effective set a new commit with these parents and cancels would have."""

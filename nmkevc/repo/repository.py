@@ -38,6 +38,7 @@ from ..storage.store import ObjectStore
 from ..storage.temps import claimed_tempdir, make_init_dir, reap_claims, reap_init_dirs, remove_stale_temps
 from .caches import BaseCaches
 from .layout import REPO_DIR, RepoConfig, find_repo_dir, make_layout
+from .materialised import MIN_DELTAS, MaterialisedCache
 from .namespaces import ALL_REFS, branch_namespace, remote_namespace, tag_namespace
 from .revisions import resolve_revision
 
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from ..deltas.delta import Delta, WeightDelta
     from ..models.live import LiveModel, ModelState
     from ..models.manifest import BaseManifest
+    from ..models.weights import BaseWeights
 
 # Deltas, manifests and models are imported where they are used: a verb that only moves
 # refs (checkout, branch, log) then runs without loading torch, which alone takes ~1 s.
@@ -75,6 +77,7 @@ class Repo:
         self.tag_refs = tag_namespace(self.refs)
         self.remote_refs = remote_namespace(self.refs)
         self.caches = BaseCaches(self.store, self.refs)
+        self.materialised = MaterialisedCache(self.dir / "cache")
         self._deltas: OrderedDict[str, Delta] = OrderedDict()
         self._manifests: dict[str, BaseManifest] = {}
         self._verified: dict[str, Path] = {}
@@ -297,6 +300,24 @@ class Repo:
         """An id of a model state: the base and the ordered deltas in effect."""
         return hashlib.sha256(canonical_json([base_id, self.delta_ids(commits, extra)])).hexdigest()
 
+    def materialise(self, base_id: str, commits: list[str], weights: BaseWeights,
+                    extra: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+        """{weight name: base + Σ its deltas, in the base dtype} for every weight the state
+        edits, as `apply_to_weight` computes it; a long history's result is kept in the
+        materialised cache and read back from there (checked against the base's specs)."""
+        key = self.state_key(base_id, commits, extra)
+        cached = self.materialised.get(key)
+        if cached is not None and all(_fits(weights, name, t) for name, t in cached.items()):
+            return cached
+        from ..deltas.compose import apply_to_weight
+
+        plan = self.plan_of(commits, extra)
+        out = {name: apply_to_weight(weights.get(name), [w for _, w in entries])
+               for name, entries in sorted(plan.items())}
+        if len(self.delta_ids(commits, extra)) >= MIN_DELTAS:
+            self.materialised.put(key, out)
+        return out
+
     def keys_cov(self, commits: list[str], weight_names: list[str],
                  extra: Sequence[str] = ()) -> dict[str, torch.Tensor]:
         """C_l = Σ K Kᵀ over the keys stored with the deltas of an effective set."""
@@ -458,6 +479,15 @@ def default_author() -> str:
         return getpass.getuser()
     except Exception:
         return "unknown"
+
+
+def _fits(weights: BaseWeights, name: str, t: torch.Tensor) -> bool:
+    """A cached tensor stands for a weight of this base only with its name, dtype and shape."""
+    try:
+        spec = weights.spec(name)
+    except (NmkevcError, KeyError):
+        return False
+    return spec.dtype == t.dtype and tuple(spec.shape) == tuple(t.shape)
 
 
 def _manifest_difference(want: BaseManifest, found: BaseManifest) -> str:
