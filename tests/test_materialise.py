@@ -20,12 +20,8 @@ from nmkevc.repo.materialised import MIN_DELTAS
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def reference_sum(base: torch.Tensor, deltas: list[WeightDelta]) -> torch.Tensor:
-    """The definition (docs/storage.md), written the plain way: one float64 column block
-    per delta, one product, added to the float64 base, cast once."""
-    deltas = [d for d in deltas if d.idx.numel() and d.rank]
-    if not deltas:
-        return base
+def reference_factors(deltas: list[WeightDelta]) -> tuple[torch.Tensor, torch.Tensor]:
+    """U_full, V_full the plain way: one float64 column block per delta, in order."""
     total_r = sum(d.rank for d in deltas)
     u = torch.zeros(deltas[0].d_ff, total_r, dtype=torch.float64)
     v = torch.empty(deltas[0].d_model, total_r, dtype=torch.float64)
@@ -34,6 +30,16 @@ def reference_sum(base: torch.Tensor, deltas: list[WeightDelta]) -> torch.Tensor
         u[d.idx, col : col + d.rank] = d.U.double()
         v[:, col : col + d.rank] = d.V.double()
         col += d.rank
+    return u, v
+
+
+def reference_sum(base: torch.Tensor, deltas: list[WeightDelta]) -> torch.Tensor:
+    """The definition (docs/storage.md): one product of the stacked factors, added to the
+    float64 base, cast once."""
+    deltas = [d for d in deltas if d.idx.numel() and d.rank]
+    if not deltas:
+        return base
+    u, v = reference_factors(deltas)
     total = v @ u.T
     if deltas[0].orientation == "in_out":
         total = total.T
@@ -54,7 +60,10 @@ def test_stacked_sum_is_bit_identical_to_the_plain_sum(orientation):
               for s, (k, r, dt) in enumerate([(13, 3, torch.float32), (40, 1, torch.float32), (1, 5, torch.float64),
                                               (0, 2, torch.float32), (27, 3, torch.bfloat16)] * 7)]
     u, v = stacked_factors(deltas)
-    assert u.is_contiguous() and v.is_contiguous() and u.dtype == v.dtype == torch.float64
+    u_ref, v_ref = reference_factors([d for d in deltas if d.idx.numel()])
+    # the same entries in the same layout: the product (and so the bytes) cannot differ
+    assert torch.equal(u, u_ref) and torch.equal(v, v_ref)
+    assert u.stride() == u_ref.stride() and v.stride() == v_ref.stride()
     for dtype in (torch.float32, torch.bfloat16):
         shape = (24, 40) if orientation == "out_in" else (40, 24)
         base = torch.randn(*shape, generator=torch.Generator().manual_seed(9)).to(dtype)
