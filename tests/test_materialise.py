@@ -158,3 +158,26 @@ def test_ref_verbs_run_without_torch(repo):
         r = cli(*args)
         assert r.returncode == 0, (args, r.stdout, r.stderr)
     assert repo.head().branch == "x"
+
+
+def test_fresh_model_of_a_long_history_is_the_reference_sum_cached_or_not(repo):
+    commits = _history(repo, MIN_DELTAS + 1)
+    edited = sorted(repo.plumbing.plan(repo.resolve()))
+
+    def model_bytes(r, rev="HEAD"):
+        state = r.load_model(rev)
+        return {state.weights.resolve(k): state.model.get_parameter(k).detach().contiguous().view(torch.uint8)
+                .numpy().tobytes() for k in edited}
+
+    def ref(rev):
+        return {k: v for k, v in _reference_tensors(repo, rev).items() if k in {repo.plumbing.base_model(
+            repo.commit().base).weights.resolve(n) for n in edited}}
+
+    want = ref("HEAD")
+
+    cold = Repository.open(repo.dir)
+    assert model_bytes(cold) == want  # computed, and cached for the next process
+    assert len(list(repo.plumbing.materialised.dir.glob("*.safetensors"))) == 1
+    assert model_bytes(Repository.open(repo.dir)) == want  # from the cache
+    # moving the live model afterwards rewrites what changed, exactly
+    assert model_bytes(cold, commits[-2]) == ref(commits[-2])

@@ -3,8 +3,9 @@
 Materialising a long history means reading every delta of the effective set and one
 large float64 product per edited weight (1000 edits on SmolLM2-135M: seconds). The
 result depends only on the state key (the base and the ordered delta ids in effect,
-`Repo.state_key`), so export keeps it in `cache/materialised/<key>.safetensors` and the
-next export of the same state reads it instead of recomputing.
+`Repo.state_key`), so export and a freshly loaded model keep it in
+`cache/materialised/<key>.safetensors`, and the next process asking for the same state
+reads it instead of recomputing.
 
 A rebuildable cache, never history: written atomically (temp file, fsync, rename), at
 most `KEEP` states on disk (the oldest goes first), and used only when the file records

@@ -436,7 +436,11 @@ class Repo:
             self._live_base = base_id
         key = self.state_key(base_id, commits, extra)
         if self._live.state_key != key:
-            self._live.sync(self.plan_of(commits, extra), key)
+            # a fresh model rewrites every edited weight: a long history's come from (and go to)
+            # the materialised cache; later moves rewrite only what changed, as before
+            fresh = not self._live.applied and len(self.delta_ids(commits, extra)) >= MIN_DELTAS
+            ready = self.materialise(base_id, commits, self._live.weights, extra) if fresh else None
+            self._live.sync(self.plan_of(commits, extra), key, ready)
         return ModelState(self._live, key, label or "a revision")
 
     def base_model(self, base_id: str, progress: Progress = None) -> ModelState:
