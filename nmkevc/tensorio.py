@@ -12,22 +12,30 @@ import json
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-import torch
+if TYPE_CHECKING:  # tensors arrive from callers; reading a header needs no torch
+    import torch
 
-DTYPE_CODES: dict[torch.dtype, str] = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
+#: torch dtype name → (safetensors code, bytes per element). Keyed by name so that this
+#: module loads without torch (commands that never touch a tensor start faster).
+DTYPE_CODES: dict[str, tuple[str, int]] = {
+    "float64": ("F64", 8),
+    "float32": ("F32", 4),
+    "float16": ("F16", 2),
+    "bfloat16": ("BF16", 2),
+    "int64": ("I64", 8),
+    "int32": ("I32", 4),
+    "int16": ("I16", 2),
+    "int8": ("I8", 1),
+    "uint8": ("U8", 1),
+    "bool": ("BOOL", 1),
 }
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """"float32" for torch.float32."""
+    return str(dtype).removeprefix("torch.")
 
 
 @dataclass(frozen=True)
@@ -41,17 +49,17 @@ class TensorSpec:
         n = 1
         for s in self.shape:
             n *= s
-        return n * torch.empty((), dtype=self.dtype).element_size()
+        return n * DTYPE_CODES[dtype_name(self.dtype)][1]
 
 
 def _header(specs: list[TensorSpec], metadata: dict[str, str] | None) -> bytes:
     header: dict[str, object] = {}
     offset = 0
     for spec in specs:
-        if spec.dtype not in DTYPE_CODES:
+        if dtype_name(spec.dtype) not in DTYPE_CODES:
             raise ValueError(f"unsupported dtype {spec.dtype} for tensor {spec.name}")
         header[spec.name] = {
-            "dtype": DTYPE_CODES[spec.dtype],
+            "dtype": DTYPE_CODES[dtype_name(spec.dtype)][0],
             "shape": list(spec.shape),
             "data_offsets": [offset, offset + spec.nbytes],
         }
@@ -63,12 +71,21 @@ def _header(specs: list[TensorSpec], metadata: dict[str, str] | None) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-def tensor_bytes(t: torch.Tensor) -> bytes:
+def tensor_buffer(t: torch.Tensor):
+    """The tensor's bytes as a buffer (no copy for a contiguous CPU tensor): what a file
+    write takes directly, where `tensor_bytes` would copy 500 MB once more on export."""
+    import torch  # loaded already: t is a tensor
+
     t = t.detach().contiguous().cpu()
     if t.numel() == 0:
         return b""
     # flatten: a size-1 dimension may carry any stride and still count as contiguous
-    return t.reshape(-1).view(torch.uint8).numpy().tobytes()
+    return t.reshape(-1).view(torch.uint8).numpy()
+
+
+def tensor_bytes(t: torch.Tensor) -> bytes:
+    buf = tensor_buffer(t)
+    return buf if isinstance(buf, bytes) else buf.tobytes()
 
 
 def dumps(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
@@ -107,7 +124,7 @@ def write_streaming(
         t = produce(spec)
         if t.dtype != spec.dtype or tuple(t.shape) != spec.shape:
             raise ValueError(f"tensor {spec.name} does not match its declared dtype/shape")
-        fh.write(tensor_bytes(t))
+        fh.write(tensor_buffer(t))
         if on_tensor is not None:
             on_tensor(spec)
 

@@ -16,21 +16,24 @@ from .delta import Delta, WeightDelta
 
 
 def stacked_factors(deltas: Sequence[WeightDelta]) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(U_full d_ff × R, V_full d_model × R) in float64 so that Σ ΔW = V_full U_fullᵀ."""
+    """(U_full d_ff × R, V_full d_model × R) in float64 so that Σ ΔW = V_full U_fullᵀ.
+
+    Delta i owns columns [c_i, c_i + r_i) of both; its U goes to rows idx_i. U_full is
+    filled through its transpose, where a delta's block is whole rows (one index_copy_
+    each, ~20x faster than an indexed assignment into column blocks), then laid out as
+    before: the same entries in the same layout, so the product's bytes do not change."""
     deltas = [d for d in deltas if d.idx.numel() and d.rank]
     if not deltas:
         return None
-    d_model, d_ff = deltas[0].d_model, deltas[0].d_ff
+    d_ff = deltas[0].d_ff
     total_r = sum(d.rank for d in deltas)
-    u_full = torch.zeros(d_ff, total_r, dtype=torch.float64)
-    v_full = torch.empty(d_model, total_r, dtype=torch.float64)
+    u_t = torch.zeros(total_r, d_ff, dtype=torch.float64)
     col = 0
     for d in deltas:
-        r = d.rank
-        u_full[d.idx, col : col + r] = d.U.double()
-        v_full[:, col : col + r] = d.V.double()
-        col += r
-    return u_full, v_full
+        u_t[col : col + d.rank].index_copy_(1, d.idx, d.U.T.double())
+        col += d.rank
+    v_full = torch.cat([d.V.double() for d in deltas], dim=1)
+    return u_t.T.contiguous(), v_full
 
 
 def summed_out_in(deltas: Sequence[WeightDelta]) -> torch.Tensor | None:

@@ -9,11 +9,13 @@ either direction and re-checkouts always give the same model.
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from ..errors import CorruptObjectError
 from .commit import Commit
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 
 class CommitGraph:
@@ -22,7 +24,23 @@ class CommitGraph:
     def __init__(self, load: Callable[[str], Commit]):
         self._load = load
         self.commits: dict[str, Commit] = {}
-        self.graph = nx.DiGraph()  # edges parent -> child
+        self._graph: nx.DiGraph | None = None
+        #: effective sets already resolved (a pure function of immutable commits)
+        self._active: dict[str, tuple[str, ...]] = {}
+
+    @property
+    def graph(self) -> nx.DiGraph:
+        """The loaded commits as a networkx graph, edges parent -> child. Built on first
+        use: walking refs and first parents (checkout, log) needs no networkx import."""
+        if self._graph is None:
+            import networkx as nx
+
+            g = nx.DiGraph()
+            for oid, c in self.commits.items():
+                g.add_node(oid)
+                g.add_edges_from((p, oid) for p in c.parents)
+            self._graph = g
+        return self._graph
 
     def commit(self, oid: str) -> Commit:
         self.ensure(oid)
@@ -37,14 +55,17 @@ class CommitGraph:
                 continue
             c = self._load(cur)
             self.commits[cur] = c
-            self.graph.add_node(cur)
+            if self._graph is not None:
+                self._graph.add_node(cur)
+                self._graph.add_edges_from((p, cur) for p in c.parents)
             for p in c.parents:
-                self.graph.add_edge(p, cur)
                 if p not in self.commits:
                     stack.append(p)
 
     def ancestors(self, oid: str, inclusive: bool = True) -> set[str]:
         self.ensure(oid)
+        import networkx as nx
+
         out = nx.ancestors(self.graph, oid)
         if inclusive:
             out.add(oid)
@@ -56,11 +77,15 @@ class CommitGraph:
 
     def canonical_order(self, nodes: set[str]) -> list[str]:
         """Topological order of a set of commits, ties broken by commit id."""
+        import networkx as nx
+
         sub = self.graph.subgraph(nodes)
         return list(nx.lexicographical_topological_sort(sub, key=lambda n: n))
 
     def newest_first(self, nodes: set[str]) -> list[str]:
         """Children before parents; among ready commits the newest first (git's date order)."""
+        import networkx as nx
+
         sub = self.graph.subgraph(nodes).reverse(copy=False)
         return list(
             nx.lexicographical_topological_sort(sub, key=lambda n: (-self.commits[n].time, n))
@@ -68,13 +93,17 @@ class CommitGraph:
 
     def merge_bases(self, a: str, b: str) -> list[str]:
         """Best common ancestors (those not ancestors of another common ancestor)."""
+        import networkx as nx
+
         common = self.ancestors(a) & self.ancestors(b)
         best = {c for c in common if not any(c in nx.ancestors(self.graph, o) for o in common if o != c)}
         return sorted(best)
 
     def active(self, oid: str) -> list[str]:
         """The effective set of `oid` in canonical order."""
-        return self._resolve(self.ancestors(oid), ())
+        if oid not in self._active:
+            self._active[oid] = tuple(self._resolve(self.ancestors(oid), ()))
+        return list(self._active[oid])
 
     def active_for(self, parents: tuple[str, ...], cancels: tuple[str, ...] = ()) -> list[str]:
         """The effective set a new commit with these parents and cancels would have."""

@@ -9,11 +9,13 @@ final norm and the unembedding. No other module may test architecture names.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..errors import EditRequestError, UnsupportedModelError
+
+if TYPE_CHECKING:  # annotations only: the table itself is read without loading torch
+    import torch
+    from torch import nn
 
 #: `W_l` stored as (d_model, d_ff): nn.Linear(d_ff -> d_model).
 OUT_IN = "out_in"

@@ -52,8 +52,10 @@ class LiveModel:
         except AttributeError:
             raise BaseMismatchError(f"the model has no parameter {name!r} named by a delta") from None
 
-    def sync(self, plan: dict[str, Sequence[tuple[str, WeightDelta]]], state_key: str) -> int:
-        """Make the model equal base + plan. `plan` maps weight name → [(delta id, delta)].
+    def sync(self, plan: dict[str, Sequence[tuple[str, WeightDelta]]], state_key: str,
+             ready: dict[str, torch.Tensor] | None = None) -> int:
+        """Make the model equal base + plan. `plan` maps weight name → [(delta id, delta)];
+        `ready` holds weights of this very state already materialised (Repo.materialise).
 
         Returns the number of tensors rewritten."""
         if self.frozen and state_key != self.state_key:
@@ -65,8 +67,10 @@ class LiveModel:
             ids = tuple(d_id for d_id, _ in entries)
             if self.applied.get(name, ()) == ids:
                 continue
-            base = self.weights.get(name)
-            new = apply_to_weight(base, [w for _, w in entries])
+            if ready is not None and name in ready and entries:
+                new = ready[name]
+            else:
+                new = apply_to_weight(self.weights.get(name), [w for _, w in entries])
             param = self.parameter(name)
             with torch.no_grad():
                 param.copy_(new.to(param.dtype))

@@ -10,13 +10,17 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import safe_open
 
 from ..errors import BaseMismatchError, NmkevcError
 from ..tensorio import TensorSpec
-from .adapters import ArchAdapter
+
+if TYPE_CHECKING:
+    import torch
+
+    from .adapters import ArchAdapter
 
 #: Files that define how text becomes tokens; their hash is part of the base's identity.
 TOKENIZER_FILES = (
@@ -104,16 +108,17 @@ class BaseWeights:
         return out
 
 
-_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
+_DTYPE_NAMES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
 }
 
 
 def _dtype(code: str) -> torch.dtype:
+    import torch  # here, not at the top: modules that only name files load without torch
+
     try:
-        return _DTYPES[code]
+        return getattr(torch, _DTYPE_NAMES[code])
     except KeyError:
         raise NmkevcError(f"unsupported tensor dtype {code} in base weights") from None
 

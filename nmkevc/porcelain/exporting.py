@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..deltas.compose import apply_to_weight
 from ..errors import NmkevcError
 from ..models.adapters import adapter_for
 from ..models.hf_dir import check_export_target, write_model_files
@@ -41,12 +40,11 @@ def export(repo: Repo, rev: str, out_dir: str | Path,
     cid = repo.resolve(rev)
     c = repo.commit(cid)
     weights = BaseWeights(repo.base_dir(c.base), adapter_for(repo.manifest(c.base).config))
-    resolved = {weights.resolve(name): entries for name, entries in repo.plan(cid).items()}
+    edited = {weights.resolve(name): t for name, t in repo.materialise(c.base, repo.effective(cid), weights).items()}
 
     def produce(spec: TensorSpec):
-        t = weights.get(spec.name)
-        entries = resolved.get(spec.name)
-        return apply_to_weight(t, [w for _, w in entries]) if entries else t
+        t = edited.get(spec.name)
+        return weights.get(spec.name) if t is None else t
 
     provenance = {
         "tool": "nmkevc",
@@ -60,4 +58,4 @@ def export(repo: Repo, rev: str, out_dir: str | Path,
             written = write_model_files(weights, tmp, produce, provenance, progress)
     except OSError as e:
         raise NmkevcError(f"cannot write export to {out}: {e.strerror or e}") from None
-    return ExportReport(cid, str(out), len(weights.specs()), len(resolved), written)
+    return ExportReport(cid, str(out), len(weights.specs()), len(edited), written)

@@ -10,29 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..deltas.delta import Delta
 from ..errors import EditRequestError
 from ..facts import EditRequest
 from ..history.commit import Commit
-from ..models.live import ModelState
-from ..models.loading import Runtime
+from ..models.runtime import Runtime
 from ..models.source import BaseSource, parse_base_argument
 from ..repo.repository import Head, LockHolder, ReflogEntry, Repo
-from . import (
-    answers,
-    branching,
-    changes,
-    describe,
-    edit,
-    evaluate,
-    exporting,
-    maintenance,
-    merging,
-    peft_export,
-    sharing,
-)
-from .edit_inputs import DEFAULT_STATS_TOKENS
+from . import branching
+
+if TYPE_CHECKING:
+    from ..deltas.delta import Delta
+    from ..models.live import ModelState
+    from . import answers, describe, edit, evaluate, exporting, maintenance, merging, peft_export, sharing
+
+# Each verb imports the porcelain module it calls: most of them need torch (~1 s to import),
+# and a verb that only moves refs (checkout, switch, branch, tag) should not pay for it.
 
 Progress = Callable[[int, int], None] | None
 
@@ -101,22 +95,34 @@ class Repository:
 
     # -- history views -------------------------------------------------------------------
     def log(self, rev: str = "HEAD", max_count: int | None = None, stat: bool = False):
+        from . import describe
+
         return describe.log(self._repo, rev, max_count, stat)
 
     def log_graph(self, rev: str = "HEAD", max_count: int | None = None, stat: bool = False):
         """`log` with each commit's row of the graph drawing: [(CommitInfo, GraphRow)]."""
+        from . import describe
+
         return describe.log_graph(self._repo, rev, max_count, stat)
 
     def show(self, rev: str = "HEAD") -> describe.CommitInfo:
+        from . import describe
+
         return describe.commit_info(self._repo, self._repo.resolve(rev), stat=True)
 
     def diff(self, a: str, b: str = "HEAD") -> describe.DiffReport:
+        from . import describe
+
         return describe.diff(self._repo, a, b)
 
     def status(self) -> describe.Status:
+        from . import describe
+
         return describe.status(self._repo)
 
     def facts(self, rev: str = "HEAD") -> list[tuple[str, EditRequest]]:
+        from . import describe
+
         return [(c, EditRequest.from_json(r)) for c, r in describe.facts_at(self._repo, self._repo.resolve(rev))]
 
     def reflog(self, ref: str = "HEAD", max_count: int | None = None) -> list[ReflogEntry]:
@@ -138,6 +144,8 @@ class Repository:
 
     def switch_orphan(self, name: str, base_id: str | None = None) -> str:
         """A new branch with its own root commit; `base_id` is a recorded base id or a unique prefix."""
+        from . import maintenance
+
         base_id = maintenance.resolve_base_id(self._repo, base_id) if base_id else None
         return branching.switch_orphan(self._repo, name, base_id)
 
@@ -156,12 +164,18 @@ class Repository:
 
     # -- changes -------------------------------------------------------------------------
     def commit_delta(self, delta: Delta, message: str, requests=(), method=None, info=None) -> str:
+        from . import changes
+
         return changes.commit_delta(self._repo, delta, message, requests, method, info)
 
     def revert(self, rev: str, message: str | None = None) -> str:
+        from . import changes
+
         return changes.revert(self._repo, rev, message)
 
     def cherry_pick(self, rev: str, message: str | None = None) -> str:
+        from . import changes
+
         return changes.cherry_pick(self._repo, rev, message)
 
     def merge(self, rev: str, strategy: str | None = None, message: str | None = None,
@@ -170,6 +184,8 @@ class Repository:
         """Merge rev into HEAD; raises MergeConflictError (nothing changed) on unresolved conflicts.
 
         `mask_threshold` None = the default (docs/merging.md)."""
+        from . import answers, edit, merging
+
         repo = self._repo
         kw = {} if mask_threshold is None else {"mask_threshold": mask_threshold}
         return merging.merge(
@@ -188,6 +204,8 @@ class Repository:
 
         `hparams` is an EditHparams; keyword overrides (e.g. layers=[3, 4]) adjust a copy."""
         from ..editing import EditHparams
+        from . import edit
+        from .edit_inputs import DEFAULT_STATS_TOKENS
 
         reqs = [requests] if isinstance(requests, EditRequest) else list(requests)
         hp = hparams or EditHparams()
@@ -205,6 +223,9 @@ class Repository:
         """Sequential batches, one commit each (the lifelong-editing setting); None: one batch.
 
         Every request is checked before the first batch runs, so bad input commits nothing."""
+        from . import edit
+        from .edit_inputs import DEFAULT_STATS_TOKENS
+
         if batch_size is None:
             batch_size = max(1, len(requests))
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -214,18 +235,26 @@ class Repository:
         return [self.edit(requests[i : i + batch_size], **kw) for i in range(0, len(requests), batch_size)]
 
     def ask(self, prompt: str, rev: str = "HEAD", top_k: int = 5, max_new_tokens: int = 12) -> answers.Answer:
+        from . import answers
+
         return answers.ask(self._repo, prompt, rev, top_k, max_new_tokens)
 
     def blame(self, prompt: str, rev: str = "HEAD") -> answers.BlameReport:
+        from . import answers
+
         return answers.blame(self._repo, prompt, rev)
 
     def evaluate(self, rev: str = "HEAD", dataset: str | Path | None = None, perplexity: bool = True,
                  records: bool = False) -> evaluate.EvalResult:
         """Edit metrics at rev (its own facts, or a CounterFact / zsRE / edit file) and perplexity."""
+        from . import evaluate
+
         return evaluate.evaluate(self._repo, rev, dataset, perplexity, records)
 
     def perplexity(self, rev: str = "HEAD", base_ppl: float | None = None) -> dict:
         """Held-out perplexity of the model at rev and of its base (pass `base_ppl` to reuse it)."""
+        from . import evaluate
+
         cid = self._repo.resolve(rev)
         return evaluate.perplexity_change(self._repo, self._repo.commit(cid).base, self._repo.effective(cid),
                                           base_ppl=base_ppl)
@@ -262,10 +291,14 @@ class Repository:
         return self._repo.model_at(self._repo.resolve(rev), progress=progress)
 
     def export(self, rev: str, out_dir: str | Path, progress: Progress = None) -> exporting.ExportReport:
+        from . import exporting
+
         return exporting.export(self._repo, rev, out_dir, progress)
 
     def export_peft(self, rev: str, out_dir: str | Path, rank: int | None = None) -> peft_export.PeftExportReport:
         """The change from the base to rev as a PEFT LoRA adapter (exact unless `rank` truncates)."""
+        from . import peft_export
+
         return peft_export.export_peft(self._repo, rev, out_dir, rank)
 
     # -- sharing -------------------------------------------------------------------------
@@ -274,6 +307,8 @@ class Repository:
               with_stats: bool = False, progress: Progress = None, parent: str | Path = ".") -> sharing.CloneReport:
         """Copy the repository at url (a path, any fsspec URL, or a bundle) into directory
         (default: a folder of `parent` named after the URL)."""
+        from . import sharing
+
         return sharing.clone(url, directory, origin=origin, with_stats=with_stats, progress=progress,
                              parent=parent)
 
@@ -282,39 +317,57 @@ class Repository:
         return self._repo.remote_branches()
 
     def remotes(self) -> dict[str, str]:
+        from . import sharing
+
         return sharing.list_remotes(self._repo)
 
     def add_remote(self, name: str, url: str) -> None:
+        from . import sharing
+
         sharing.add_remote(self._repo, name, url)
 
     def remove_remote(self, name: str) -> None:
+        from . import sharing
+
         sharing.remove_remote(self._repo, name)
 
     def fetch(self, remote: str | None = None, with_stats: bool = False, prune: bool = False,
               progress: Progress = None) -> sharing.TransferReport:
+        from . import sharing
+
         return sharing.fetch(self._repo, remote, with_stats=with_stats, prune=prune, progress=progress)
 
     def pull(self, remote: str | None = None, branch: str | None = None, with_stats: bool = False,
              strategy: str | None = None, functional: bool = True,
              progress: Progress = None) -> sharing.PullReport:
         """fetch, then merge remote/branch into HEAD with the merge verb (and its checks)."""
+        from . import sharing
+
         return sharing.pull(self._repo, lambda rev: self.merge(rev, strategy=strategy, functional=functional),
                             remote, branch, with_stats=with_stats, progress=progress)
 
     def push(self, remote: str | None = None, refs: list[str] | None = None, force: bool = False,
              with_stats: bool = False, progress: Progress = None) -> sharing.TransferReport:
+        from . import sharing
+
         return sharing.push(self._repo, remote, refs, force=force, with_stats=with_stats, progress=progress)
 
     def bundle_create(self, path: str | Path, revs: list[str], progress: Progress = None) -> sharing.BundleReport:
+        from . import sharing
+
         return sharing.create_bundle(self._repo, path, revs, progress=progress)
 
     @staticmethod
     def bundle_verify(path: str) -> sharing.BundleReport:
+        from . import sharing
+
         return sharing.verify_bundle(path)
 
     # -- maintenance ---------------------------------------------------------------------
     def fsck(self, repair: bool = False, full: bool = False) -> maintenance.FsckReport:
         """Check everything; `repair` rebuilds what can be rebuilt, `full` rehashes the bases."""
+        from . import maintenance
+
         return maintenance.fsck(self._repo, repair=repair, full=full)
 
     def warnings(self) -> list[str]:
@@ -322,9 +375,13 @@ class Repository:
         return [f"{problem}; skipped" for _, problem in sorted(self._repo.refs.broken.items())]
 
     def gc(self) -> maintenance.GcReport:
+        from . import maintenance
+
         return maintenance.gc(self._repo)
 
     def bases(self) -> list[maintenance.BaseInfo]:
+        from . import maintenance
+
         return maintenance.bases(self._repo)
 
     def add_base(self, base: str | BaseSource) -> str:
@@ -333,4 +390,6 @@ class Repository:
 
     def relocate_base(self, base_id: str, location: str) -> None:
         """Point a recorded base (id or unique prefix) at a new location; content must match."""
+        from . import maintenance
+
         self._repo.relocate_base(maintenance.resolve_base_id(self._repo, base_id), parse_base_argument(location))

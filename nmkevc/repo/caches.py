@@ -12,8 +12,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from .. import tensorio
 from ..errors import NmkevcError
@@ -21,6 +20,9 @@ from ..storage.objects import canonical_json
 from ..storage.refs import RefStore
 from ..storage.store import ObjectStore
 from .namespaces import CONTEXT, STATS
+
+if TYPE_CHECKING:
+    import torch
 
 #: Object kinds the caches store.
 STATS_KIND = "stats"

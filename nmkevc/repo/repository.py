@@ -21,17 +21,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..corpus import Corpus, load_corpus
-from ..deltas.delta import Delta, WeightDelta
 from ..errors import BaseMismatchError, NmkevcError, RefError
 from ..history.commit import Commit
 from ..history.dag import CommitGraph
-from ..models.live import LiveModel, ModelState
-from ..models.loading import Runtime
-from ..models.manifest import BaseManifest, build_manifest
+from ..models.runtime import Runtime
 from ..models.source import BaseSource, resolve_dir
 from ..storage.faults import crash_point
 from ..storage.fsutil import atomic_write, fsync_dir
@@ -42,8 +38,20 @@ from ..storage.store import ObjectStore
 from ..storage.temps import claimed_tempdir, make_init_dir, reap_claims, reap_init_dirs, remove_stale_temps
 from .caches import BaseCaches
 from .layout import REPO_DIR, RepoConfig, find_repo_dir, make_layout
+from .materialised import MIN_DELTAS, MaterialisedCache
 from .namespaces import ALL_REFS, branch_namespace, remote_namespace, tag_namespace
 from .revisions import resolve_revision
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..deltas.delta import Delta, WeightDelta
+    from ..models.live import LiveModel, ModelState
+    from ..models.manifest import BaseManifest
+    from ..models.weights import BaseWeights
+
+# Deltas, manifests and models are imported where they are used: a verb that only moves
+# refs (checkout, branch, log) then runs without loading torch, which alone takes ~1 s.
 
 Progress = Callable[[int, int], None] | None
 DELTA_CACHE_SIZE = 4096
@@ -69,6 +77,7 @@ class Repo:
         self.tag_refs = tag_namespace(self.refs)
         self.remote_refs = remote_namespace(self.refs)
         self.caches = BaseCaches(self.store, self.refs)
+        self.materialised = MaterialisedCache(self.dir / "cache")
         self._deltas: OrderedDict[str, Delta] = OrderedDict()
         self._manifests: dict[str, BaseManifest] = {}
         self._verified: dict[str, Path] = {}
@@ -104,6 +113,8 @@ class Repo:
         if not os.access(root, os.W_OK | os.X_OK):
             raise NmkevcError(f"cannot create a repository in {root}: permission denied")
         check_ref_name(branch)
+        from ..models.manifest import build_manifest
+
         model_dir = resolve_dir(source, progress=progress)
         hash_cache: dict = {}
         manifest = build_manifest(model_dir, progress=progress, hash_cache=hash_cache)
@@ -188,6 +199,8 @@ class Repo:
     def delta(self, oid: str) -> Delta:
         d = self._deltas.get(oid)
         if d is None:
+            from ..deltas.delta import Delta
+
             d = Delta.from_bytes(self.store.get(oid, DELTA_KIND), oid)
             self._deltas[oid] = d
             while len(self._deltas) > DELTA_CACHE_SIZE:
@@ -204,6 +217,8 @@ class Repo:
     def manifest(self, base_id: str) -> BaseManifest:
         m = self._manifests.get(base_id)
         if m is None:
+            from ..models.manifest import BaseManifest
+
             m = BaseManifest.from_bytes(self.store.get(base_id, BASE_KIND))
             self._manifests[base_id] = m
         return m
@@ -285,6 +300,24 @@ class Repo:
         """An id of a model state: the base and the ordered deltas in effect."""
         return hashlib.sha256(canonical_json([base_id, self.delta_ids(commits, extra)])).hexdigest()
 
+    def materialise(self, base_id: str, commits: list[str], weights: BaseWeights,
+                    extra: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+        """{weight name: base + Σ its deltas, in the base dtype} for every weight the state
+        edits, as `apply_to_weight` computes it; a long history's result is kept in the
+        materialised cache and read back from there (checked against the base's specs)."""
+        key = self.state_key(base_id, commits, extra)
+        cached = self.materialised.get(key)
+        if cached is not None and all(_fits(weights, name, t) for name, t in cached.items()):
+            return cached
+        from ..deltas.compose import apply_to_weight
+
+        plan = self.plan_of(commits, extra)
+        out = {name: apply_to_weight(weights.get(name), [w for _, w in entries])
+               for name, entries in sorted(plan.items())}
+        if len(self.delta_ids(commits, extra)) >= MIN_DELTAS:
+            self.materialised.put(key, out)
+        return out
+
     def keys_cov(self, commits: list[str], weight_names: list[str],
                  extra: Sequence[str] = ()) -> dict[str, torch.Tensor]:
         """C_l = Σ K Kᵀ over the keys stored with the deltas of an effective set."""
@@ -316,6 +349,8 @@ class Repo:
         rehashes every tensor and refreshes the cache with what it finds."""
         if base_id in self._verified and not full:
             return self._verified[base_id]
+        from ..models.manifest import build_manifest
+
         source = self.base_source(base_id)
         model_dir = resolve_dir(source, progress=progress)
         cache_path = self.dir / "cache" / "hashes.json"
@@ -344,6 +379,8 @@ class Repo:
 
     def add_base(self, source: BaseSource) -> str:
         """Record another base (e.g. for an orphan branch on a newer model)."""
+        from ..models.manifest import build_manifest
+
         with self.writing():
             manifest = build_manifest(resolve_dir(source))
             base_id = self.store.put(BASE_KIND, manifest.to_bytes())
@@ -390,6 +427,8 @@ class Repo:
 
         The live model is shared: handles given out earlier for another state refuse use
         from now on (StaleModelError) rather than answer for this one."""
+        from ..models.live import LiveModel, ModelState
+
         model_dir = self.base_dir(base_id, progress=progress)
         if self._live is None or self._live_base != base_id:
             self._live = None
@@ -397,13 +436,19 @@ class Repo:
             self._live_base = base_id
         key = self.state_key(base_id, commits, extra)
         if self._live.state_key != key:
-            self._live.sync(self.plan_of(commits, extra), key)
+            # a fresh model rewrites every edited weight: a long history's come from (and go to)
+            # the materialised cache; later moves rewrite only what changed, as before
+            fresh = not self._live.applied and len(self.delta_ids(commits, extra)) >= MIN_DELTAS
+            ready = self.materialise(base_id, commits, self._live.weights, extra) if fresh else None
+            self._live.sync(self.plan_of(commits, extra), key, ready)
         return ModelState(self._live, key, label or "a revision")
 
     def base_model(self, base_id: str, progress: Progress = None) -> ModelState:
         """The unedited base, from a model of its own (loaded on first use, then kept with
         this object): statistics, context templates and base references read it without
         moving the live model anyone else holds."""
+        from ..models.live import LiveModel, ModelState
+
         if self._base_model is None or self._base_model[0] != base_id:
             self._base_model = None
             key = self.state_key(base_id, [])
@@ -438,6 +483,15 @@ def default_author() -> str:
         return getpass.getuser()
     except Exception:
         return "unknown"
+
+
+def _fits(weights: BaseWeights, name: str, t: torch.Tensor) -> bool:
+    """A cached tensor stands for a weight of this base only with its name, dtype and shape."""
+    try:
+        spec = weights.spec(name)
+    except (NmkevcError, KeyError):
+        return False
+    return spec.dtype == t.dtype and tuple(spec.shape) == tuple(t.shape)
 
 
 def _manifest_difference(want: BaseManifest, found: BaseManifest) -> str:
