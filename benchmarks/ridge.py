@@ -12,7 +12,8 @@ set (never the test split, which is kept for reported results):
   generalisation and specificity (CounterFact protocol) next to the unedited model's.
 The machine's load average is recorded before and after, since it may be shared.
 
-    python benchmarks/ridge.py                 # measure, write docs/figures/ridge.json
+    python benchmarks/ridge.py                 # measure a batch, merge it into docs/figures/ridge.json
+    python benchmarks/ridge.py --offset 10     # the next 10 dev facts, as a second batch
     python benchmarks/ridge.py --markdown      # regenerate the table in docs/method.md
 """
 
@@ -56,7 +57,7 @@ def summary(report) -> dict:
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()}
 
 
-def measure(n: int, seed: int, cache: Path | None = None) -> dict:
+def measure(n: int, seed: int, offset: int, cache: Path | None = None) -> dict:
     import torch
 
     from nmkevc import Repository
@@ -77,7 +78,7 @@ def measure(n: int, seed: int, cache: Path | None = None) -> dict:
         base = plumbing.commit(plumbing.resolve("HEAD")).base
         state = repo.load_model()
         model, tok = state.model, state.tokenizer
-        cases = eval_cases("countryinfo", n=n, seed=seed, split="dev")
+        cases = eval_cases("countryinfo", n=offset + n, seed=seed, split="dev")[offset:]
         requests = [c.request for c in cases]
         hp0 = EditHparams()
         plan = plan_edit(model, requests, hp0, ["{}"])
@@ -135,7 +136,7 @@ def measure(n: int, seed: int, cache: Path | None = None) -> dict:
                 "spec": run["specificity"]}), file=sys.stderr, flush=True)
     return {
         "model": "SmolLM2-135M-Instruct (embedded)",
-        "facts": {"set": "countryinfo", "split": "dev", "n": n, "seed": seed,
+        "facts": {"set": "countryinfo", "split": "dev", "n": n, "seed": seed, "offset": offset,
                   "subjects": [r.subject for r in requests]},
         "layers": layers,
         "nullspace_kept": {str(k): v for k, v in kept.items()},
@@ -149,7 +150,7 @@ def measure(n: int, seed: int, cache: Path | None = None) -> dict:
         "load_before": round(load0, 2),
         "load_after": round(os.getloadavg()[0], 2),
         "machine": platform.machine(),
-        "command": f"python benchmarks/ridge.py --n {n} --seed {seed}",
+        "command": f"python benchmarks/ridge.py --n {n} --seed {seed} --offset {offset}",
     }
 
 
@@ -157,27 +158,54 @@ def _fmt(x) -> str:
     return "–" if x is None else f"{x:.2f}"
 
 
+def _key(run: dict) -> tuple:
+    return tuple(sorted((k, v) for k, v in run.items() if k in CONFIG_KEYS))
+
+
+CONFIG_KEYS = ("method", "masked_update", "ridge", "ridge_relative", "memit_lambda0")
+
+
+def pooled(data: dict) -> list[dict]:
+    """Every configuration's figures pooled over the batches (all batches have the same size):
+    means of the metrics and of each layer's written fraction."""
+    batches = data["batches"]
+    out = []
+    for first in batches[0]["runs"]:
+        runs = [next(r for r in b["runs"] if _key(r) == _key(first)) for b in batches]
+        row = {k: first[k] for k in CONFIG_KEYS if k in first}
+        for metric in ("efficacy", "generalization", "specificity", "mean_p_new", "written_fraction_mean"):
+            row[metric] = round(sum(r[metric] for r in runs) / len(runs), 4)
+        row["written"] = [round(sum(r["layers"][i]["written_fraction"] for r in runs) / len(runs), 4)
+                          for i in range(len(first["layers"]))]
+        out.append(row)
+    return out
+
+
 def table(data: dict) -> str:
-    u = data["unedited"]
+    batches = data["batches"]
+    n = sum(b["facts"]["n"] for b in batches)
+    unedited = {m: sum(b["unedited"][m] for b in batches) / len(batches)
+                for m in ("efficacy", "generalization", "specificity")}
+    layers = batches[0]["layers"]
     lines = [
-        f"{data['facts']['n']} dev facts of countryinfo (seed {data['facts']['seed']}), one batch, layers "
-        f"{data['layers'][0]}..{data['layers'][-1]}; unedited model: efficacy {_fmt(u['efficacy'])}, "
-        f"generalisation {_fmt(u['generalization'])}, specificity {_fmt(u['specificity'])}. Written = "
-        "‖ΔW_l k‖ / ‖r_l‖ per layer (first..last), mean over requests.",
+        f"{n} dev facts of countryinfo in {len(batches)} batches of {batches[0]['facts']['n']}, layers "
+        f"{layers[0]}..{layers[-1]}; unedited model: efficacy {_fmt(unedited['efficacy'])}, "
+        f"generalisation {_fmt(unedited['generalization'])}, specificity {_fmt(unedited['specificity'])}. "
+        "Written = ‖ΔW_l k‖ / ‖r_l‖ per layer (first..last), mean over requests and batches.",
         "",
-        "| method | masked update | λ | written per layer | efficacy | generalisation | specificity |",
-        "|---|---|---|---|---|---|---|",
+        "| method | masked update | λ | written per layer | efficacy | generalisation | specificity | mean P(new) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for r in data["runs"]:
+    for r in pooled(data):
         if r["method"] == "memit":
             lam = f"λ₀ = {r['memit_lambda0']:g}"
             form = "–"
         else:
             lam = f"{r['ridge']:g} · mean kᵀPk" if r["ridge_relative"] else f"{r['ridge']:g} (absolute)"
             form = r["masked_update"] if r["method"] == "nmke" else "–"
-        written = " ".join(f"{x['written_fraction']:.2f}" for x in r["layers"])
+        written = " ".join(f"{x:.2f}" for x in r["written"])
         lines.append(f"| {r['method']} | {form} | {lam} | {written} | {_fmt(r['efficacy'])} | "
-                     f"{_fmt(r['generalization'])} | {_fmt(r['specificity'])} |")
+                     f"{_fmt(r['generalization'])} | {_fmt(r['specificity'])} | {_fmt(r['mean_p_new'])} |")
     return "\n".join(lines)
 
 
@@ -194,6 +222,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10, help="dev facts in the batch")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--offset", type=int, default=0,
+                    help="skip this many dev facts (another batch: --offset 10); batches are merged into --out")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--cache", type=Path, default=None,
                     help="keep Step 1-3 results here (a file) and reuse them on a rerun")
@@ -202,10 +232,15 @@ def main() -> None:
     if args.markdown:
         write_markdown(json.loads(args.out.read_text()))
         return
-    data = measure(args.n, args.seed, args.cache)
+    batch = measure(args.n, args.seed, args.offset, args.cache)
+    data = json.loads(args.out.read_text()) if args.out.exists() else {"batches": []}
+    same = (args.seed, args.offset, args.n)
+    data["batches"] = [b for b in data["batches"]
+                       if (b["facts"]["seed"], b["facts"]["offset"], b["facts"]["n"]) != same] + [batch]
+    data["batches"].sort(key=lambda b: (b["facts"]["seed"], b["facts"]["offset"]))
+    data["pooled"] = pooled(data)
     args.out.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     print(table(data))
-
 
 if __name__ == "__main__":
     main()

@@ -16,14 +16,6 @@ from ..errors import EditRequestError
 RIDGE_RELATIVE_DEFAULT = 0.1
 MEMIT_LAMBDA0_DEFAULT = 15000.0
 
-#: Fields added after commits were first stored, with the value that reproduces an edit made
-#: before them. A stored dict lacking one of these keys was written by an older nmkevc, whose
-#: engine behaved as this value says (absolute λ = `ridge`, the published masked update), so
-#: `from_json` fills it in and a replay (rebase, merge --strategy replay) edits as it did then.
-#: (`ridge` has been stored since the first engine, always absolute, default 10; it is listed for
-#: a stored dict without any hyperparameters.)
-LEGACY_VALUES = {"ridge": 10.0, "ridge_relative": False, "masked_update": "published"}
-
 
 @dataclass
 class EditHparams:
@@ -159,11 +151,20 @@ class EditHparams:
         unknown = sorted(set(d) - known)
         if unknown:
             raise EditRequestError(f"unknown edit hyperparameter(s): {', '.join(unknown)}")
-        d = {**LEGACY_VALUES, **d}  # an older commit's missing keys mean its older behaviour
+        d = {**LEGACY, **d}  # an older commit's missing keys mean its older behaviour
         try:
             return cls(**d)
         except (TypeError, ValueError) as e:
             raise EditRequestError(f"invalid edit hyperparameters: {e}") from None
+
+
+#: Fields added after commits were first stored, with the value that reproduces an edit made
+#: before them. A stored dict lacking one of these keys was written by an older nmkevc, whose
+#: engine behaved as this value says (absolute λ = `ridge`, the published masked update), so
+#: `from_json` fills it in and a replay (rebase, merge --strategy replay) edits as it did then.
+#: (`ridge` has been stored since the first engine, always absolute, default 10; it is listed for
+#: a stored dict without any hyperparameters.)
+LEGACY = {"ridge": 10.0, "ridge_relative": False, "masked_update": "published"}
 
 
 def _as_int(x) -> int:

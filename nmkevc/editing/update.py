@@ -93,7 +93,8 @@ def relative_ridge(keys: torch.Tensor, projector: torch.Tensor | None, scale: fl
     so that a lone key of a full-mask layer writes 1 / (1 + scale) of its share on any model."""
     k = keys.double()
     x = k if projector is None else projector.double() @ k
-    return float(scale) * float((k * x).sum(0).mean())
+    # floored: keys wholly outside the null space (PK = 0) must give U = 0, not a singular solve
+    return max(float(scale) * float((k * x).sum(0).mean()), 1e-12)
 
 
 def zero_outside(u: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
