@@ -12,7 +12,7 @@ from nmkevc import EditRequest, Repository
 from nmkevc.errors import NmkevcError
 from nmkevc.models.loading import Runtime
 
-TINY = dict(z_lr=0.5, z_steps=10, z_clamp=4.0, z_weight_decay=0.0, ridge=1e-4, layers=[1, 2])
+TINY = dict(z_lr=0.5, z_steps=10, z_clamp=4.0, z_weight_decay=0.0, ridge=1e-4, ridge_relative=False, layers=[1, 2])
 
 
 def test_runtime_is_validated():

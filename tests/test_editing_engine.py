@@ -32,7 +32,7 @@ CORPUS = [
 # authors' constants would barely move them: allow a larger δ and a ridge on the keys' scale.
 # Targets are single tokens predicted right at the subject: random attention barely carries δ
 # to later positions, so a multi-token target could not be learnt by any method here.
-TINY = dict(z_lr=0.5, z_steps=25, z_clamp=4.0, z_weight_decay=0.0, ridge=1e-4)
+TINY = dict(z_lr=0.5, z_steps=25, z_clamp=4.0, z_weight_decay=0.0, ridge=1e-4, ridge_relative=False)
 EDIT = EditRequest("Danielle Darrieux", "The mother tongue of {}", "Rome")
 
 

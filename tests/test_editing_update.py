@@ -27,7 +27,7 @@ CORPUS = [
     "Therefore the answer is yes. Because it rained, I stayed home. You are kind.",
     "The official language of Brazil is Portuguese. The currency of Japan is the yen.",
 ] * 3
-FAST = dict(z_lr=0.5, z_steps=8, z_clamp=4.0, z_weight_decay=0.0, ridge=1e-3)
+FAST = dict(z_lr=0.5, z_steps=8, z_clamp=4.0, z_weight_decay=0.0, ridge=1e-3, ridge_relative=False)
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])

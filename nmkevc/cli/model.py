@@ -93,7 +93,8 @@ def edit(ctx, subject, prompt, target, target_true, paraphrases, path, batch_siz
                    f"delta {render.human_bytes(o.stored_bytes)}")
         for layer in o.layers:
             click.echo(f"    layer {layer['layer']:>3}: {layer['neurons']}/{layer['d_ff']} neurons"
-                       + (f" (rho_r {layer['rho_r']:.3f}, rho_b {layer['rho_b']:.3f})" if "rho_r" in layer else ""))
+                       + (f" (rho_r {layer['rho_r']:.3f}, rho_b {layer['rho_b']:.3f})" if "rho_r" in layer else "")
+                       + render.written(layer))
         for c in o.checks:
             click.echo(f"    {c['text']!r} -> {c['target_new']!r}: P {c['p_before']:.3f} -> {c['p_after']:.3f}"
                        f" ({'holds' if c['efficacy'] else 'does not hold'})")

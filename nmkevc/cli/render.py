@@ -45,6 +45,12 @@ def commit_header(ci) -> list[str]:
     return lines
 
 
+def written(info: dict) -> str:
+    """A layer's written fraction ‖ΔW k‖ / ‖r‖ (deltas made before it was recorded have none)."""
+    wf = info.get("written_fraction")
+    return f"  wrote {wf:.0%} of its share" if isinstance(wf, int | float) else ""
+
+
 def stat_lines(ci) -> list[str]:
     lines = []
     for r in ci.requests:
@@ -55,6 +61,7 @@ def stat_lines(ci) -> list[str]:
         extra = ""
         if "rho_r" in w.info:
             extra = f"  rho_r {w.info['rho_r']:.3f} rho_b {w.info['rho_b']:.3f}"
+        extra += written(w.info)
         lines.append(
             f"    layer {w.layer:>3}  neurons {w.neurons:>6}/{w.d_ff:<6} ({w.neurons / w.d_ff:5.1%})"
             f"  rank {w.rank:<3} |dW| {w.norm:.4g}{extra}"

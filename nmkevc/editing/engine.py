@@ -21,7 +21,7 @@ from .attribution import attribution_scores
 from .hooks import frozen_eval
 from .hparams import EditHparams
 from .masking import neuron_mask
-from .methods import EditMethod, FactorInputs, get_method
+from .methods import EditMethod, Factor, FactorInputs, get_method
 from .tokens import encode, split_template, templated
 from .update import rewrite_keys, run_layers
 from .zopt import ZResult, optimise_z
@@ -41,7 +41,9 @@ class LayerUpdate:
     U: torch.Tensor  # (k, n) float32: rows of U for the masked neurons only
     V: torch.Tensor  # (d_model, n) float32 (= R)
     keys: torch.Tensor  # (d_ff, n) float32: keys recomputed with the new weights of ALL layers
-    info: dict = field(default_factory=dict)  # mask info, delta norm
+    #: mask info, delta norm, the solve's λ (or λ0) and `written_fraction` (‖ΔW k‖ / ‖r‖ on the
+    #: edit's own keys, mean over requests); stored with the delta (WeightDelta.info)
+    info: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -149,12 +151,13 @@ def step4_update(model, plan: EditPlan, batch, z: torch.Tensor, hp: EditHparams,
                  prior_keys_cov, key_second_moment, report):
     """Step 4: the layer-by-layer update (applied in place), then every layer's final keys."""
 
-    def factor(layer: int, keys: torch.Tensor) -> torch.Tensor:
+    def factor(layer: int, keys: torch.Tensor, mask: torch.Tensor | None) -> Factor:
         return plan.method.factor(FactorInputs(
             keys=keys,
             projector=None if projectors is None else projectors.get(layer),
             prior_cov=(prior_keys_cov or {}).get(layer),
             second_moment=(key_second_moment or {}).get(layer),
+            mask=mask,
         ), hp)
 
     m = len(plan.layers)
@@ -171,6 +174,7 @@ def _result(plan: EditPlan, hparams: EditHparams, steps, final_keys, h_final, zr
     updates = []
     for st in steps:
         info = dict(mask_info.get(st.layer, {"kept": int(st.idx.numel()), "d_ff": plan.d_ff}))
+        info.update(st.info)  # λ used, written fraction ‖ΔW k‖ / ‖r‖
         gram_v = st.V.double().T @ st.V.double()
         gram_u = st.U.double().T @ st.U.double()
         info["delta_norm"] = float(torch.trace(gram_v @ gram_u).clamp_min(0).sqrt())

@@ -3,7 +3,8 @@
 Everything that differs between NMKE, AlphaEdit and MEMIT is a property of the method
 object (which statistics it reads, whether it masks neurons, how it solves for the
 neuron-space factor U). The engine, the porcelain and the CLI's choices all ask the
-registry, so adding a method touches this file alone.
+registry, so adding a method touches this file alone. The forms a neuron mask can take in
+the solve (`EditHparams.masked_update`) are a second, smaller registry here.
 """
 
 from __future__ import annotations
@@ -27,6 +28,16 @@ class FactorInputs:
     projector: torch.Tensor | None  # P_l; None = identity
     prior_cov: torch.Tensor | None  # C_l = Σ K Kᵀ of earlier edits; None = zeros
     second_moment: torch.Tensor | None  # Σ_l (MEMIT)
+    mask: torch.Tensor | None = None  # bool (d_ff,): the neurons the update may touch; None = all
+
+
+@dataclass(frozen=True)
+class Factor:
+    """A solve's result: U (d_ff × n, float64; rows outside the mask are zero) and what it used
+    (e.g. the λ it resolved), which the engine reports per layer."""
+
+    U: torch.Tensor
+    info: dict
 
 
 @dataclass(frozen=True)
@@ -39,24 +50,73 @@ class EditMethod:
     uses_projector: bool
     #: needs the raw key second moment Σ_l
     uses_second_moment: bool
-    solve: Callable[[FactorInputs, object], torch.Tensor]  # (inputs, hparams) → U (d_ff × n)
+    solve: Callable[[FactorInputs, object], Factor]  # (inputs, hparams) → U (d_ff × n) and info
 
-    def factor(self, inputs: FactorInputs, hparams) -> torch.Tensor:
+    def factor(self, inputs: FactorInputs, hparams) -> Factor:
         return self.solve(inputs, hparams)
 
 
-def _nullspace(inputs: FactorInputs, hp) -> torch.Tensor:
-    from .update import nullspace_factor
+@dataclass(frozen=True)
+class MaskedUpdate:
+    """How a neuron mask enters the null-space solve."""
 
-    return nullspace_factor(inputs.keys, inputs.projector, inputs.prior_cov, hp.ridge)
+    name: str
+    summary: str
+    #: (keys, projector, prior_cov, λ, mask) → U (d_ff × n, float64, zero outside the mask)
+    solve: Callable[..., torch.Tensor]
 
 
-def _memit(inputs: FactorInputs, hp) -> torch.Tensor:
-    from .update import memit_factor
+def _published(keys, projector, prior_cov, ridge, mask):
+    from .update import nullspace_factor, zero_outside
+
+    return zero_outside(nullspace_factor(keys, projector, prior_cov, ridge), mask)
+
+
+def _compensated(keys, projector, prior_cov, ridge, mask):
+    from .update import masked_nullspace_factor
+
+    return masked_nullspace_factor(keys, projector, prior_cov, ridge, mask)
+
+
+#: read-only, like REGISTRY
+MASKED_UPDATES: Mapping[str, MaskedUpdate] = MappingProxyType({f.name: f for f in (
+    MaskedUpdate("published", "solve for all neurons, then zero the rows outside the mask (NMKE)",
+                 _published),
+    MaskedUpdate("compensated", "solve the same system on the mask's rows only (beyond the paper)",
+                 _compensated),
+)})
+
+
+def masked_update_form(name: str) -> MaskedUpdate:
+    try:
+        return MASKED_UPDATES[name]
+    except KeyError:
+        raise EditRequestError(
+            f"unknown masked_update {name!r} (choose one of {', '.join(MASKED_UPDATES)})"
+        ) from None
+
+
+def _nullspace(inputs: FactorInputs, hp) -> Factor:
+    from .update import nullspace_factor, relative_ridge
+
+    lam = float(hp.ridge)
+    if hp.ridge_relative:
+        lam = relative_ridge(inputs.keys, inputs.projector, hp.ridge)
+    if inputs.mask is None:
+        u = nullspace_factor(inputs.keys, inputs.projector, inputs.prior_cov, lam)
+    else:
+        u = masked_update_form(hp.masked_update).solve(inputs.keys, inputs.projector, inputs.prior_cov, lam,
+                                                        inputs.mask)
+    return Factor(u, {"ridge": lam})
+
+
+def _memit(inputs: FactorInputs, hp) -> Factor:
+    from .update import memit_factor, zero_outside
 
     if inputs.second_moment is None:
         raise EditRequestError("MEMIT needs the key second moment of every edited layer")
-    return memit_factor(inputs.keys, inputs.second_moment, hp.memit_lambda0)
+    u = memit_factor(inputs.keys, inputs.second_moment, hp.memit_lambda0)
+    return Factor(zero_outside(u, inputs.mask), {"lambda0": float(hp.memit_lambda0)})
 
 
 #: read-only: a method is added by adding an entry here, not by mutating state at run time

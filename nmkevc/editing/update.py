@@ -4,17 +4,20 @@ Per layer l_i (ascending): keys K with the *current* weights (so the residual al
 written by earlier layers is seen), R = (z − h_{l_m}) / (m − i + 1), a neuron-space
 factor U, then ΔW = R Uᵀ on the masked neurons, applied in place before the next
 layer's keys. The update is only ever handled in factored form (idx, U[idx], R).
+Each layer reports the share of its residual it actually wrote, ‖ΔW k‖ / ‖r‖ on the
+edit's own keys (a masked or strongly regularised layer writes less than its share).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..models.adapters import ArchAdapter
 from .hooks import first_input, hidden_of, hooks, run_until, stop_after
+from .methods import Factor
 from .tokens import Batch
 
 
@@ -24,6 +27,7 @@ class LayerStep:
     idx: torch.Tensor  # (k,) int64 sorted: the neurons written
     U: torch.Tensor  # (k, n) float32
     V: torch.Tensor  # (d_model, n) float32 (= R)
+    info: dict = field(default_factory=dict)  # the solve's (e.g. λ) and the written fraction
 
 
 @torch.no_grad()
@@ -84,6 +88,69 @@ def nullspace_factor(
     return torch.linalg.solve(a, x)
 
 
+def relative_ridge(keys: torch.Tensor, projector: torch.Tensor | None, scale: float) -> float:
+    """λ = scale · mean over the keys of kᵀ P k (P None = identity): λ on the keys' own scale,
+    so that a lone key of a full-mask layer writes 1 / (1 + scale) of its share on any model."""
+    k = keys.double()
+    x = k if projector is None else projector.double() @ k
+    # floored: keys wholly outside the null space (PK = 0) must give U = 0, not a singular solve
+    return max(float(scale) * float((k * x).sum(0).mean()), 1e-12)
+
+
+def zero_outside(u: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """U with the rows outside `mask` set to zero (None = all rows kept)."""
+    if mask is None:
+        return u
+    return u * mask.to(u.dtype)[:, None]
+
+
+def masked_nullspace_factor(
+    keys: torch.Tensor,
+    projector: torch.Tensor | None,
+    prior_cov: torch.Tensor | None,
+    ridge: float,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """The compensated masked update: the system A U = P K of `nullspace_factor` with the
+    unknowns restricted to the mask's rows S and its equations to the same rows,
+
+        (P (K Kᵀ + C) + λ I)_SS U_S = (P K)_S,   U = 0 outside S   (d_ff × n, float64).
+
+    With P = I this is exactly the minimiser of ‖ΔW K − R‖² + ‖ΔW K_C‖² + λ‖ΔW‖² over updates
+    ΔW = R Uᵀ whose columns outside S are zero; with P, each step of AlphaEdit's projected
+    gradient is kept on the mask's coordinates. For one key it is the published masked U
+    rescaled by (kᵀPk + λ) / (k_Sᵀ(Pk)_S + λ): the same direction, writing its full share as if
+    the mask's neurons were all there is. Without C the |S| × |S| system is never formed."""
+    k = keys.double()
+    sel = torch.nonzero(mask, as_tuple=False)[:, 0]
+    x = k if projector is None else projector.double() @ k
+    x_s, k_s = x[sel], k[sel]
+    if prior_cov is None:  # (X_S K_Sᵀ + λI)⁻¹ X_S = X_S (K_Sᵀ X_S + λI)⁻¹
+        small = k_s.T @ x_s + ridge * torch.eye(k.shape[1], dtype=torch.float64)  # not symmetric
+        u_s = torch.linalg.solve(small.T, x_s.T).T
+    else:
+        gram_cols = k @ k_s.T + prior_cov.double()[:, sel]  # (K Kᵀ + C)[:, S]
+        a = gram_cols[sel] if projector is None else projector.double()[sel] @ gram_cols
+        a = a + ridge * torch.eye(sel.numel(), dtype=torch.float64)
+        u_s = torch.linalg.solve(a, x_s)
+    u = torch.zeros_like(x)
+    u[sel] = u_s
+    return u
+
+
+def written_fraction(u_rows: torch.Tensor, keys_rows: torch.Tensor, resid: torch.Tensor) -> float | None:
+    """Mean over requests of ‖ΔW k_j‖ / ‖r_j‖ with ΔW = R Uᵀ on the rows written (`u_rows`,
+    `keys_rows` = those rows of U and K): how much of its share of z − h a layer wrote.
+    Requests whose residual is ~0 (nothing left to write) are left out; None if all are."""
+    r = resid.double()
+    written = r @ (u_rows.double().T @ keys_rows.double())  # column j = ΔW k_j
+    norms = r.norm(dim=0)
+    live = norms > 1e-8 * (1.0 + float(norms.max()))
+    if not bool(live.any()):
+        return None
+    return float((written.norm(dim=0)[live] / norms[live]).mean())
+
+
 def memit_factor(keys: torch.Tensor, second_moment: torch.Tensor, lambda0: float) -> torch.Tensor:
     """U = (λ0 Σ + K Kᵀ)⁻¹ K  (d_ff × n, float64)."""
     k = keys.double()
@@ -105,28 +172,27 @@ def run_layers(
     n_templates: int,
     layers: Sequence[int],
     z: torch.Tensor,
-    factor: Callable[[int, torch.Tensor], torch.Tensor],
+    factor: Callable[[int, torch.Tensor, torch.Tensor | None], Factor],
     masks: dict[int, torch.Tensor] | None,
     progress: Callable[[int], None] | None = None,
 ) -> list[LayerStep]:
     """Apply the update layer by layer (in place) and return each layer's factored ΔW.
 
-    `factor(layer, K)` returns U (d_ff × n); `masks[layer]` (bool d_ff) selects the rows
-    written (None = all neurons)."""
+    `factor(layer, K, mask)` solves for U (d_ff × n, zero outside the mask); `masks[layer]`
+    (bool d_ff) selects the rows written (None = all neurons)."""
     steps = []
     m = len(layers)
     for i, layer in enumerate(layers):
         keys, h = rewrite_keys(model, adapter, batch, n_templates, [layer], tap=layers[-1])
         k = keys[layer]
         resid = (z.float() - h) / (m - i)
-        u = factor(layer, k)
-        if masks is not None and layer in masks:
-            idx = torch.nonzero(masks[layer], as_tuple=False)[:, 0]
-        else:
-            idx = torch.arange(k.shape[0])
-        u_rows = u[idx].float().contiguous()
+        mask = masks.get(layer) if masks is not None else None
+        solved = factor(layer, k, mask)
+        idx = torch.nonzero(mask, as_tuple=False)[:, 0] if mask is not None else torch.arange(k.shape[0])
+        u_rows = solved.U[idx].float().contiguous()
+        info = {**solved.info, "written_fraction": written_fraction(u_rows, k[idx], resid)}
         add_factored(adapter, adapter.weight(model, layer), idx, u_rows, resid)
-        steps.append(LayerStep(layer=layer, idx=idx.long(), U=u_rows, V=resid.contiguous()))
+        steps.append(LayerStep(layer=layer, idx=idx.long(), U=u_rows, V=resid.contiguous(), info=info))
         if progress is not None:
             progress(i + 1)
     return steps

@@ -1,0 +1,133 @@
+"""Step 4's calibration and reporting: λ relative to the keys' scale, the written fraction
+‖ΔW k‖ / ‖r‖ per layer, the compensated masked update, and replaying hyperparameters stored
+before these existed."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from test_editing_update import CORPUS, REQS, apply, dense_u, keys_and_h, run
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from nmkevc.editing import EditHparams, key_second_moment, nullspace_projector
+from nmkevc.editing.methods import FactorInputs, get_method
+from nmkevc.editing.update import masked_nullspace_factor, nullspace_factor
+from nmkevc.errors import EditRequestError
+
+FAST = dict(z_lr=0.5, z_steps=8, z_clamp=4.0, z_weight_decay=0.0)
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def setup(request, model_dirs):
+    d = model_dirs[request.param]
+    model = AutoModelForCausalLM.from_pretrained(d).eval()
+    tok = AutoTokenizer.from_pretrained(d)
+    sigma, _ = key_second_moment(model, tok, CORPUS, [1, 2])
+    proj = {k: nullspace_projector(v, keep_fraction=0.7)[0] for k, v in sigma.items()}
+    return model, tok, proj
+
+
+def test_relative_ridge_is_a_share_of_the_mean_kPk(setup):
+    model, tok, proj = setup
+    hp = EditHparams(method="alphaedit", layers=[2], ridge=0.5, **FAST)
+    assert hp.ridge_relative  # the default
+    (upd,) = run(model, tok, REQS, hp, proj).updates
+    k = keys_and_h(model, tok, REQS, [2], tap=None)[0][2].double()
+    p = proj[2].double()
+    lam = 0.5 * float(torch.einsum("in,ij,jn->n", k, p, k).mean())
+    assert upd.info["ridge"] == pytest.approx(lam, rel=1e-5)
+    torch.testing.assert_close(upd.U.double(), dense_u(k, p, None, lam), rtol=1e-3, atol=1e-6)
+    # not the absolute value 0.5: the keys' scale enters
+    assert not torch.allclose(upd.U.double(), dense_u(k, p, None, 0.5), rtol=1e-2, atol=1e-5)
+    absolute = EditHparams(method="alphaedit", layers=[2], ridge=0.5, ridge_relative=False, **FAST)
+    (upd_abs,) = run(model, tok, REQS, absolute, proj).updates
+    assert upd_abs.info["ridge"] == 0.5
+
+
+def test_written_fraction_is_the_norm_ratio_on_the_edits_keys(setup):
+    model, tok, proj = setup
+    hp = EditHparams(layers=[1, 2], **FAST)
+    res = run(model, tok, REQS, hp, proj)
+    work = copy.deepcopy(model)
+    for upd in res.updates:  # each layer's keys are read with the earlier layers' updates applied
+        k = keys_and_h(work, tok, REQS, [upd.layer], tap=None)[0][upd.layer].double()
+        dw = torch.zeros(upd.V.shape[0], k.shape[0], dtype=torch.float64)
+        dw[:, upd.idx] = upd.V.double() @ upd.U.double().T
+        by_hand = [float((dw @ k[:, j]).norm() / upd.V[:, j].double().norm()) for j in range(k.shape[1])]
+        assert upd.info["written_fraction"] == pytest.approx(sum(by_hand) / len(by_hand), rel=1e-4)
+        assert 0 < upd.info["written_fraction"]
+        apply(work, upd)
+
+
+def test_compensated_update_touches_mask_rows_and_writes_more(setup):
+    model, tok, proj = setup
+    published = EditHparams(layers=[1, 2], **FAST)
+    compensated = EditHparams(layers=[1, 2], masked_update="compensated", **FAST)
+    pub = run(model, tok, REQS, published, proj).updates
+    comp = run(model, tok, REQS, compensated, proj).updates
+    d_ff = pub[0].keys.shape[0]
+    for a, b in zip(pub, comp, strict=True):
+        assert b.idx.tolist() == a.idx.tolist() and b.idx.numel() < d_ff  # the same mask, no more
+        assert b.info["written_fraction"] >= a.info["written_fraction"]
+    # its first layer solves the published system restricted to the mask's rows and equations
+    first = comp[0]
+    k = keys_and_h(model, tok, REQS, [1], tap=None)[0][1].double()
+    p = proj[1].double()
+    s = first.idx
+    a = p @ k @ k.T + first.info["ridge"] * torch.eye(d_ff, dtype=torch.float64)
+    u_s = torch.linalg.solve(a[s][:, s], (p @ k)[s])
+    torch.testing.assert_close(first.U.double(), u_s, rtol=1e-3, atol=1e-6)
+
+
+def test_compensated_factor_with_prior_cov_equals_the_restricted_dense_system():
+    g = torch.Generator().manual_seed(1)
+    d_ff, n = 30, 3
+    keys = torch.randn(d_ff, n, generator=g, dtype=torch.float64)
+    basis = torch.linalg.qr(torch.randn(d_ff, 20, generator=g, dtype=torch.float64))[0]
+    c = torch.randn(d_ff, 4, generator=g, dtype=torch.float64)
+    prior = c @ c.T
+    mask = torch.rand(d_ff, generator=g) < 0.6
+    s = torch.nonzero(mask)[:, 0]
+    for p in (None, basis @ basis.T):
+        pp = torch.eye(d_ff, dtype=torch.float64) if p is None else p
+        a = pp @ (keys @ keys.T + prior) + 2.0 * torch.eye(d_ff, dtype=torch.float64)
+        want = torch.zeros(d_ff, n, dtype=torch.float64)
+        want[s] = torch.linalg.solve(a[s][:, s], (pp @ keys)[s])
+        torch.testing.assert_close(masked_nullspace_factor(keys, p, prior, 2.0, mask), want)
+        # without C, the n × n shortcut gives the same as the |S| × |S| system
+        torch.testing.assert_close(masked_nullspace_factor(keys, p, None, 2.0, mask),
+                                   masked_nullspace_factor(keys, p, torch.zeros(d_ff, d_ff), 2.0, mask))
+    # the full mask is the unmasked solve (AlphaEdit)
+    full = torch.ones(d_ff, dtype=torch.bool)
+    torch.testing.assert_close(masked_nullspace_factor(keys, None, prior, 2.0, full),
+                               nullspace_factor(keys, None, prior, 2.0))
+
+
+def test_hparams_stored_before_relative_ridge_replay_as_made():
+    """A commit's hparams written before `ridge_relative` / `masked_update` existed hold an
+    absolute λ (ridge 10) and the published masked update: they must replay that way."""
+    old = EditHparams().to_json()
+    del old["ridge_relative"], old["masked_update"]
+    old["ridge"] = 10.0
+    hp = EditHparams.from_json(old)
+    assert hp.ridge_relative is False and hp.masked_update == "published" and hp.ridge == 10.0
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randn(12, 2, generator=g)
+    mask = torch.arange(12) < 7
+    solved = get_method("nmke").factor(FactorInputs(keys, None, None, None, mask), hp)
+    assert solved.info["ridge"] == 10.0
+    torch.testing.assert_close(solved.U[mask], nullspace_factor(keys, None, None, 10.0)[mask])
+    assert bool((solved.U[~mask] == 0).all())
+    assert EditHparams.from_json({}).ridge == 10.0  # no stored hyperparameters at all: the old engine's
+    # a current record round-trips with its own values, not the legacy ones
+    new = EditHparams(masked_update="compensated")
+    again = EditHparams.from_json(new.to_json())
+    assert again == new and again.ridge_relative is True
+
+
+@pytest.mark.parametrize("bad", [{"masked_update": "sparse"}, {"ridge_relative": "yes"}, {"ridge": 0}])
+def test_bad_step4_hparams_are_refused(bad):
+    with pytest.raises(EditRequestError, match="invalid edit hyperparameters|unknown masked_update"):
+        EditHparams.from_json({**EditHparams().to_json(), **bad})
