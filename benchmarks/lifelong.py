@@ -16,7 +16,7 @@ The methods are interleaved batch by batch by default (--no-interleave: one meth
 the other): a run stopped part-way then compares every method at the same number of edits.
 
     python benchmarks/lifelong.py [--edits 1000] [--batch 100] [--methods nmke,alphaedit,memit]
-                                  [--eval-every 1] [--no-interleave] [--out DIR] [--results DIR]
+                                  [--eval-every 1] [--no-interleave] [--hours H] [--out DIR] [--results DIR]
     python benchmarks/lifelong.py --markdown    # only rewrite docs/results.md from --results
 """
 
@@ -54,6 +54,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--eval-every", type=int, default=1,
                     help="Evaluate all edits so far every K batches (and the first and last).")
     ap.add_argument("--no-interleave", action="store_true", help="Run the methods one after the other.")
+    ap.add_argument("--hours", type=float, default=None,
+                    help="Start no batch that would end after this many hours (at the last batch's time): "
+                         "a session that must end stops cleanly instead of losing a batch to a kill.")
     ap.add_argument("--no-docs", action="store_true", help="Do not rewrite docs/results.md.")
     ap.add_argument("--markdown", action="store_true", help="Only rewrite docs/results.md from --results.")
     args = ap.parse_args()
@@ -109,15 +112,19 @@ def main() -> None:
 
     log(f"repository {repo.root}; {args.edits} edits in batches of {args.batch}; methods {args.methods}; "
         f"torch threads {torch.get_num_threads()}; 1-min load {os.getloadavg()[0]:.1f}; results -> {args.results}")
+    deadline = time.time() + args.hours * 3600 if args.hours else None
     info = {"command": command(args), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"}
     run = repo.lifelong(args.dataset, args.edits, args.batch, args.methods.split(","), out_dir=args.out,
                         results_dir=args.results, seed=args.seed, neighbours=args.neighbours, split=args.split,
                         eval_every=args.eval_every, interleave=not args.no_interleave, info=info, log=log,
-                        on_batch=None if args.no_docs else (lambda _run: write_docs(args.results)))
+                        on_batch=None if args.no_docs else (lambda _run: write_docs(args.results)),
+                        deadline=deadline)
     if not args.no_docs:
         write_docs(args.results)
-    log(f"done: results in {args.results}" + ("" if args.no_docs else f"; {DOC.relative_to(ROOT)} rewritten"))
+    finished = all(e >= args.edits for e in run.progress().values())
+    docs = "" if args.no_docs else f"; {DOC.relative_to(ROOT)} rewritten"
+    log(f"{'done' if finished else 'stopped (not finished)'}: results in {args.results}{docs}")
     print(run.table())
 
 

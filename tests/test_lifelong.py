@@ -292,3 +292,24 @@ def test_docs_results_block_is_generated_from_the_committed_json():
     data = results / "results.json"
     run = LifelongRun.from_json(json.loads(data.read_text())) if data.exists() else None
     assert block == results_markdown(run, os.path.relpath(results, root / "docs"), "lifelong run at this size")
+
+
+def test_lifelong_starts_no_batch_that_would_end_after_the_deadline(model_dirs, tmp_path):
+    import time
+
+    from nmkevc import Repository
+    from nmkevc.evaluation.lifelong import _next_batch_seconds
+
+    repo = Repository.init(tmp_path / "repo", base=str(model_dirs["llama"]))
+    kw = dict(batch_size=2, methods=("memit",), perplexity_every=0, hparams_overrides={"layers": [1, 2]},
+              checkpoint=tmp_path / "ckpt.json", fluency_prompts=0)
+    with pytest.raises(KeyboardInterrupt):  # two batches done, dies in the third
+        run_lifelong(_Interrupting(repo, 3, after_commit=False), _cases(), log=lambda _: None, **kw)
+    lines = []
+    # the next batch would take as long as the last (> 1 ms): it is not started
+    run = run_lifelong(repo, _cases(), log=lines.append, deadline=time.time() + 0.001, **kw)
+    assert [p.edits for p in run.points] == [2, 4]
+    assert _next_batch_seconds(run, "memit") == run.points[-1].seconds + run.points[-1].eval_seconds > 0.001
+    assert lines[-1].startswith("stopping before memit's batch at 4 edits")
+    run = run_lifelong(repo, _cases(), log=lines.append, deadline=time.time() + 3600, **kw)
+    assert [p.edits for p in run.points] == [2, 4, 5]

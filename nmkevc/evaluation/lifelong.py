@@ -238,6 +238,15 @@ def _eta_seconds(run: LifelongRun, n_batches: int) -> float | None:
     return total
 
 
+def _next_batch_seconds(run: LifelongRun, method: str) -> float:
+    """The method's last batch time (edit and evaluation), or any method's; 0 if none yet."""
+    for pts in (run.points_of(method), run.points):
+        timed = [p for p in pts if p.eval_seconds is not None]
+        if timed:
+            return timed[-1].seconds + timed[-1].eval_seconds
+    return 0.0
+
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
@@ -260,6 +269,7 @@ def run_lifelong(
     fluency_tokens: int = 50,
     info: dict | None = None,
     on_batch: Callable[[LifelongRun], None] | None = None,
+    deadline: float | None = None,
 ) -> LifelongRun:
     """Run the benchmark on `cases` (EditRequests, or EvalCases carrying per-neighbour answers)
     for each of `methods` (names of the editing registry); with `checkpoint`, save after every
@@ -269,7 +279,9 @@ def run_lifelong(
     last); every batch still measures retention, perplexity and fluency. `interleave` runs
     the methods batch by batch. Neither changes the figures, so neither is part of the
     fingerprint: a run may resume with other values. `info` is merged into run.info (e.g. the
-    command that reproduces the run); `on_batch` is called after every checkpoint."""
+    command that reproduces the run); `on_batch` is called after every checkpoint. With
+    `deadline` (a time.time() value) no batch is started that would, at the method's last
+    batch time, end after it: a session that ends on time loses no work."""
     methods = tuple(methods)
     if batch_size < 1:
         raise NmkevcError("batch size must be at least 1")
@@ -330,6 +342,10 @@ def run_lifelong(
         start = b * batch_size
         if start < done_edits[method]:
             continue
+        if deadline is not None and time.time() + _next_batch_seconds(run, method) > deadline:
+            log(f"stopping before {method}'s batch at {start} edits: it would end after the deadline "
+                f"(run the same command again to resume)")
+            break
         if current != method:
             repo.switch(run.branches[method])
             current = method

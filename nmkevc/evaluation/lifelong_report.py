@@ -120,8 +120,8 @@ def compared_points(run: LifelongRun) -> tuple[dict[str, BatchPoint], bool]:
 def results_markdown(run: LifelongRun | None, link_dir: str, what: str = "lifelong run") -> str:
     """The docs block for a run's results.json (`link_dir`: the results folder relative to the doc)."""
     if run is None:
-        return (f"No {what} has been recorded yet: `python benchmarks/lifelong.py` writes "
-                f"`{link_dir}/results.json`, and `python benchmarks/lifelong.py --markdown` this block.")
+        return (f"No {what} has been recorded yet: `python benchmarks/lifelong.py` writes its figures to "
+                f"[{link_dir}/]({link_dir}/) (results.json, table.md, plots) and this block from them.")
     progress = run.progress()
     finished = all(e >= run.edits for e in progress.values())
     state = ", ".join(f"{m} {e}/{run.edits}" for m, e in progress.items())

@@ -263,13 +263,13 @@ class Repository:
                  methods: list[str] | None = None, out_dir: str | Path | None = None, seed: int = 0,
                  neighbours: int = 5, split: str | None = "test", log=print, results_dir: str | Path | None = None,
                  eval_every: int = 1, interleave: bool = False, info: dict | None = None,
-                 on_batch=None, **overrides):
+                 on_batch=None, deadline: float | None = None, **overrides):
         """The lifelong-editing benchmark: `edits` facts in sequential batches, per method, each
         method on its own branch; figures after every batch. With `out_dir`, a checkpoint is
         written there after every batch and a second call with the same arguments resumes;
         results.json, table.md and plots are written to `results_dir` (default `out_dir`)
         after every batch, so a run stopped part-way leaves its figures so far.
-        `eval_every`, `interleave`: see `run_lifelong`; `info` is recorded in results.json."""
+        `eval_every`, `interleave`, `deadline`: see `run_lifelong`; `info` is recorded in results.json."""
         from ..editing.methods import get_method, method_names
         from ..evaluation.lifelong import run_lifelong
         from ..evaluation.lifelong_report import write_outputs
@@ -292,7 +292,7 @@ class Repository:
                            checkpoint=checkpoint, eval_every=eval_every, interleave=interleave,
                            info={"dataset": str(source), "seed": seed, "split": split, "neighbours": neighbours,
                                  **(info or {})},
-                           on_batch=after_batch)
+                           on_batch=after_batch, deadline=deadline)
         if publish is not None:
             write_outputs(run, publish)
         return run
