@@ -73,8 +73,9 @@ def command(args: argparse.Namespace) -> str:
              f"--seed {args.seed}", f"--neighbours {args.neighbours}", f"--eval-every {args.eval_every}"]
     if args.no_interleave:
         parts.append("--no-interleave")
-    for flag, path in (("--out", args.out), ("--results", args.results)):
-        parts.append(f"{flag} {os.path.relpath(path, ROOT)}")
+    for flag, path in (("--out", args.out), ("--results", args.results), ("--repo", args.repo)):
+        if path is not None:
+            parts.append(f"{flag} {os.path.relpath(path, ROOT)}")
     return " ".join(parts)
 
 
