@@ -35,6 +35,8 @@ def test_lifelong_short_run(model_dirs, tmp_path):
     assert all(p.base_specificity == base["specificity"][0] for p in run.points)
     assert run.info["base_fluency"] >= 0 and run.info["base_perplexity"] > 1
     assert run.info["fluency"]["prompts"] == ["The capital of France is", "The capital of Spain is"]
+    assert {m: h["method"] for m, h in run.info["hparams"].items()} == {m: m for m in ("nmke", "alphaedit", "memit")}
+    assert all(h["layers"] == [1, 2] for h in run.info["hparams"].values())
     nmke = [p for p in run.points if p.method == "nmke"]
     assert all(0 < p.mean_mask_fraction <= 1 for p in nmke)
     assert len(lines) == 6 and "3/3 edits" in lines[1] and "0 batch(es) left" in lines[-1]

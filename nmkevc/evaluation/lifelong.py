@@ -356,6 +356,8 @@ def run_lifelong(
                         **(hparams_overrides or {}))
         seconds = time.time() - t0
         stored[method] += out.stored_bytes
+        # the hyperparameters as the commit stores them (model-dependent defaults resolved)
+        run.info.setdefault("hparams", {})[method] = (repo.commit(out.commit).method or {}).get("hparams")
         done = cases[: start + len(batch)]
         done_edits[method] = len(done)
 
