@@ -60,10 +60,17 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--no-docs", action="store_true", help="Do not rewrite docs/results.md.")
     ap.add_argument("--markdown", action="store_true", help="Only rewrite docs/results.md from --results.")
     args = ap.parse_args()
-    name = f"lifelong-{Path(args.dataset).stem}-T{args.edits}-B{args.batch}"
-    args.out = Path(args.out) if args.out else ROOT / "results" / name
-    args.results = Path(args.results) if args.results else ROOT / "docs" / "results" / name
+    args.out = Path(args.out) if args.out else ROOT / "results" / run_name(args)
+    args.results = Path(args.results) if args.results else default_results(args)
     return args
+
+
+def run_name(args: argparse.Namespace) -> str:
+    return f"lifelong-{Path(args.dataset).stem}-T{args.edits}-B{args.batch}"
+
+
+def default_results(args: argparse.Namespace) -> Path:
+    return ROOT / "docs" / "results" / run_name(args)
 
 
 def command(args: argparse.Namespace) -> str:
@@ -73,9 +80,9 @@ def command(args: argparse.Namespace) -> str:
              f"--seed {args.seed}", f"--neighbours {args.neighbours}", f"--eval-every {args.eval_every}"]
     if args.no_interleave:
         parts.append("--no-interleave")
-    for flag, path in (("--out", args.out), ("--results", args.results), ("--repo", args.repo)):
-        if path is not None:
-            parts.append(f"{flag} {os.path.relpath(path, ROOT)}")
+    # --out and --repo are where the work happens, not what is measured: not recorded (no machine paths)
+    if args.results.resolve() != default_results(args).resolve():
+        parts.append(f"--results {os.path.relpath(args.results, ROOT)}")
     return " ".join(parts)
 
 
