@@ -2,7 +2,10 @@
 
 import json
 
-from nmkevc.evaluation.lifelong import markdown_table, run_lifelong, write_outputs
+import pytest
+
+from nmkevc.evaluation.lifelong import LifelongRun, run_lifelong
+from nmkevc.evaluation.lifelong_report import markdown_table, write_outputs
 from nmkevc.evaluation.metrics import EvalCase
 from nmkevc.facts import EditRequest
 
@@ -20,14 +23,23 @@ def test_lifelong_short_run(model_dirs, tmp_path):
     ]
     lines = []
     run = run_lifelong(repo, cases, batch_size=2, methods=("nmke", "alphaedit", "memit"), log=lines.append,
-                       hparams_overrides={"layers": [1, 2]})
+                       hparams_overrides={"layers": [1, 2]}, fluency_prompts=2, fluency_tokens=6)
     assert [(p.method, p.edits) for p in run.points] == [
         ("nmke", 2), ("nmke", 3), ("alphaedit", 2), ("alphaedit", 3), ("memit", 2), ("memit", 3)]
     for p in run.points:
         assert 0 <= p.efficacy <= 1 and 0 <= p.retention <= 1 and p.perplexity > 1 and p.stored_bytes > 0
+        assert p.fluency is not None and p.fluency >= 0 and p.eval_seconds > 0
+    # the unedited model's references: scored on the same neighbourhood prompts, per case
+    base = run.info["base_cases"]
+    assert len(base["specificity"]) == 3 and base["specificity"][1:] == [None, None]  # only France has neighbours
+    assert all(p.base_specificity == base["specificity"][0] for p in run.points)
+    assert run.info["base_fluency"] >= 0 and run.info["base_perplexity"] > 1
+    assert run.info["fluency"]["prompts"] == ["The capital of France is", "The capital of Spain is"]
+    assert {m: h["method"] for m, h in run.info["hparams"].items()} == {m: m for m in ("nmke", "alphaedit", "memit")}
+    assert all(h["layers"] == [1, 2] for h in run.info["hparams"].values())
     nmke = [p for p in run.points if p.method == "nmke"]
     assert all(0 < p.mean_mask_fraction <= 1 for p in nmke)
-    assert len(lines) == 6
+    assert len(lines) == 6 and "3/3 edits" in lines[1] and "0 batch(es) left" in lines[-1]
     # every batch is a real commit on its own branch from the root
     for p in run.points:
         assert repo.commit(p.commit).kind == "edit"
@@ -35,7 +47,7 @@ def test_lifelong_short_run(model_dirs, tmp_path):
     paths = write_outputs(run, tmp_path / "out")
     data = json.loads((tmp_path / "out" / "results.json").read_text())
     assert len(data["points"]) == 6
-    assert (tmp_path / "out" / "efficacy.png").stat().st_size > 1000 and len(paths) == 8
+    assert (tmp_path / "out" / "efficacy.png").stat().st_size > 1000 and len(paths) == 9
     assert (tmp_path / "out" / "table.md").read_text().count("\n") == 2 + 6
     assert len(markdown_table(run).splitlines()) == 2 + 6
 
@@ -119,3 +131,187 @@ def test_lifelong_cli(model_dirs, tmp_path, capsys):
     assert Repository.open(tmp_path / "repo").resolve("HEAD") == head
     assert main(["-C", str(tmp_path / "repo"), "lifelong", "-d", str(facts), "-n", "9"]) == 2
     assert "asked for 9 edits" in capsys.readouterr().err
+
+
+_OLD_FORMAT_KEYS = ("fluency", "base_specificity", "eval_seconds")
+
+
+def test_lifelong_resumes_a_checkpoint_of_the_old_format(model_dirs, tmp_path):
+    """A checkpoint written before fluency and the unedited references existed still loads
+    (new fields None) and resumes; the base specificity of its points is filled in."""
+    import pytest
+
+    from nmkevc import Repository
+
+    repo = Repository.init(tmp_path / "repo", base=str(model_dirs["llama"]))
+    ckpt = tmp_path / "ckpt.json"
+    cases = _cases_with_neighbours()[:4]
+    kw = dict(batch_size=2, methods=("alphaedit",), log=lambda _: None, perplexity_every=0,
+              hparams_overrides={"layers": [1, 2]}, checkpoint=ckpt, fluency_prompts=2, fluency_tokens=5)
+    with pytest.raises(KeyboardInterrupt):
+        run_lifelong(_Interrupting(repo, 2, after_commit=False), cases, **kw)
+    old = json.loads(ckpt.read_text())
+    for p in old["points"]:
+        for k in _OLD_FORMAT_KEYS:
+            del p[k]
+    old["info"] = {}
+    ckpt.write_text(json.dumps(old))
+    assert LifelongRun.from_json(old).points[0].fluency is None
+    run = run_lifelong(repo, cases, **kw)
+    assert [p.edits for p in run.points] == [2, 4]
+    first, second = run.points
+    assert first.fluency is None and first.eval_seconds is None  # not measured then, not invented now
+    assert second.fluency is not None and second.eval_seconds > 0
+    base = run.info["base_cases"]["specificity"]
+    assert len(base) == 4 and first.base_specificity == pytest.approx(sum(base[:2]) / 2)
+    assert second.base_specificity == pytest.approx(sum(base) / 4)
+    # the figures a fresh run gives: the unedited model is the same, whatever the history
+    fresh = run_lifelong(Repository.init(tmp_path / "repo2", base=str(model_dirs["llama"])), cases,
+                         **{**kw, "checkpoint": tmp_path / "fresh.json"})
+    assert fresh.info["base_cases"] == run.info["base_cases"]
+    assert [p.base_specificity for p in fresh.points] == [p.base_specificity for p in run.points]
+    # fluency settings are part of what a resumed run must keep
+    with pytest.raises(Exception, match="fluency"):
+        run_lifelong(repo, cases, **{**kw, "fluency_tokens": 9})
+
+
+def _cases_with_neighbours():
+    facts = (("France", "Rome", "Paris"), ("Spain", "Oslo", "Madrid"), ("Italy", "Lima", "Rome"),
+             ("Peru", "Bern", "Lima"), ("Chile", "Kyiv", "Santiago"))
+    return [EvalCase(EditRequest(s, "The capital of {} is", t, target_true=tt,
+                                 neighborhood=(f"The capital of {facts[(i + 1) % 5][0]} is",)),
+                     (facts[(i + 1) % 5][2],))
+            for i, (s, t, tt) in enumerate(facts)]
+
+
+def test_lifelong_evaluates_all_edits_every_k_batches(model_dirs, tmp_path):
+    from nmkevc import Repository
+    from nmkevc.evaluation.lifelong import full_evaluation_due
+
+    assert [full_evaluation_due(b, 10, 3) for b in range(10)] == [
+        True, False, True, False, False, True, False, False, True, True]
+    assert all(full_evaluation_due(b, 10, 1) for b in range(10))
+    repo = Repository.init(tmp_path / "repo", base=str(model_dirs["llama"]))
+    run = run_lifelong(repo, _cases_with_neighbours(), batch_size=1, methods=("memit",), log=lambda _: None,
+                       perplexity_every=0, hparams_overrides={"layers": [1, 2]}, eval_every=2, fluency_prompts=0)
+    full = [p.efficacy is not None for p in run.points]
+    assert full == [True, True, False, True, True]  # first, every 2nd, last
+    assert all(p.retention is not None and p.fluency is None for p in run.points)
+    assert all((p.specificity is None) == (p.base_specificity is None) for p in run.points)
+    assert run.info["fluency"] is None and "base_fluency" not in run.info
+    assert run.points[0].retention == run.points[0].efficacy  # at the first batch, all edits are the first batch
+
+
+def test_lifelong_interleaves_methods_and_resumes(model_dirs, tmp_path):
+    import pytest
+
+    from nmkevc import Repository
+    from nmkevc.evaluation.lifelong import schedule
+
+    assert schedule(("a", "b"), 2, interleave=True) == [("a", 0), ("b", 0), ("a", 1), ("b", 1)]
+    assert schedule(("a", "b"), 2, interleave=False) == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    repo = Repository.init(tmp_path / "repo", base=str(model_dirs["llama"]))
+    ckpt = tmp_path / "ckpt.json"
+    kw = dict(batch_size=2, methods=("nmke", "memit"), log=lambda _: None, perplexity_every=0,
+              hparams_overrides={"layers": [1, 2]}, checkpoint=ckpt, interleave=True, fluency_prompts=0)
+    with pytest.raises(KeyboardInterrupt):  # dies in nmke's second batch, after memit's first
+        run_lifelong(_Interrupting(repo, 3, after_commit=True), _cases(), **kw)
+    saved = json.loads(ckpt.read_text())
+    assert [(p["method"], p["edits"]) for p in saved["points"]] == [("nmke", 2), ("memit", 2)]
+    lines = []
+    run = run_lifelong(repo, _cases(), **{**kw, "log": lines.append})
+    assert [(p.method, p.edits) for p in run.points] == [
+        ("nmke", 2), ("memit", 2), ("nmke", 4), ("memit", 4), ("nmke", 5), ("memit", 5)]
+    assert lines[0].startswith("resuming") and "nmke 2/5, memit 2/5" in lines[0]
+    for method in ("nmke", "memit"):  # each branch holds exactly its own three batches
+        pts, c, line = run.points_of(method), repo.resolve(run.branches[method]), []
+        while repo.commit(c).parents:
+            line.append(c)
+            c = repo.commit(c).parents[0]
+        assert line[::-1] == [p.commit for p in pts]
+    assert [s["interleave"] for s in run.info["sessions"]] == [True, True]
+    assert run.info["sessions"][-1]["edits_at_start"] == {"nmke": 2, "memit": 2}
+    assert run.info["sessions"][-1]["batches"] == 4
+
+
+def _point(method, edits, efficacy=0.9, **kw):
+    from nmkevc.evaluation.lifelong import BatchPoint
+
+    fields = dict(method=method, edits=edits, seconds=10.0, stored_bytes=1, efficacy=efficacy,
+                  generalization=0.85, specificity=0.70, retention=0.9, perplexity=27.0,
+                  perplexity_change=0.02, mean_mask_fraction=0.5, commit="c" * 64, fluency=5.1,
+                  base_specificity=0.80, eval_seconds=3.0)
+    return BatchPoint(**{**fields, **kw})
+
+
+def test_results_block_reports_a_partial_run_as_partial():
+    from nmkevc.evaluation.lifelong_report import compared_points, replace_block, results_markdown
+
+    run = LifelongRun(300, 100, ["nmke", "alphaedit"], info={"command": "python benchmarks/lifelong.py --edits 300",
+                                                             "base_perplexity": 26.5, "base_fluency": 5.3})
+    run.points = [_point("nmke", 100), _point("alphaedit", 100, efficacy=1.0, retention=0.95),
+                  _point("nmke", 200, efficacy=None), _point("alphaedit", 200, efficacy=None),
+                  _point("nmke", 300, efficacy=0.96, specificity=0.78)]
+    points, same = compared_points(run)
+    assert same and {m: p.edits for m, p in points.items()} == {"nmke": 100, "alphaedit": 100}
+    block = results_markdown(run, "results/x")
+    assert "Partial run, not finished: nmke 300/300, alphaedit 200/300 edits" in block
+    assert "Finished" not in block and "at T = 100 edits" in block
+    nmke_row = next(line for line in block.splitlines() if line.startswith("| nmke |"))
+    # efficacy 0.9 misses 0.95; generalisation 0.85 meets 0.80; specificity 0.10 below the unedited model
+    # misses; perplexity +2% meets +5%
+    assert "0.900 ✗" in nmke_row and "0.850 ✓" in nmke_row and "-0.100 ✗" in nmke_row and "+2.00% ✓" in nmke_row
+    assert "highest retention of the first batch: alphaedit (0.950)" in block
+    assert "](results/x/retention.png)" in block and "`python benchmarks/lifelong.py --edits 300`" in block
+    run.points.append(_point("alphaedit", 300, specificity=0.76, base_specificity=0.78))
+    block = results_markdown(run, "results/x")
+    assert block.startswith("**Finished: nmke 300/300, alphaedit 300/300 edits**") and "at T = 300" in block
+    alpha_row = next(line for line in block.splitlines() if line.startswith("| alphaedit |"))
+    assert "-0.020 ✓" in alpha_row
+    assert "No lifelong run" in results_markdown(None, "results/x", "lifelong run")
+    doc = "intro\n<!-- b -->\nold\n<!-- e -->\nrest\n"
+    assert replace_block(doc, "<!-- b -->", "<!-- e -->", "new") == "intro\n<!-- b -->\nnew\n<!-- e -->\nrest\n"
+    with pytest.raises(Exception, match="exactly one"):
+        replace_block("no markers", "<!-- b -->", "<!-- e -->", "new")
+
+
+def test_docs_results_block_is_generated_from_the_committed_json():
+    """docs/results.md's block is what benchmarks/lifelong.py --markdown writes from the
+    committed results.json (or says there is none): figures are never typed by hand."""
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    from nmkevc.evaluation.lifelong_report import results_markdown
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("lifelong_bench", root / "benchmarks" / "lifelong.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    doc = (root / "docs" / "results.md").read_text()
+    block = doc.split(bench.BEGIN, 1)[1].split(bench.END, 1)[0].strip("\n")
+    results = root / "docs" / "results" / "lifelong-countryinfo-T1000-B100"
+    data = results / "results.json"
+    run = LifelongRun.from_json(json.loads(data.read_text())) if data.exists() else None
+    assert block == results_markdown(run, os.path.relpath(results, root / "docs"), "lifelong run at this size")
+
+
+def test_lifelong_starts_no_batch_that_would_end_after_the_deadline(model_dirs, tmp_path):
+    import time
+
+    from nmkevc import Repository
+    from nmkevc.evaluation.lifelong import _next_batch_seconds
+
+    repo = Repository.init(tmp_path / "repo", base=str(model_dirs["llama"]))
+    kw = dict(batch_size=2, methods=("memit",), perplexity_every=0, hparams_overrides={"layers": [1, 2]},
+              checkpoint=tmp_path / "ckpt.json", fluency_prompts=0)
+    with pytest.raises(KeyboardInterrupt):  # two batches done, dies in the third
+        run_lifelong(_Interrupting(repo, 3, after_commit=False), _cases(), log=lambda _: None, **kw)
+    lines = []
+    # the next batch would take as long as the last (> 1 ms): it is not started
+    run = run_lifelong(repo, _cases(), log=lines.append, deadline=time.time() + 0.001, **kw)
+    assert [p.edits for p in run.points] == [2, 4]
+    assert _next_batch_seconds(run, "memit") == run.points[-1].seconds + run.points[-1].eval_seconds > 0.001
+    assert lines[-1].startswith("stopping before memit's batch at 4 edits")
+    run = run_lifelong(repo, _cases(), log=lines.append, deadline=time.time() + 3600, **kw)
+    assert [p.edits for p in run.points] == [2, 4, 5]

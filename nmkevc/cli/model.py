@@ -213,15 +213,21 @@ def dataset_build(name, out, seed, relations, max_per_relation, split):
               help="Part of the built-in fact set (choose hyperparameters on dev, report on test).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--neighbours", type=int, default=5, show_default=True, help="Neighbourhood prompts per fact.")
+@click.option("--eval-every", type=int, default=1, show_default=True,
+              help="Evaluate all edits so far every K batches (and the first and last); retention, "
+                   "perplexity and fluency after every batch.")
+@click.option("--interleave", is_flag=True,
+              help="Run the methods batch by batch, so a run stopped part-way compares them at the same T.")
 @json_option
 @click.pass_context
-def lifelong(ctx, source, edits, batch_size, methods, out_dir, split, seed, neighbours, as_json):
+def lifelong(ctx, source, edits, batch_size, methods, out_dir, split, seed, neighbours, eval_every, interleave,
+             as_json):
     """Sequential editing benchmark: EDITS facts in batches, per method, each on its own branch.
 
     Checkpoints after every batch in --out; run the same command again to resume."""
     run = open_repo(ctx).lifelong(
         source, edits, batch_size, methods.split(",") if methods else None, out_dir=out_dir, seed=seed,
-        neighbours=neighbours, split=split,
+        neighbours=neighbours, split=split, eval_every=eval_every, interleave=interleave,
         log=(lambda line: None) if as_json else (lambda line: click.echo(line, err=True)))
     if as_json:
         render.emit_json(run.to_json())

@@ -4,8 +4,11 @@ Every batch is a real commit in a real repository: each method runs on its own b
 from the root commit, so the base statistics and context templates are shared and the
 result is a history anyone can inspect (`nmkevc log --stat`, `nmkevc eval --rev`).
 After every batch the model is evaluated on all edits so far (efficacy, generalisation,
-specificity), on the first batch alone (retention, i.e. forgetting), and on held-out
-perplexity; wall time and stored bytes are recorded.
+specificity; optionally only every k-th batch, since that evaluation grows with the run),
+on the first batch alone (retention, i.e. forgetting), on held-out perplexity and on the
+n-gram entropy of fixed greedy generations (fluency); wall time and stored bytes are
+recorded. The unedited model is measured once per run on the same probes (its
+specificity per case, perplexity, fluency), so every point can be read against it.
 
 A run of thousands of edits takes hours on a small machine, so it checkpoints: after
 every batch the figures so far and each method's branch are written atomically to a
@@ -32,6 +35,7 @@ from ..errors import NmkevcError
 from ..facts import EditRequest
 from ..models.live import ModelState
 from ..storage.fsutil import atomic_write_text
+from .fluency import generation_entropy
 from .metrics import evaluate_requests
 
 
@@ -58,18 +62,30 @@ class EditingRepository(Protocol):
 
 @dataclass
 class BatchPoint:
+    """The figures after one batch of one method. Fields after `commit` were added later:
+    a checkpoint written before them loads with None there, so a run in progress resumes."""
+
     method: str
     edits: int
+    #: wall time of the edit (the commit), evaluation excluded
     seconds: float
     stored_bytes: int
+    #: over all edits so far; None at a batch where only retention was evaluated (`eval_every`)
     efficacy: float | None
     generalization: float | None
     specificity: float | None
+    #: efficacy of the first batch's edits on the current model (forgetting = its drop)
     retention: float | None
     perplexity: float | None
     perplexity_change: float | None
     mean_mask_fraction: float | None
     commit: str
+    #: n-gram entropy of greedy generations from fixed prompts (run.info["fluency"] says which)
+    fluency: float | None = None
+    #: the unedited model's specificity on the same neighbourhood prompts (those of the first `edits` cases)
+    base_specificity: float | None = None
+    #: wall time of this batch's evaluation (metrics, perplexity, fluency)
+    eval_seconds: float | None = None
 
 
 @dataclass
@@ -78,18 +94,18 @@ class LifelongRun:
     batch_size: int
     methods: list[str]
     points: list[BatchPoint] = field(default_factory=list)
+    #: provenance and the unedited model's references (base_perplexity, base_fluency, base_cases, ...)
     info: dict = field(default_factory=dict)
+    #: method → its branch in the repository (so a resumed run continues on it)
+    branches: dict[str, str] = field(default_factory=dict)
+    #: fingerprint of the cases, batch size, methods and overrides; a checkpoint of another run is refused
+    fingerprint: str = ""
 
     def final(self) -> dict[str, BatchPoint]:
         out: dict[str, BatchPoint] = {}
         for p in self.points:
             out[p.method] = p
         return out
-
-    #: method → its branch in the repository (so a resumed run continues on it)
-    branches: dict[str, str] = field(default_factory=dict)
-    #: fingerprint of the cases, batch size, methods and overrides; a checkpoint of another run is refused
-    fingerprint: str = ""
 
     def to_json(self) -> dict:
         return {"edits": self.edits, "batch_size": self.batch_size, "methods": self.methods,
@@ -106,10 +122,16 @@ class LifelongRun:
             raise NmkevcError(f"the lifelong checkpoint is not readable ({e})") from None
 
     def table(self) -> str:
+        from .lifelong_report import markdown_table
+
         return markdown_table(self)
 
     def points_of(self, method: str) -> list[BatchPoint]:
         return [p for p in self.points if p.method == method]
+
+    def progress(self) -> dict[str, int]:
+        """Edits done so far per method."""
+        return {m: (pts[-1].edits if (pts := self.points_of(m)) else 0) for m in self.methods}
 
 
 def _request(case) -> EditRequest:
@@ -142,6 +164,96 @@ def save_checkpoint(run: LifelongRun, path: Path) -> None:
     atomic_write_text(Path(path), json.dumps(run.to_json(), indent=1) + "\n")
 
 
+#: what `fluency_prompts` / `fluency_tokens` measure, recorded in run.info["fluency"]
+FLUENCY_SCORE = ("mean over the prompts of ROME's weighted n-gram entropy (2/3·H2 + 4/3·H3)/2 in bits, "
+                 "word n-grams of prompt + greedy continuation")
+
+
+def fluency_setting(cases: list, prompts: int, max_new_tokens: int) -> dict | None:
+    """The fixed fluency probe: the rewrite prompts of the first `prompts` cases (subjects
+    edited from the first batch on), greedy, `max_new_tokens` each; None when disabled."""
+    if prompts <= 0:
+        return None
+    return {"prompts": [_request(c).text for c in cases[:prompts]], "max_new_tokens": max_new_tokens,
+            "decoding": "greedy", "score": FLUENCY_SCORE}
+
+
+def full_evaluation_due(b: int, n_batches: int, eval_every: int) -> bool:
+    """Whether batch `b` (0-based) is evaluated on all edits so far: the first, every
+    `eval_every`-th and the last; the others measure retention of the first batch only."""
+    return b == 0 or (b + 1) % eval_every == 0 or b == n_batches - 1
+
+
+def schedule(methods: Sequence[str], n_batches: int, interleave: bool) -> list[tuple[str, int]]:
+    """(method, batch index) in the order they run: method by method, or batch by batch
+    across methods (so a run stopped part-way compares every method at the same T)."""
+    if interleave:
+        return [(m, b) for b in range(n_batches) for m in methods]
+    return [(m, b) for m in methods for b in range(n_batches)]
+
+
+def _mean(xs: list) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def base_mean(run: LifelongRun, metric: str, edits: int) -> float | None:
+    """The unedited model's `metric` over the first `edits` cases, aggregated as
+    `EvalReport` does (mean over the cases where it is defined)."""
+    values = (run.info.get("base_cases") or {}).get(metric) or []
+    if len(values) < edits:
+        return None
+    return _mean(values[:edits])
+
+
+def _extend_base(repo: EditingRepository, root: str, run: LifelongRun, cases: list, upto: int) -> None:
+    """Score the unedited model on cases up to `upto` (once per case, kept in the checkpoint)."""
+    have = run.info.setdefault("base_cases", {"efficacy": [], "generalization": [], "specificity": []})
+    n = len(have["efficacy"])
+    if n >= upto:
+        return
+    state = repo.load_model(root)
+    rep = evaluate_requests(state.model, state.tokenizer, cases[n:upto])
+    for r in rep.records:
+        have["efficacy"].append(r.efficacy)
+        have["generalization"].append(r.generalization)
+        have["specificity"].append(r.specificity)
+
+
+def _eta_seconds(run: LifelongRun, n_batches: int) -> float | None:
+    """Batches left times each method's mean batch time so far (all methods' mean for one
+    not started yet): an underestimate, since the evaluation grows with the number of edits."""
+    def mean_time(pts: list[BatchPoint]) -> float | None:
+        return _mean([p.seconds + p.eval_seconds for p in pts if p.eval_seconds is not None])
+
+    overall = mean_time(run.points)
+    total = 0.0
+    for m in run.methods:
+        pts = run.points_of(m)
+        left = n_batches - len(pts)
+        per = mean_time(pts) or overall
+        if left and per is None:
+            return None
+        total += left * (per or 0.0)
+    return total
+
+
+def _next_batch_seconds(run: LifelongRun, method: str) -> float:
+    """The method's last batch time (edit and evaluation), or any method's; 0 if none yet."""
+    for pts in (run.points_of(method), run.points):
+        timed = [p for p in pts if p.eval_seconds is not None]
+        if timed:
+            return timed[-1].seconds + timed[-1].eval_seconds
+    return 0.0
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    h, m = divmod(int(seconds) // 60, 60)
+    return f"{h}h{m:02d}m"
+
+
 def run_lifelong(
     repo: EditingRepository,
     cases: list,
@@ -151,118 +263,147 @@ def run_lifelong(
     log: Callable[[str], None] = print,
     hparams_overrides: dict | None = None,
     checkpoint: Path | None = None,
+    eval_every: int = 1,
+    interleave: bool = False,
+    fluency_prompts: int = 5,
+    fluency_tokens: int = 50,
+    info: dict | None = None,
+    on_batch: Callable[[LifelongRun], None] | None = None,
+    deadline: float | None = None,
 ) -> LifelongRun:
     """Run the benchmark on `cases` (EditRequests, or EvalCases carrying per-neighbour answers)
     for each of `methods` (names of the editing registry); with `checkpoint`, save after every
-    batch and resume from what the file holds."""
+    batch and resume from what the file holds.
+
+    `eval_every` k > 1 evaluates all edits so far only every k-th batch (and the first and
+    last); every batch still measures retention, perplexity and fluency. `interleave` runs
+    the methods batch by batch. Neither changes the figures, so neither is part of the
+    fingerprint: a run may resume with other values. `info` is merged into run.info (e.g. the
+    command that reproduces the run); `on_batch` is called after every checkpoint. With
+    `deadline` (a time.time() value) no batch is started that would, at the method's last
+    batch time, end after it: a session that ends on time loses no work."""
     methods = tuple(methods)
     if batch_size < 1:
         raise NmkevcError("batch size must be at least 1")
+    if eval_every < 1:
+        raise NmkevcError(f"evaluating every {eval_every} batches: it must be at least 1")
     fingerprint = run_fingerprint(cases, batch_size, methods, hparams_overrides)
     run = load_checkpoint(checkpoint, fingerprint) if checkpoint else None
     if run is None:
         run = LifelongRun(len(cases), batch_size, list(methods), fingerprint=fingerprint)
     elif run.points:
-        log(f"resuming from {checkpoint}: {len(run.points)} batch(es) done")
+        done = ", ".join(f"{m} {e}/{len(cases)}" for m, e in run.progress().items())
+        log(f"resuming from {checkpoint}: {done} edits")
+    run.info.update(info or {})
+    fluency = fluency_setting(cases, fluency_prompts, fluency_tokens)
+    if "fluency" in run.info and run.info["fluency"] != fluency:
+        raise NmkevcError("this run was started with other fluency settings (prompts, tokens); "
+                          "use the same ones or another checkpoint")
+    run.info["fluency"] = fluency
+    n_batches = -(-len(cases) // batch_size)
+    t_session = time.time()
+    session = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "edits_at_start": run.progress(),
+               "eval_every": eval_every, "interleave": interleave, "batches": 0, "seconds": 0.0}
+    run.info.setdefault("sessions", []).append(session)
+
     root = repo.resolve("HEAD")
     while repo.commit(root).parents:  # the root of HEAD's first-parent line
         root = repo.commit(root).parents[0]
     first = cases[:batch_size]
+    # the unedited model's references, measured once per run (and for points of a checkpoint
+    # written before they existed)
     if perplexity_every and "base_perplexity" not in run.info:
         run.info["base_perplexity"] = repo.perplexity(root)["base"]
     base_ppl = run.info.get("base_perplexity")
+    if fluency and "base_fluency" not in run.info:
+        state = repo.load_model(root)
+        run.info["base_fluency"] = round(generation_entropy(state.model, state.tokenizer, fluency["prompts"],
+                                                            fluency_tokens), 4)
+    _extend_base(repo, root, run, cases, max(run.progress().values(), default=0))
+    for p in run.points:
+        if p.base_specificity is None:
+            p.base_specificity = base_mean(run, "specificity", p.edits)
+
+    done_edits, stored = {}, {}
     for method in methods:
         done_points = run.points_of(method)
         branch = run.branches.get(method) or f"lifelong-{method}-{int(time.time())}"
         resume_at = done_points[-1].commit if done_points else root
         if branch not in repo.branches() or repo.branches()[branch] != resume_at:
             repo.branch(branch, resume_at, force=True)  # new, or set back past an unsaved batch
-        repo.switch(branch)
         run.branches[method] = branch
+        done_edits[method] = done_points[-1].edits if done_points else 0
+        stored[method] = done_points[-1].stored_bytes if done_points else 0
+    if checkpoint:
+        save_checkpoint(run, checkpoint)
+
+    current = None
+    for method, b in schedule(methods, n_batches, interleave):
+        start = b * batch_size
+        if start < done_edits[method]:
+            continue
+        if deadline is not None and time.time() + _next_batch_seconds(run, method) > deadline:
+            log(f"stopping before {method}'s batch at {start} edits: it would end after the deadline "
+                f"(run the same command again to resume)")
+            break
+        if current != method:
+            repo.switch(run.branches[method])
+            current = method
+        batch = cases[start : start + batch_size]
+        t0 = time.time()
+        message = f"lifelong {method}: edits {start}..{start + len(batch) - 1}"
+        out = repo.edit([_request(c) for c in batch], method=method, message=message,
+                        **(hparams_overrides or {}))
+        seconds = time.time() - t0
+        stored[method] += out.stored_bytes
+        # the hyperparameters as the commit stores them (model-dependent defaults resolved)
+        run.info.setdefault("hparams", {})[method] = (repo.commit(out.commit).method or {}).get("hparams")
+        done = cases[: start + len(batch)]
+        done_edits[method] = len(done)
+
+        t1 = time.time()
+        full = full_evaluation_due(b, n_batches, eval_every)
+        if full:
+            _extend_base(repo, root, run, cases, len(done))
+        state = repo.load_model(out.commit)
+        if full:
+            rep = evaluate_requests(state.model, state.tokenizer, done)
+            retention = _mean([r.efficacy for r in rep.records[: len(first)]])
+        else:
+            rep, retention = None, evaluate_requests(state.model, state.tokenizer, first).efficacy
+        flu = None
+        if fluency:
+            flu = round(generation_entropy(state.model, state.tokenizer, fluency["prompts"], fluency_tokens), 4)
+        ppl = None
+        if perplexity_every and (b % perplexity_every == 0 or b == n_batches - 1):
+            ppl = repo.perplexity(out.commit, base_ppl=base_ppl)
+        fractions = [x["neurons"] / x["d_ff"] for x in out.layers]
+        point = BatchPoint(
+            method=method, edits=len(done), seconds=round(seconds, 3), stored_bytes=stored[method],
+            efficacy=rep.efficacy if rep else None, generalization=rep.generalization if rep else None,
+            specificity=rep.specificity if rep else None, retention=retention,
+            perplexity=ppl["model"] if ppl else None, perplexity_change=ppl["relative"] if ppl else None,
+            mean_mask_fraction=round(sum(fractions) / len(fractions), 4) if fractions else None,
+            commit=out.commit, fluency=flu,
+            base_specificity=base_mean(run, "specificity", len(done)) if rep else None,
+            eval_seconds=round(time.time() - t1, 3),
+        )
+        run.points.append(point)
+        session["batches"] += 1
+        session["seconds"] = round(time.time() - t_session, 1)
         if checkpoint:
             save_checkpoint(run, checkpoint)
-        done: list = list(cases[: done_points[-1].edits]) if done_points else []
-        stored = done_points[-1].stored_bytes if done_points else 0
-        for b, start in enumerate(range(0, len(cases), batch_size)):
-            if start < len(done):
-                continue
-            batch = cases[start : start + batch_size]
-            t0 = time.time()
-            message = f"lifelong {method}: edits {start}..{start + len(batch) - 1}"
-            out = repo.edit([_request(c) for c in batch], method=method, message=message,
-                            **(hparams_overrides or {}))
-            seconds = time.time() - t0
-            stored += out.stored_bytes
-            done.extend(batch)
-            state = repo.load_model(out.commit)
-            rep = evaluate_requests(state.model, state.tokenizer, done)
-            ret = evaluate_requests(state.model, state.tokenizer, first)
-            ppl = None
-            if perplexity_every and (b % perplexity_every == 0 or start + batch_size >= len(cases)):
-                ppl = repo.perplexity(out.commit, base_ppl=base_ppl)
-            fractions = [x["neurons"] / x["d_ff"] for x in out.layers]
-            point = BatchPoint(
-                method=method, edits=len(done), seconds=round(seconds, 3), stored_bytes=stored,
-                efficacy=rep.efficacy, generalization=rep.generalization, specificity=rep.specificity,
-                retention=ret.efficacy, perplexity=ppl["model"] if ppl else None,
-                perplexity_change=ppl["relative"] if ppl else None,
-                mean_mask_fraction=round(sum(fractions) / len(fractions), 4) if fractions else None,
-                commit=out.commit,
-            )
-            run.points.append(point)
-            if checkpoint:
-                save_checkpoint(run, checkpoint)
-            log(f"{method:>9} {point.edits:>5} edits  eff {_f(point.efficacy)}  gen {_f(point.generalization)}  "
-                f"spec {_f(point.specificity)}  ret {_f(point.retention)}  ppl {_f(point.perplexity_change, '+.2%')}"
-                f"  mask {_f(point.mean_mask_fraction)}  {seconds:.1f}s")
+        if on_batch:
+            on_batch(run)
+        spec = f"spec {_f(point.specificity)} (base {_f(point.base_specificity)})" if rep else "spec   -  "
+        left = sum(n_batches - len(run.points_of(m)) for m in methods)
+        log(f"{method:>9} {point.edits:>5}/{len(cases)} edits  eff {_f(point.efficacy)}  "
+            f"gen {_f(point.generalization)}  {spec}  ret {_f(point.retention)}  "
+            f"ppl {_f(point.perplexity_change, '+.2%')}  flu {_f(point.fluency, '.2f')}  "
+            f"mask {_f(point.mean_mask_fraction)}  edit {seconds:.0f}s + eval {point.eval_seconds:.0f}s  "
+            f"| {left} batch(es) left, ETA ~{_duration(_eta_seconds(run, n_batches))}")
     return run
 
 
 def _f(x, fmt: str = ".3f") -> str:
     return "  -  " if x is None else format(x, fmt)
-
-
-def write_outputs(run: LifelongRun, out_dir: Path) -> list[Path]:
-    """results.json, table.md and one PNG per metric (metric vs number of edits, a line per method)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "results.json", out_dir / "table.md"]
-    atomic_write_text(paths[0], json.dumps(run.to_json(), indent=2) + "\n")
-    atomic_write_text(paths[1], markdown_table(run) + "\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return paths
-    metrics = ("efficacy", "generalization", "specificity", "retention", "perplexity_change", "seconds")
-    for metric in metrics:
-        fig, ax = plt.subplots(figsize=(5, 3.4))
-        for method in run.methods:
-            pts = [p for p in run.points if p.method == method and getattr(p, metric) is not None]
-            ax.plot([p.edits for p in pts], [getattr(p, metric) for p in pts], marker="o", label=method)
-        ax.set_xlabel("edits")
-        ax.set_ylabel(metric.replace("_", " "))
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        p = out_dir / f"{metric}.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths.append(p)
-    return paths
-
-
-def markdown_table(run: LifelongRun) -> str:
-    """The per-batch figures as a Markdown table (for docs/results.md)."""
-    rows = ["| method | edits | efficacy | generalisation | specificity | retention (1st batch) | "
-            "perplexity change | mask fraction | s/batch | stored MiB |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for p in run.points:
-        rows.append(
-            f"| {p.method} | {p.edits} | {_f(p.efficacy)} | {_f(p.generalization)} | {_f(p.specificity)} | "
-            f"{_f(p.retention)} | {_f(p.perplexity_change, '+.2%')} | {_f(p.mean_mask_fraction)} | "
-            f"{p.seconds:.0f} | {p.stored_bytes / 2**20:.2f} |"
-        )
-    return "\n".join(rows)

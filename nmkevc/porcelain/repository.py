@@ -261,13 +261,18 @@ class Repository:
 
     def lifelong(self, source: str | Path = "countryinfo", edits: int | None = 1000, batch_size: int = 100,
                  methods: list[str] | None = None, out_dir: str | Path | None = None, seed: int = 0,
-                 neighbours: int = 5, split: str | None = "test", log=print, **overrides):
+                 neighbours: int = 5, split: str | None = "test", log=print, results_dir: str | Path | None = None,
+                 eval_every: int = 1, interleave: bool = False, info: dict | None = None,
+                 on_batch=None, deadline: float | None = None, **overrides):
         """The lifelong-editing benchmark: `edits` facts in sequential batches, per method, each
         method on its own branch; figures after every batch. With `out_dir`, a checkpoint is
         written there after every batch and a second call with the same arguments resumes;
-        results.json, table.md and plots are written there at the end."""
+        results.json, table.md and plots are written to `results_dir` (default `out_dir`)
+        after every batch, so a run stopped part-way leaves its figures so far.
+        `eval_every`, `interleave`, `deadline`: see `run_lifelong`; `info` is recorded in results.json."""
         from ..editing.methods import get_method, method_names
-        from ..evaluation.lifelong import run_lifelong, write_outputs
+        from ..evaluation.lifelong import run_lifelong
+        from ..evaluation.lifelong_report import write_outputs
         from .datasets import eval_cases
 
         methods = list(methods) if methods else list(method_names())
@@ -275,11 +280,21 @@ class Repository:
             get_method(m)
         cases = eval_cases(source, edits, seed=seed, neighbours=neighbours, split=split)
         checkpoint = Path(out_dir) / "checkpoint.json" if out_dir is not None else None
+        publish = Path(results_dir) if results_dir is not None else (Path(out_dir) if out_dir is not None else None)
+
+        def after_batch(run) -> None:
+            if publish is not None:
+                write_outputs(run, publish)
+            if on_batch is not None:
+                on_batch(run)
+
         run = run_lifelong(self, cases, batch_size, methods, log=log, hparams_overrides=overrides or None,
-                           checkpoint=checkpoint)
-        run.info.update({"dataset": str(source), "seed": seed, "split": split, "neighbours": neighbours})
-        if out_dir is not None:
-            write_outputs(run, Path(out_dir))
+                           checkpoint=checkpoint, eval_every=eval_every, interleave=interleave,
+                           info={"dataset": str(source), "seed": seed, "split": split, "neighbours": neighbours,
+                                 **(info or {})},
+                           on_batch=after_batch, deadline=deadline)
+        if publish is not None:
+            write_outputs(run, publish)
         return run
 
     # -- models --------------------------------------------------------------------------

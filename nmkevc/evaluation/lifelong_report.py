@@ -1,0 +1,191 @@
+"""What a lifelong run leaves behind: results.json, table.md, PNG plots, and the block of
+docs/results.md generated from results.json (figures in the docs come from the committed
+JSON, never typed by hand; a run stopped part-way is reported as such).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import NmkevcError
+from ..storage.fsutil import atomic_write_text
+from .lifelong import BatchPoint, LifelongRun
+
+#: the plots write_outputs draws: (file stem, point field, y label)
+PLOTS = (
+    ("efficacy", "efficacy", "efficacy (all edits so far)"),
+    ("generalization", "generalization", "generalisation (paraphrases)"),
+    ("specificity", "specificity", "specificity (neighbourhood)"),
+    ("retention", "retention", "retention (efficacy of the 1st batch)"),
+    ("perplexity_change", "perplexity_change", "perplexity change vs unedited"),
+    ("fluency", "fluency", "fluency (n-gram entropy, bits)"),
+    ("seconds", "seconds", "seconds per batch"),
+)
+
+
+def _goal_marks(p: BatchPoint) -> dict[str, bool | None]:
+    """Issue #9's goals: efficacy >= 0.95, generalisation >= 0.80, specificity within 0.05 of
+    the unedited model, perplexity +<= 5%; None where the point lacks the figure."""
+    spec_drop = None if p.specificity is None or p.base_specificity is None else p.base_specificity - p.specificity
+    return {
+        "efficacy": None if p.efficacy is None else p.efficacy >= 0.95,
+        "generalization": None if p.generalization is None else p.generalization >= 0.80,
+        "specificity": None if spec_drop is None else spec_drop <= 0.05,
+        "perplexity": None if p.perplexity_change is None else p.perplexity_change <= 0.05,
+    }
+
+
+def _f(x, fmt: str = ".3f") -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def _mark(ok: bool | None) -> str:
+    return "" if ok is None else (" ✓" if ok else " ✗")
+
+
+def markdown_table(run: LifelongRun) -> str:
+    """The per-batch figures as a Markdown table (table.md)."""
+    rows = ["| method | edits | efficacy | generalisation | specificity | unedited specificity | "
+            "retention (1st batch) | perplexity change | fluency | mask fraction | edit s | eval s | stored MiB |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for p in run.points:
+        rows.append(
+            f"| {p.method} | {p.edits} | {_f(p.efficacy)} | {_f(p.generalization)} | {_f(p.specificity)} | "
+            f"{_f(p.base_specificity)} | {_f(p.retention)} | {_f(p.perplexity_change, '+.2%')} | "
+            f"{_f(p.fluency, '.2f')} | {_f(p.mean_mask_fraction)} | {p.seconds:.0f} | {_f(p.eval_seconds, '.0f')} | "
+            f"{p.stored_bytes / 2**20:.2f} |"
+        )
+    return "\n".join(rows)
+
+
+def write_outputs(run: LifelongRun, out_dir: Path) -> list[Path]:
+    """results.json, table.md and one PNG per entry of PLOTS (metric vs edits, a line per
+    method; the unedited model's value as a dashed reference where there is one)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "results.json", out_dir / "table.md"]
+    atomic_write_text(paths[0], json.dumps(run.to_json(), indent=1) + "\n")
+    atomic_write_text(paths[1], markdown_table(run) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return paths
+    for stem, metric, ylabel in PLOTS:
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+        for i, method in enumerate(run.methods):
+            color = f"C{i}"
+            pts = [p for p in run.points_of(method) if getattr(p, metric) is not None]
+            ax.plot([p.edits for p in pts], [getattr(p, metric) for p in pts], marker="o", color=color,
+                    label=method if metric != "seconds" else f"{method} edit")
+            if metric == "specificity":
+                ref = [p for p in pts if p.base_specificity is not None]
+                if i == 0 and ref:  # the same prompts for every method: one reference line
+                    ax.plot([p.edits for p in ref], [p.base_specificity for p in ref], ls="--", color="gray",
+                            label="unedited")
+            if metric == "seconds":
+                ev = [p for p in run.points_of(method) if p.eval_seconds is not None]
+                ax.plot([p.edits for p in ev], [p.eval_seconds for p in ev], ls=":", marker=".", color=color,
+                        label=f"{method} eval")
+        if metric == "fluency" and run.info.get("base_fluency") is not None:
+            ax.axhline(run.info["base_fluency"], ls="--", color="gray", label="unedited")
+        if metric == "perplexity_change":
+            ax.axhline(0.05, ls=":", color="gray", label="goal +5%")
+        ax.set_xlabel("edits")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        p = out_dir / f"{stem}.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def compared_points(run: LifelongRun) -> tuple[dict[str, BatchPoint], bool]:
+    """The point to report per method, and whether all are at one number of edits: the
+    largest T every method reached with a full evaluation, else each one's latest."""
+    evaluated = {m: [p for p in run.points_of(m) if p.efficacy is not None] for m in run.methods}
+    common = set.intersection(*({p.edits for p in pts} for pts in evaluated.values())) if evaluated else set()
+    if common:
+        t = max(common)
+        return {m: next(p for p in pts if p.edits == t) for m, pts in evaluated.items()}, True
+    return {m: pts[-1] for m, pts in evaluated.items() if pts}, False
+
+
+def results_markdown(run: LifelongRun | None, link_dir: str, what: str = "lifelong run") -> str:
+    """The docs block for a run's results.json (`link_dir`: the results folder relative to the doc)."""
+    if run is None:
+        return (f"No {what} has been recorded yet: `python benchmarks/lifelong.py` writes its figures to "
+                f"[{link_dir}/]({link_dir}/) (results.json, table.md, plots) and this block from them.")
+    progress = run.progress()
+    finished = all(e >= run.edits for e in progress.values())
+    state = ", ".join(f"{m} {e}/{run.edits}" for m, e in progress.items())
+    lines = [f"**{'Finished' if finished else 'Partial run, not finished'}: {state} edits** "
+             f"(batches of {run.batch_size}; dataset {run.info.get('dataset', '?')}, split "
+             f"{run.info.get('split', '?')}, seed {run.info.get('seed', '?')}, "
+             f"{run.info.get('neighbours', '?')} neighbourhood prompts per fact)."]
+    points, same_t = compared_points(run)
+    if not points:
+        lines.append("\nNo batch has been fully evaluated yet.")
+        return "\n".join(lines)
+    ts = sorted({p.edits for p in points.values()})
+    where = f"at T = {ts[0]} edits, every method's latest fully evaluated point in common" if same_t else \
+        "at each method's latest fully evaluated point (the methods are at different T)"
+    base_ppl, base_flu = run.info.get("base_perplexity"), run.info.get("base_fluency")
+    lines += ["", f"Figures {where}; ✓/✗: issue #9's goals (efficacy ≥ 0.95, generalisation ≥ 0.80, "
+              f"specificity within 0.05 of the unedited model, perplexity +≤ 5%).", "",
+              "| method | edits | efficacy | generalisation | specificity | unedited | Δ specificity | "
+              "retention (1st batch) | perplexity change | fluency |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+              "| *goal* | | *≥ 0.95* | *≥ 0.80* | | | *≥ −0.05* | | *≤ +5%* | |"]
+    for m, p in points.items():
+        g = _goal_marks(p)
+        delta = None if p.specificity is None or p.base_specificity is None else p.specificity - p.base_specificity
+        lines.append(f"| {m} | {p.edits} | {_f(p.efficacy)}{_mark(g['efficacy'])} | "
+                     f"{_f(p.generalization)}{_mark(g['generalization'])} | {_f(p.specificity)} | "
+                     f"{_f(p.base_specificity)} | {_f(delta, '+.3f')}{_mark(g['specificity'])} | {_f(p.retention)} | "
+                     f"{_f(p.perplexity_change, '+.2%')}{_mark(g['perplexity'])} | {_f(p.fluency, '.2f')} |")
+    best = []
+    for metric, label in (("retention", "retention of the first batch"), ("specificity", "specificity")):
+        vals = {m: getattr(p, metric) for m, p in points.items() if getattr(p, metric) is not None}
+        if len(vals) > 1 and same_t:
+            top = max(vals.values())
+            best.append(f"highest {label}: {', '.join(m for m, v in vals.items() if v == top)} ({top:.3f})")
+    if best:
+        lines += ["", "At this T, " + "; ".join(best) + "."]
+    lines += ["", f"Unedited model: perplexity {_f(base_ppl, '.2f')} on the held-out text, fluency "
+              f"{_f(base_flu, '.2f')}{_fluency_note(run)}. Unedited specificity is measured on the same "
+              "neighbourhood prompts as the edited models' (those of the first T facts)."]
+    plots = " · ".join(f"[{stem.replace('_', ' ')}]({link_dir}/{stem}.png)" for stem, _, _ in PLOTS)
+    lines += ["", f"Plots (per batch, every method): {plots}. Every batch: [table.md]({link_dir}/table.md); "
+              f"data: [results.json]({link_dir}/results.json)."]
+    if run.info.get("command"):
+        lines += ["", f"Reproduce (resumes from its checkpoint if stopped): `{run.info['command']}`"]
+    sessions = run.info.get("sessions") or []
+    if sessions:
+        hours = sum(s.get("seconds", 0) for s in sessions) / 3600
+        lines += ["", f"{len(sessions)} session(s), {hours:.1f} h of wall time so far, first started "
+                  f"{sessions[0].get('started', '?')}; machine: {run.info.get('machine', '?')}."]
+    return "\n".join(lines)
+
+
+def _fluency_note(run: LifelongRun) -> str:
+    f = run.info.get("fluency")
+    if not f:
+        return ""
+    return (f" ({len(f['prompts'])} fixed prompts, greedy, {f['max_new_tokens']} new tokens each; "
+            "ROME's weighted bigram/trigram entropy)")
+
+
+def replace_block(text: str, begin: str, end: str, body: str) -> str:
+    """`text` with what lies between the markers `begin` and `end` replaced by `body`."""
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise NmkevcError(f"the document needs exactly one {begin!r} … {end!r} block")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return head + begin + "\n" + body + "\n" + end + tail
