@@ -21,7 +21,7 @@ from ..history.commit import Commit
 from ..models.live import ModelState
 from ..repo.repository import Repo, default_author
 from ..version import __version__
-from .edit_inputs import DEFAULT_STATS_TOKENS, context_templates, second_moments
+from .edit_inputs import DEFAULT_STATS_TOKENS, context_templates, second_moments, templates_key
 from .inputs import context_of, token_count
 
 #: Tokens kept free in front of a rewrite prompt for the context templates (a short
@@ -137,7 +137,7 @@ def compute_delta(
 
     adapter = adapter_for(repo.manifest(base_id).config)
     layers = list(hp.layers)
-    templates = context_templates(repo, base_id)
+    templates = context_templates(repo, templates_key(base_id, hp))
     corpus = corpus or repo.corpus()
     sigmas, stats_ids = second_moments(repo, base_id, layers, corpus, stats_tokens,
                                        progress=_stage(progress, "statistics"))
