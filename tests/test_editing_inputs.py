@@ -38,7 +38,7 @@ def test_hparams_defaults_are_the_authors():
 def test_new_edits_get_the_reference_rules():
     hp = EditHparams()
     assert (hp.z_stop_on, hp.z_decay_form, hp.kl_position, hp.prompt_start, hp.key_average,
-            hp.context_count) == ("total", "norm", "subject", "bos", "groups", "total")
+            hp.context_count) == ("total", "norm", "subject", "document", "groups", "total")
 
 
 def test_a_stored_dict_without_the_rule_fields_replays_the_old_rules():
@@ -52,7 +52,7 @@ def test_a_stored_dict_without_the_rule_fields_replays_the_old_rules():
     assert (hp.z_stop_on, hp.z_decay_form, hp.kl_position, hp.prompt_start, hp.key_average,
             hp.context_count) == ("nll", "squared", "last", "tokenizer", "templates", "sampled")
     assert EditHparams.from_json(EditHparams().to_json()) == EditHparams()
-    assert EditHparams.from_json({**old, "prompt_start": "bos"}).prompt_start == "bos"
+    assert EditHparams.from_json({**old, "prompt_start": "document"}).prompt_start == "document"
 
 
 def test_hparams_json_round_trip():
@@ -136,23 +136,41 @@ def test_target_ids_have_a_leading_space(llama):
     assert target_ids(tok, "", " Rome ") == tok(" Rome", add_special_tokens=False)["input_ids"]
 
 
+class _Plain:
+    """A tokenizer that adds nothing and has no <|endoftext|>: only BOS / EOS ids."""
+
+    all_special_tokens = ["<s>", "</s>"]
+
+    def __init__(self, bos, eos):
+        self.bos_token_id, self.eos_token_id = bos, eos
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [ord(c) for c in text]}
+
+
 def test_the_start_rule(llama):
-    """"bos": the tokenizer's BOS (else EOS) in front, unless it adds a leading special itself;
-    "tokenizer": its own default (nothing for the test tokenizer, like SmolLM2)."""
+    """"document": the tokenizer's own leading special if it adds one, else its <|endoftext|>
+    separator, else BOS, else EOS; "tokenizer": its own default (nothing for the test tokenizer,
+    like SmolLM2)."""
+    from tokenizers import AddedToken
     from tokenizers.processors import TemplateProcessing
 
     _, tok = llama
-    assert lead_ids(tok, "bos") == [tok.bos_token_id] and lead_ids(tok, "tokenizer") == []
+    sep = tok.convert_tokens_to_ids("<|endoftext|>")
+    assert lead_ids(tok) == lead_ids(tok, "document") == [sep] and lead_ids(tok, "tokenizer") == []
     assert encode(tok, ["Paris"], [5], start="tokenizer").subject_pos.tolist() == [0]
     assert encode(tok, ["Paris"], [5]).subject_pos.tolist() == [1]  # never at position 0
-    no_bos = AutoTokenizer.from_pretrained(tok.name_or_path)
-    no_bos.bos_token = None
-    assert lead_ids(no_bos) == [no_bos.eos_token_id]
+    # a chat tokenizer declaring a turn marker as its BOS still starts with the separator
+    chat = AutoTokenizer.from_pretrained(tok.name_or_path)
+    chat.add_special_tokens({"bos_token": AddedToken("<|im_start|>", special=True)})
+    assert chat.bos_token_id != sep and lead_ids(chat) == [sep]
+    # without a separator: BOS, else EOS
+    assert lead_ids(_Plain(bos=7, eos=8)) == [7] and lead_ids(_Plain(bos=None, eos=8)) == [8]
     own = AutoTokenizer.from_pretrained(tok.name_or_path)
     eos = own.eos_token_id
     own.backend_tokenizer.post_processor = TemplateProcessing(single=f"{own.eos_token} $A",
                                                               special_tokens=[(own.eos_token, eos)])
-    assert lead_ids(own) == lead_ids(own, "tokenizer") == [eos]  # not doubled
+    assert lead_ids(own) == lead_ids(own, "tokenizer") == [eos]  # its own, not doubled
 
 
 def test_key_weights_give_the_bare_prompt_half():

@@ -57,7 +57,7 @@ def llama(tmp_path_factory):
 
 def naive_scores(model, tok, prompt, target, prefix=None):
     """One unpadded forward pass per pair: (per-token log-probs, per-token argmax); every
-    context starts with the tokenizer's BOS (the start rule: the test tokenizer adds none)."""
+    context starts with <|endoftext|>, the test tokenizer's BOS (the start rule; it adds none itself)."""
     target = target if target.startswith(" ") else " " + target
     prefix = [tok.bos_token_id] if prefix is None else prefix
     ctx = list(prefix) + tok(prompt, add_special_tokens=False)["input_ids"]

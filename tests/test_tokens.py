@@ -97,7 +97,7 @@ def test_smollm2_editor_and_evaluator_tokenize_alike():
 
     tok = AutoTokenizer.from_pretrained(embedded_model_dir())
     assert lead_ids(tok, "tokenizer") == []  # SmolLM2 adds no BOS of its own ...
-    assert lead_ids(tok) == [tok.bos_token_id]  # ... so the start rule puts it there
+    assert lead_ids(tok) == [tok.convert_tokens_to_ids("<|endoftext|>")] != [tok.bos_token_id]  # not <|im_start|>
     check_same(tok)
     n_subject = len(tok("Kenya", add_special_tokens=False)["input_ids"])
     assert encode(tok, ["Kenya is"], [5]).subject_pos.tolist() == [n_subject]  # after the start token

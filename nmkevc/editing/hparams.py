@@ -48,8 +48,8 @@ class EditHparams:
     #: where the KL term reads the next-token distribution of kl_prompt: "subject" (the subject's
     #: last token, the reference code) or "last" (the prompt's last token)
     kl_position: str = "subject"
-    #: the start of every prompt the engine runs (models.tokens.START_RULES): "bos" or "tokenizer"
-    prompt_start: str = "bos"
+    #: the start of every prompt the engine runs (models.tokens.START_RULES): "document" or "tokenizer"
+    prompt_start: str = "document"
 
     # -- Step 2: neuron attribution ------------------------------------------------------
     amplification: float = 30.0  # s = logp(r + 30·v_i) − logp(r)

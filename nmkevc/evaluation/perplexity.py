@@ -2,10 +2,10 @@
 language ability alone.
 
 Each text is cut into non-overlapping windows of `seq_len` tokens, each begun as every
-prompt is (`models.tokens.lead_ids`: the tokenizer's BOS, else EOS, unless it adds a
-leading special itself), every window scored independently (texts never see each other).
+prompt is (`models.tokens.lead_ids`: the tokenizer's own leading special, else its
+<|endoftext|> separator, else BOS, else EOS), every window scored independently (texts never see each other).
 A window's first text token is predicted from that start token; a tokenizer with neither
-BOS nor EOS leaves it without context, unscored. The result is token-weighted:
+start token leaves it without context, unscored. The result is token-weighted:
 exp(total NLL / number of scored tokens) over all windows.
 """
 

@@ -6,9 +6,9 @@ here, for any padding and any BOS convention, and fast enough to score thousands
 prompts on a CPU.
 
 Conventions (shared by all metrics): prompts and targets are tokenized by
-`models.tokens`, exactly as the editor tokenizes them — every context begins by the
-default start rule (the tokenizer's BOS, else EOS, unless it adds a leading special
-itself), a target is scored with one leading space as it follows the prompt. Sequences
+`models.tokens`, exactly as the editor tokenizes them — every context begins with the
+default start token (`models.tokens.START_RULES`), a target is scored with one leading
+space as it follows the prompt. Sequences
 are right-padded with an attention mask, so real tokens keep positions 0..n-1 and never
 attend to padding: no position-id bookkeeping is needed.
 """

@@ -21,14 +21,19 @@ import torch
 
 from ..errors import EditRequestError
 
-#: "bos": the tokenizer's BOS token (else its EOS) in front of every prompt, unless the tokenizer
-#: already puts a special token there. Models trained with a BOS (Llama) get their own; models
-#: without one (SmolLM2, GPT-2) would otherwise start a subject-first prompt with the subject at
-#: position 0, whose activations are atypical (an attention sink), and such edits fail.
+#: "document": every prompt begins as a document did in pretraining. The tokenizer's own leading
+#: special if it adds one (Llama's BOS); else its document separator "<|endoftext|>" when that is
+#: one of its special tokens (GPT-2, GPT-J, GPT-NeoX, SmolLM2, Qwen); else its BOS, else its EOS.
+#: Without a start token a subject-first prompt puts the subject at position 0, whose activations
+#: are atypical (an attention sink): such edits fail. The separator is preferred to a declared BOS
+#: because chat tokenizers declare a turn marker there: SmolLM2-Instruct's BOS is <|im_start|>,
+#: after which a one-token subject still has position-0-like keys (‖k‖² ≈ 0.6 against ≈ 19 after
+#: <|endoftext|>, layers 3–7; docs/method.md).
 #: "tokenizer": whatever the tokenizer adds by default (often nothing): edits made before the
 #: rule existed, replayed as they were made.
-START_RULES = ("bos", "tokenizer")
-DEFAULT_START = "bos"
+START_RULES = ("document", "tokenizer")
+DOCUMENT_SEPARATOR = "<|endoftext|>"
+DEFAULT_START = "document"
 
 
 def tokenizer_lead(tokenizer) -> list[int]:
@@ -50,6 +55,8 @@ def lead_ids(tokenizer, start: str = DEFAULT_START) -> list[int]:
     lead = tokenizer_lead(tokenizer)
     if lead or start == "tokenizer":
         return lead
+    if DOCUMENT_SEPARATOR in (getattr(tokenizer, "all_special_tokens", None) or []):
+        return [int(tokenizer.convert_tokens_to_ids(DOCUMENT_SEPARATOR))]
     for tid in (getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
         if tid is not None:
             return [int(tid)]
