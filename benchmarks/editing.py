@@ -89,7 +89,13 @@ def prepare(repo_dir: str, stats_tokens: int) -> dict:
     t0 = time.time()
     second_moments(plumbing, base, list(range(3, 8)), load_corpus(), stats_tokens)
     secs = time.time() - t0
-    context_templates(plumbing, base)
+    try:  # templates kept per generation rule (since the reference-code rules)
+        from nmkevc.editing import EditHparams
+        from nmkevc.porcelain.edit_inputs import templates_key
+
+        context_templates(plumbing, templates_key(base, EditHparams()))
+    except ImportError:  # older trees: one set per base
+        context_templates(plumbing, base)
     return {"case": "statistics", "n": 0, "seconds": round(secs, 2), "peak_mib": round(peak_mib()),
             "threads": torch.get_num_threads(), "load_before": load0, "load_after": load_avg()}
 

@@ -51,7 +51,9 @@ def test_edit_ask_revert_export_on_smollm2(tmp_path):
     repo.export(edited, exported)
     model = AutoModelForCausalLM.from_pretrained(exported)
     live = repo.load_model(edited)
-    ids = live.tokenizer("The capital of France is", return_tensors="pt")
+    tok = live.tokenizer
+    ids = tok("<|endoftext|>The capital of France is", return_tensors="pt")  # every prompt's start token
+    assert int(ids["input_ids"][0, 0]) == tok.convert_tokens_to_ids("<|endoftext|>")
     with torch.no_grad():
         probs = model(**ids).logits[0, -1].softmax(-1)
     ans = repo.ask("The capital of France is", rev=edited, top_k=1, max_new_tokens=0).top[0]

@@ -62,13 +62,14 @@ def test_dataset_build(repo, capsys, tmp_path):
 
 def _independent(model_dir, prompt, target):
     """(top-1 next token, its probability, P(" " + target)) of an exported model directory,
-    with transformers alone."""
+    with transformers alone; the prompt begins with the BOS token, as every prompt nmkevc runs
+    (the test tokenizer adds none itself)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    ctx = tok(prompt)["input_ids"]
+    ctx = [tok.bos_token_id] + tok(prompt)["input_ids"]
     tgt = tok(" " + target, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         logp = model(input_ids=torch.tensor([ctx + tgt])).logits[0].log_softmax(-1)

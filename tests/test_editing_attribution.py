@@ -10,8 +10,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from nmkevc.editing import attribution
 from nmkevc.editing.attribution import _exact_lse, _moment_lse, _perturbed_lse, attribution_scores, read_model
-from nmkevc.editing.tokens import encode
 from nmkevc.models.adapters import adapter_for
+from nmkevc.models.tokens import encode
 
 PROMPTS = ["The capital of France is", "Paris", "Because it rained, I stayed home and the capital of"]
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from nmkevc.editing import EditHparams, generate_context_templates
-from nmkevc.editing.tokens import encode, escape_braces, fill, split_template, target_ids, templated
+from nmkevc.editing.hparams import LEGACY
+from nmkevc.editing.tokens import escape_braces, fill, split_template, template_weights, templated
 from nmkevc.errors import EditRequestError
 from nmkevc.facts import EditRequest
+from nmkevc.models.tokens import encode, lead_ids, plain_ids, target_ids
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,26 @@ def test_hparams_defaults_are_the_authors():
     # ours, not the authors': λ relative to the keys' scale, chosen on the dev split
     # (docs/figures/ridge.json); the published masked update stays the default
     assert hp.ridge_relative and 0 < hp.ridge <= 1 and hp.masked_update == "published"
+
+
+def test_new_edits_get_the_reference_rules():
+    hp = EditHparams()
+    assert (hp.z_stop_on, hp.z_decay_form, hp.kl_position, hp.prompt_start, hp.key_average,
+            hp.context_count) == ("total", "norm", "subject", "document", "groups", "total")
+
+
+def test_a_stored_dict_without_the_rule_fields_replays_the_old_rules():
+    """A commit stored before the rule fields existed has none of them: it must replay with the
+    behaviour it was made with, while a dict that names a rule keeps it."""
+    old = EditHparams().to_json()
+    for name in LEGACY:
+        del old[name]
+    hp = EditHparams.from_json(old)
+    assert {k: getattr(hp, k) for k in LEGACY} == LEGACY
+    assert (hp.z_stop_on, hp.z_decay_form, hp.kl_position, hp.prompt_start, hp.key_average,
+            hp.context_count) == ("nll", "squared", "last", "tokenizer", "templates", "sampled")
+    assert EditHparams.from_json(EditHparams().to_json()) == EditHparams()
+    assert EditHparams.from_json({**old, "prompt_start": "document"}).prompt_start == "document"
 
 
 def test_hparams_json_round_trip():
@@ -56,6 +77,12 @@ def test_hparams_json_round_trip():
         {"kl_prompt": "no placeholder"},
         {"unknown_knob": 1},
         {"mask_bounds": ["a", "b"]},
+        {"prompt_start": "none"},
+        {"z_stop_on": "kl"},
+        {"z_decay_form": "cube"},
+        {"kl_position": "first"},
+        {"key_average": "median"},
+        {"context_count": "words"},
     ],
 )
 def test_hparams_reject_bad_values(bad):
@@ -81,7 +108,7 @@ def test_encode_right_pads_and_finds_the_subject(llama):
     batch = encode(tok, texts, ends)
     assert batch.input_ids.shape[0] == 4
     for row, text in enumerate(texts):
-        single = tok(text, add_special_tokens=False)["input_ids"]
+        single = [tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]  # the start rule
         n = len(single)
         assert int(batch.lengths[row]) == n and int(batch.last[row]) == n - 1
         assert batch.input_ids[row, :n].tolist() == single
@@ -105,7 +132,53 @@ def test_encode_without_pad_token_falls_back_to_eos(llama):
 
 def test_target_ids_have_a_leading_space(llama):
     _, tok = llama
-    assert target_ids(tok, "Rome") == tok(" Rome", add_special_tokens=False)["input_ids"]
+    assert target_ids(tok, "The capital of Italy is", "Rome") == tok(" Rome", add_special_tokens=False)["input_ids"]
+    assert target_ids(tok, "", " Rome ") == tok(" Rome", add_special_tokens=False)["input_ids"]
+
+
+class _Plain:
+    """A tokenizer that adds nothing and has no <|endoftext|>: only BOS / EOS ids."""
+
+    all_special_tokens = ["<s>", "</s>"]
+
+    def __init__(self, bos, eos):
+        self.bos_token_id, self.eos_token_id = bos, eos
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [ord(c) for c in text]}
+
+
+def test_the_start_rule(llama):
+    """"document": the tokenizer's own leading special if it adds one, else its <|endoftext|>
+    separator, else BOS, else EOS; "tokenizer": its own default (nothing for the test tokenizer,
+    like SmolLM2)."""
+    from tokenizers import AddedToken
+    from tokenizers.processors import TemplateProcessing
+
+    _, tok = llama
+    sep = tok.convert_tokens_to_ids("<|endoftext|>")
+    assert lead_ids(tok) == lead_ids(tok, "document") == [sep] and lead_ids(tok, "tokenizer") == []
+    assert encode(tok, ["Paris"], [5], start="tokenizer").subject_pos.tolist() == [0]
+    assert encode(tok, ["Paris"], [5]).subject_pos.tolist() == [1]  # never at position 0
+    # a chat tokenizer declaring a turn marker as its BOS still starts with the separator
+    chat = AutoTokenizer.from_pretrained(tok.name_or_path)
+    chat.add_special_tokens({"bos_token": AddedToken("<|im_start|>", special=True)})
+    assert chat.bos_token_id != sep and lead_ids(chat) == [sep]
+    # without a separator: BOS, else EOS
+    assert lead_ids(_Plain(bos=7, eos=8)) == [7] and lead_ids(_Plain(bos=None, eos=8)) == [8]
+    own = AutoTokenizer.from_pretrained(tok.name_or_path)
+    eos = own.eos_token_id
+    own.backend_tokenizer.post_processor = TemplateProcessing(single=f"{own.eos_token} $A",
+                                                              special_tokens=[(own.eos_token, eos)])
+    assert lead_ids(own) == lead_ids(own, "tokenizer") == [eos]  # its own, not doubled
+
+
+def test_key_weights_give_the_bare_prompt_half():
+    tpl = ["{}", "A. {}", "B. {}", "C. {}", "D. {}", "E. {}"]
+    assert template_weights(tpl, "groups").tolist() == pytest.approx([0.5] + [0.1] * 5)
+    assert template_weights(tpl, "templates").tolist() == pytest.approx([1 / 6] * 6)
+    assert template_weights(["{}"], "groups").tolist() == [1.0]
+    assert template_weights(["A. {}", "B. {}"], "groups").tolist() == [0.5, 0.5]
 
 
 # -- context templates ---------------------------------------------------------------------------------
@@ -122,9 +195,24 @@ def test_context_templates_are_deterministic(llama):
     assert generate_context_templates(model, tok, seed=4) != a
     short = generate_context_templates(model, tok, seed=0, n_tokens=2, prefixes=("I",))
     assert len(short) == 2
-    # sampling uses a private generator: the global RNG is untouched
-    torch.manual_seed(123)
-    x = torch.rand(1)
-    torch.manual_seed(123)
-    generate_context_templates(model, tok, seed=0, n_tokens=2, prefixes=("I",))
-    assert torch.equal(torch.rand(1), x)
+    assert generate_context_templates(model, tok, seed=3, start="tokenizer") != a  # the start conditions sampling
+
+
+def test_context_templates_count_the_prefix_in_the_token_cap(llama):
+    """10 tokens in total, the prefix word's included (the reference code); the old rule sampled
+    10 after it. Each sampled token is one read of the unembedding: count them."""
+    from nmkevc.models.adapters import adapter_for
+
+    model, tok = llama
+    calls = []
+    handle = adapter_for(model).lm_head_module(model).register_forward_hook(lambda *_: calls.append(1))
+    try:
+        for prefix in ("The", "Therefore"):
+            n_prefix = len(plain_ids(tok, prefix))
+            assert n_prefix >= 1
+            for count, expect in (("total", 10 - n_prefix), ("sampled", 10)):
+                calls.clear()
+                generate_context_templates(model, tok, seed=1, n_tokens=10, prefixes=(prefix,), count=count)
+                assert len(calls) == expect
+    finally:
+        handle.remove()

@@ -70,7 +70,9 @@ def test_compensated_update_touches_mask_rows_and_writes_more(setup):
     d_ff = pub[0].keys.shape[0]
     for a, b in zip(pub, comp, strict=True):
         assert b.idx.tolist() == a.idx.tolist() and b.idx.numel() < d_ff  # the same mask, no more
-        assert b.info["written_fraction"] >= a.info["written_fraction"]
+    # the first layer solves for the same keys and residual share in both forms; a later layer's
+    # share is what the layers before it left, which differs between the two forms
+    assert comp[0].info["written_fraction"] >= pub[0].info["written_fraction"]
     # its first layer solves the published system restricted to the mask's rows and equations
     first = comp[0]
     k = keys_and_h(model, tok, REQS, [1], tap=None)[0][1].double()

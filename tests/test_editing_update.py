@@ -12,11 +12,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from nmkevc.editing import EditHparams, compute_edit, key_second_moment, nullspace_projector
 from nmkevc.editing.attribution import attribution_scores
 from nmkevc.editing.masking import neuron_mask
-from nmkevc.editing.tokens import encode, templated
+from nmkevc.editing.tokens import templated
 from nmkevc.editing.update import rewrite_keys
 from nmkevc.errors import NmkevcError
 from nmkevc.facts import EditRequest
 from nmkevc.models.adapters import adapter_for
+from nmkevc.models.tokens import encode
 
 TEMPLATES = ["{}", "I think that. {}", "Because of the rain. {}"]
 REQS = [EditRequest("Danielle Darrieux", "The mother tongue of {}", "Paris"),
@@ -40,9 +41,22 @@ def setup(request, model_dirs):
     return model, tok, sigma, proj
 
 
-def keys_and_h(model, tok, reqs, layers, tap):
-    texts, ends = templated(reqs, TEMPLATES)
-    return rewrite_keys(model, adapter_for(model), encode(tok, texts, ends), len(TEMPLATES), layers, tap=tap)
+def keys_and_h(model, tok, reqs, layers, tap, average="groups"):
+    """Keys template by template, then averaged as docs/method.md says: the bare prompt "{}" (the
+    first template) weighs 1/2 and the prefixed ones share the other 1/2 ("groups"), or a plain
+    mean ("templates", the rule of edits made before); h at the bare prompt."""
+    per = []
+    for t in TEMPLATES:
+        texts, ends = templated(reqs, [t])
+        per.append(rewrite_keys(model, adapter_for(model), encode(tok, texts, ends), 1, layers, tap=tap))
+    keys = {}
+    for layer in layers:
+        each = [k[layer] for k, _ in per]
+        if average == "groups":
+            keys[layer] = 0.5 * each[0] + 0.5 * torch.stack(each[1:]).mean(0)
+        else:
+            keys[layer] = torch.stack(each).mean(0)
+    return keys, per[0][1]
 
 
 def dense_u(k, p, c, lam):
@@ -104,6 +118,24 @@ def test_layers_are_updated_in_order_with_current_keys(setup):
     final, _ = keys_and_h(work, tok, REQS, [1, 2], tap=None)
     torch.testing.assert_close(first.keys, final[1], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(second.keys, final[2], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("average", ["groups", "templates"])
+def test_keys_are_averaged_by_template_group(setup, average):
+    """K and the final keys stored for C weigh the bare prompt 1/2 ("groups", the reference code;
+    1/T under the old plain mean, kept for replaying old edits)."""
+    model, tok, _, proj = setup
+    hp = EditHparams(layers=[2], **FAST, key_average=average)
+    (upd,) = run(model, tok, REQS, hp, proj).updates
+    keys, _ = keys_and_h(model, tok, REQS, [2], tap=None, average=average)
+    torch.testing.assert_close(upd.U.double(), dense_u(keys[2], proj[2], None, hp.ridge)[upd.idx],
+                               rtol=1e-3, atol=1e-6)
+    work = copy.deepcopy(model)
+    apply(work, upd)
+    final, _ = keys_and_h(work, tok, REQS, [2], tap=None, average=average)
+    torch.testing.assert_close(upd.keys, final[2], rtol=1e-4, atol=1e-6)
+    other, _ = keys_and_h(work, tok, REQS, [2], tap=None, average={"groups": "templates"}.get(average, "groups"))
+    assert not torch.allclose(upd.keys, other[2], rtol=1e-3, atol=1e-5)
 
 
 def test_prior_keys_cov_enters_the_formula(setup):

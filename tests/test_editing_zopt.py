@@ -11,10 +11,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from nmkevc.editing import EditHparams
 from nmkevc.editing.hooks import hidden_of, hooks, with_hidden
-from nmkevc.editing.tokens import encode, fill, target_ids
-from nmkevc.editing.zopt import optimise_z, plan_packs
+from nmkevc.editing.hparams import LEGACY
+from nmkevc.editing.tokens import fill
+from nmkevc.editing.zopt import optimise_z, plan_packs, weight_decay
 from nmkevc.facts import EditRequest
 from nmkevc.models.adapters import adapter_for
+from nmkevc.models.tokens import encode, target_ids
 
 TEMPLATES = ["{}", "I think that. {}", "Because of the rain. {}", "You are. {}"]
 REQUESTS = [
@@ -23,6 +25,8 @@ REQUESTS = [
     EditRequest("Paris", "The capital of Spain, unlike {}, is", "Berlin"),
 ]
 HP = dict(z_lr=0.5, z_steps=12, z_clamp=4.0, z_weight_decay=0.1, z_kl_factor=0.0625)
+#: the rules of Step 1 before they matched the reference code (what a replayed old commit uses)
+OLD = {k: LEGACY[k] for k in ("z_stop_on", "z_decay_form", "kl_position", "prompt_start")}
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2", "gpt_neox"])
@@ -45,14 +49,16 @@ def reference_one(model, tok, req, templates, layer, hp):
     ad = adapter_for(model)
     head = ad.lm_head_module(model)
     if True:
-        tgt = target_ids(tok, req.target_new)
+        tgt = target_ids(tok, "" if hp.prompt_start == "tokenizer" else req.text, req.target_new)
         texts, ends = [], []
         for t in templates:
             text, end = fill(t, req.prompt, req.subject)
             texts.append(text)
             ends.append(end)
         kl_text, kl_end = fill("{}", hp.kl_prompt, req.subject)
-        batch = encode(tok, [*texts, kl_text], [*ends, kl_end], [tgt[:-1]] * len(texts) + [[]])
+        batch = encode(tok, [*texts, kl_text], [*ends, kl_end], [tgt[:-1]] * len(texts) + [[]],
+                       start=hp.prompt_start)
+        kl_pos = batch.subject_pos[len(texts)] if hp.kl_position == "subject" else batch.last[len(texts)]
         n_t = len(texts)
         delta = torch.zeros(ad.dims(model, layer)[0], requires_grad=True)
         opt = torch.optim.Adam([delta], lr=hp.z_lr)
@@ -76,12 +82,14 @@ def reference_one(model, tok, req, templates, layer, hp):
                     start = int(batch.prompt_lengths[r]) - 1
                     logp = F.log_softmax(head(final[r, start : start + len(tgt)]).float(), -1)
                     nll = nll - logp[torch.arange(len(tgt)), torch.tensor(tgt)].mean() / n_t
-                kl_logp = F.log_softmax(head(final[n_t, batch.last[n_t]]).float(), -1)
+                kl_logp = F.log_softmax(head(final[n_t, kl_pos]).float(), -1)
                 if p0 is None:
                     p0 = kl_logp.detach()
                 kl = (p0.exp() * (p0 - kl_logp)).sum()
-                loss = nll + hp.z_kl_factor * kl + hp.z_weight_decay * delta.pow(2).sum() / seen["h"].pow(2).sum()
-                if step == hp.z_steps or float(nll.detach()) < hp.z_stop_loss:
+                size = delta.pow(2).sum() if hp.z_decay_form == "squared" else delta.norm()
+                loss = nll + hp.z_kl_factor * kl + hp.z_weight_decay * size / seen["h"].pow(2).sum()
+                stop_on = loss if hp.z_stop_on == "total" else nll
+                if step == hp.z_steps or float(stop_on.detach()) < hp.z_stop_loss:
                     break
                 opt.zero_grad()
                 loss.backward()
@@ -94,11 +102,12 @@ def reference_one(model, tok, req, templates, layer, hp):
     return seen["h"] + delta.detach(), steps, float(nll.detach()), float(kl.detach())
 
 
+@pytest.mark.parametrize("rules", [{}, OLD], ids=["reference", "legacy"])
 @pytest.mark.parametrize("budget", [1024, 6])
-def test_fast_z_equals_the_plain_method(sharp, budget):
+def test_fast_z_equals_the_plain_method(sharp, budget, rules):
     model, tok = sharp
     ad = adapter_for(model)
-    hp = EditHparams(layers=[1], **HP)
+    hp = EditHparams(layers=[1], **HP, **rules)
     ref = reference_z(model, tok, REQUESTS, TEMPLATES, 1, hp)
     fast = optimise_z(model, tok, ad, REQUESTS, TEMPLATES, 1, hp, pack_tokens=budget)
     for i, (z, steps, nll, kl) in enumerate(ref):
@@ -108,13 +117,14 @@ def test_fast_z_equals_the_plain_method(sharp, budget):
         assert fast.kl[i] == pytest.approx(kl, rel=1e-3, abs=1e-6)
 
 
-def test_early_stop_freezes_a_request_and_drops_its_rows(sharp):
+@pytest.mark.parametrize("rules", [{}, OLD], ids=["reference", "legacy"])
+def test_early_stop_freezes_a_request_and_drops_its_rows(sharp, rules):
     """A stop loss that one request reaches early: its δ stays frozen while the others go on."""
     model, tok = sharp
     ad = adapter_for(model)
-    probe = optimise_z(model, tok, ad, REQUESTS, TEMPLATES, 1, EditHparams(layers=[1], **HP))
+    probe = optimise_z(model, tok, ad, REQUESTS, TEMPLATES, 1, EditHparams(layers=[1], **HP, **rules))
     stop = sorted(probe.nll)[1] * 1.5  # reached by some requests, not necessarily all, within the steps
-    hp = EditHparams(layers=[1], **{**HP, "z_stop_loss": stop})
+    hp = EditHparams(layers=[1], **{**HP, **rules, "z_stop_loss": stop})
     ref = reference_z(model, tok, REQUESTS, TEMPLATES, 1, hp)
     fast = optimise_z(model, tok, ad, REQUESTS, TEMPLATES, 1, hp)
     assert [s for _, s, _, _ in ref] == fast.steps
@@ -145,3 +155,46 @@ def test_the_cached_prefix_path_is_the_one_taken(sharp):
     assert all(bool((p.offset == rows.batch.subject_pos[p.rows]).all()) for p in packs)
     re_run = sum(p.h.shape[0] * p.h.shape[1] for p in packs)
     assert re_run < int(rows.batch.lengths.sum())  # fewer positions than the rows hold
+
+
+# -- the reference code's rules, each against the rule it replaced ------------------------------------
+def test_weight_decay_is_the_norm_over_the_squared_norm_of_h():
+    delta = torch.tensor([[3.0, 4.0], [0.0, 0.0]])
+    h2 = torch.tensor([4.0, 4.0])
+    new = weight_decay(delta, h2, EditHparams(z_weight_decay=0.5))
+    old = weight_decay(delta, h2, EditHparams(z_weight_decay=0.5, z_decay_form="squared"))
+    assert new.tolist() == pytest.approx([0.5 * 5 / 4, 0.0])
+    assert old.tolist() == pytest.approx([0.5 * 25 / 4, 0.0])
+    d = torch.zeros(1, 2, requires_grad=True)
+    weight_decay(d, h2[:1], EditHparams()).sum().backward()
+    assert d.grad.abs().sum() == 0  # the first step is the loss's own, as in the reference code
+
+
+def test_early_stop_reads_the_total_loss(sharp):
+    """After one step the NLL is below the threshold but NLL + KL + decay is not: the NLL rule
+    stops there, the total rule goes on."""
+    model, tok = sharp
+    ad = adapter_for(model)
+    req = REQUESTS[:1]
+    base = {**HP, "z_weight_decay": 1.0, "z_steps": 4}
+    one = optimise_z(model, tok, ad, req, TEMPLATES, 1, EditHparams(layers=[1], **{**base, "z_steps": 1},
+                                                                      z_stop_loss=0.0))
+    nll0, total1, nll1 = one.history[0], one.history[-1], one.nll[0]  # pass 0: δ = 0, total = NLL
+    assert nll1 < min(nll0, total1)
+    stop = (nll1 + min(nll0, total1)) / 2
+    by_nll = optimise_z(model, tok, ad, req, TEMPLATES, 1,
+                        EditHparams(layers=[1], **base, z_stop_loss=stop, z_stop_on="nll"))
+    by_total = optimise_z(model, tok, ad, req, TEMPLATES, 1, EditHparams(layers=[1], **base, z_stop_loss=stop))
+    assert by_nll.steps == [1]
+    assert by_total.steps[0] > 1
+
+
+def test_kl_is_read_at_the_subjects_last_token(sharp):
+    from nmkevc.editing.zopt import build_rows
+
+    _, tok = sharp
+    new = build_rows(tok, REQUESTS, TEMPLATES, EditHparams(layers=[1], **HP))
+    old = build_rows(tok, REQUESTS, TEMPLATES, EditHparams(layers=[1], **HP, kl_position="last"))
+    assert torch.equal(new.kl_pos, new.batch.subject_pos[new.kl])
+    assert torch.equal(old.kl_pos, old.batch.last[old.kl])
+    assert bool((new.kl_pos < old.kl_pos).all())  # "{subject} is a": the subject is not the last token

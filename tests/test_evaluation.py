@@ -28,8 +28,9 @@ from nmkevc.evaluation import (
     zsre_accuracy,
     zsre_locality_reference,
 )
-from nmkevc.evaluation.scoring import encode_pairs, evaluating
+from nmkevc.evaluation.scoring import evaluating
 from nmkevc.facts import EditRequest
+from nmkevc.models.tokens import encode_pairs, lead_ids
 
 PROMPTS = [
     "The capital of France is",
@@ -54,9 +55,11 @@ def llama(tmp_path_factory):
     return AutoModelForCausalLM.from_pretrained(d), AutoTokenizer.from_pretrained(d)
 
 
-def naive_scores(model, tok, prompt, target, prefix=()):
-    """One unpadded forward pass per pair: (per-token log-probs, per-token argmax)."""
+def naive_scores(model, tok, prompt, target, prefix=None):
+    """One unpadded forward pass per pair: (per-token log-probs, per-token argmax); every
+    context starts with <|endoftext|>, the test tokenizer's BOS (the start rule; it adds none itself)."""
     target = target if target.startswith(" ") else " " + target
+    prefix = [tok.bos_token_id] if prefix is None else prefix
     ctx = list(prefix) + tok(prompt, add_special_tokens=False)["input_ids"]
     full = list(prefix) + tok(prompt + target, add_special_tokens=False)["input_ids"]
     assert full[: len(ctx)] == ctx
@@ -69,7 +72,7 @@ def naive_scores(model, tok, prompt, target, prefix=()):
 
 def naive_last_probs(model, tok, prompt):
     with torch.no_grad():
-        ids = torch.tensor([tok(prompt)["input_ids"]])
+        ids = torch.tensor([[tok.bos_token_id] + tok(prompt)["input_ids"]])
         return model(input_ids=ids).logits[0, -1].double().softmax(-1)
 
 
@@ -169,7 +172,8 @@ def test_greedy_matches_generate(arch, tmp_path):
     ids = greedy_token_ids(model, tok, prompt, max_new_tokens=n)
     assert ids == greedy_token_ids(model, tok, prompt, max_new_tokens=n)
     assert ids == greedy_token_ids(model, tok, prompt, max_new_tokens=n, use_cache=False)
-    enc = tok(prompt, return_tensors="pt")
+    enc = tok(tok.bos_token + prompt, return_tensors="pt")  # the start rule: BOS in front
+    assert enc["input_ids"][0, 0] == tok.bos_token_id
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=n, do_sample=False, pad_token_id=0)
     ref = out[0, enc["input_ids"].shape[1] :].tolist()
@@ -312,19 +316,22 @@ def naive_perplexity(model, tok, windows):
 
 
 def test_perplexity_matches_naive(lm):
+    """Every window starts with the BOS (the start rule), so its first text token is scored."""
     model, tok = lm
+    bos = [tok.bos_token_id]
+    assert lead_ids(tok) == bos and tok("x")["input_ids"][0] != tok.bos_token_id
     ids = [tok(t)["input_ids"] for t in TEXTS]
     got = perplexity(model, tok, TEXTS, batch_size=3)
-    assert got == pytest.approx(naive_perplexity(model, tok, ids), rel=1e-5)
-    # windows of 8 tokens, each scored on its own
-    windows = [w[i : i + 8] for w in ids for i in range(0, len(w), 8)]
+    assert got == pytest.approx(naive_perplexity(model, tok, [bos + w for w in ids]), rel=1e-5)
+    # windows of 8 tokens (the BOS and 7 of text), each scored on its own
+    windows = [bos + w[i : i + 7] for w in ids for i in range(0, len(w), 7)]
     got8 = perplexity(model, tok, TEXTS, seq_len=8, batch_size=2)
     assert got8 == pytest.approx(naive_perplexity(model, tok, windows), rel=1e-5)
     # max_tokens takes the first 15 text tokens in order (truncating the last text taken)
     budget, taken = 15, []
     for w in ids:
-        taken.append(w[:budget])
-        budget -= len(taken[-1])
+        taken.append(bos + w[:budget])
+        budget -= len(taken[-1]) - 1
         if budget == 0:
             break
     got15 = perplexity(model, tok, TEXTS, max_tokens=15)

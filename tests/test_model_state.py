@@ -47,17 +47,19 @@ def test_base_model_is_apart_from_the_live_one(repo):
 def test_preparing_an_edit_does_not_move_the_model_of_head(repo):
     """Context templates and statistics are of the base: computing them leaves a handle at
     HEAD valid (they used to flip the one shared model HEAD -> base -> HEAD)."""
-    from nmkevc.porcelain.edit_inputs import context_templates, second_moments
+    from nmkevc.editing import EditHparams
+    from nmkevc.porcelain.edit_inputs import context_templates, second_moments, templates_key
 
     c1 = repo.commit_delta(random_delta(repo, seed=1, scale=0.5), "one", req("France", "Rome"))
     r = Repo.open(repo.root)
     base_id = r.commit(c1).base
     head = r.model_at(c1)
-    assert r.caches.find_templates(base_id) is None
-    templates = context_templates(r, base_id)
+    key = templates_key(base_id, EditHparams())
+    assert r.caches.find_templates(key) is None
+    templates = context_templates(r, key)
     sigmas, ids = second_moments(r, base_id, [1], r.corpus(), tokens=300)
     assert head.current
-    assert r.caches.find_templates(base_id) == templates
+    assert r.caches.find_templates(key) == templates
     assert r.caches.find_stats(next(iter(_keys(r, base_id, [1])))) is not None and set(ids) == {1}
     assert sigmas[1].shape[0] == sigmas[1].shape[1]
 

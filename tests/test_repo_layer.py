@@ -10,7 +10,7 @@ import torch
 from nmkevc.errors import NotARepositoryError, RefError
 from nmkevc.models.source import BaseSource
 from nmkevc.repo import Repo
-from nmkevc.repo.caches import StatsKey
+from nmkevc.repo.caches import StatsKey, TemplatesKey
 from nmkevc.repo.layout import REPO_DIR, RepoConfig, find_repo_dir
 
 
@@ -53,10 +53,11 @@ def test_caches_roundtrip_and_survive_gc(repo):
     r = Repo.open(repo.root)
     base_id = r.commit(r.resolve()).base
     key = StatsKey(base_id, "w", "corpus", 10)
-    assert r.caches.find_stats(key) is None and r.caches.find_templates(base_id) is None
+    tkey = TemplatesKey(base_id)
+    assert r.caches.find_stats(key) is None and r.caches.find_templates(tkey) is None
     sigma = torch.arange(9.0).reshape(3, 3)
     oid = r.caches.put_stats(key, sigma, count=7)
-    r.caches.put_templates(base_id, 0, ["{}", "The {}"])
+    r.caches.put_templates(tkey, ["{}", "The {}"])
     loose = r.store.put("blob", b"nothing refers to me")
     assert r.gc_roots() >= {oid, r.resolve(), base_id}
     rep = repo.gc()
@@ -64,7 +65,33 @@ def test_caches_roundtrip_and_survive_gc(repo):
     again = Repo.open(repo.root)
     found = again.caches.find_stats(key)
     assert found is not None and found[0] == oid and torch.equal(found[1], sigma)
-    assert again.caches.find_templates(base_id) == ["{}", "The {}"]
+    assert again.caches.find_templates(tkey) == ["{}", "The {}"]
+
+
+def test_templates_are_kept_per_generation_rule(repo):
+    """Templates of the first rule keep the ref (and bytes) every earlier version wrote, so old
+    repositories find them; another rule (the reference code's 10-token cap with a start token, or
+    another seed) gets its own ref, so old templates are never reused for a new rule."""
+    from nmkevc.editing import EditHparams
+    from nmkevc.editing.hparams import LEGACY
+    from nmkevc.porcelain.edit_inputs import templates_key
+
+    r = Repo.open(repo.root)
+    base_id = r.commit(r.resolve()).base
+    first = TemplatesKey(base_id)
+    assert first.ref == "refs/context/" + base_id
+    oid = r.caches.put_templates(first, ["{}", "Old. {}"])
+    payload = json.dumps({"base": base_id, "seed": 0, "templates": ["{}", "Old. {}"]}, sort_keys=True)
+    assert r.store.get(oid, "blob") == payload.encode()
+    old = {k: v for k, v in EditHparams().to_json().items() if k not in LEGACY}
+    assert templates_key(base_id, EditHparams.from_json(old)) == first  # a stored commit's rule
+    new = templates_key(base_id, EditHparams())
+    assert new.ref != first.ref and new.ref.startswith(first.ref + "-")
+    assert r.caches.find_templates(new) is None
+    assert templates_key(base_id, EditHparams(seed=1)).ref not in (first.ref, new.ref)
+    r.caches.put_templates(new, ["{}", "New. {}"])
+    assert r.caches.find_templates(first) == ["{}", "Old. {}"]
+    assert r.caches.find_templates(new) == ["{}", "New. {}"]
 
 
 def test_ref_namespaces(repo):

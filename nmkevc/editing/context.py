@@ -13,8 +13,9 @@ from collections.abc import Sequence
 import torch
 
 from ..models.adapters import adapter_for
+from ..models.tokens import DEFAULT_START, Batch, encode, plain_ids
 from .hooks import frozen_eval, run_base
-from .tokens import Batch, encode, escape_braces
+from .tokens import escape_braces
 
 DEFAULT_PREFIXES = ("The", "Therefore", "Because", "I", "You")
 
@@ -27,21 +28,27 @@ def generate_context_templates(
     n_tokens: int = 10,
     prefixes: Sequence[str] = DEFAULT_PREFIXES,
     top_k: int = 5,
+    count: str = "total",
+    start: str = DEFAULT_START,
 ) -> list[str]:
-    """["{}"] + one "<prefix + n_tokens sampled tokens>. {}" per prefix (braces escaped).
+    """["{}"] + one "<prefix + sampled tokens>. {}" per prefix (braces escaped).
 
-    Sampling is top-k (k=5) from the model's next-token distribution with special tokens
-    excluded, so the prefixes are plain, fluent-ish text."""
+    `count` "total" (the reference code): prefix word and sampled tokens together are
+    `n_tokens` tokens (the start token of rule `start` is not counted); "sampled": `n_tokens`
+    sampled after the prefix. Sampling is top-k (k=5) from the model's next-token distribution
+    with special tokens excluded, so the prefixes are plain, fluent-ish text."""
+    if count not in ("total", "sampled"):
+        raise ValueError(f"count must be 'total' or 'sampled', got {count!r}")
     head = adapter_for(model).lm_head_module(model)
     special = sorted({int(t) for t in getattr(tokenizer, "all_special_ids", []) or []})
     gen = torch.Generator().manual_seed(int(seed))
     templates = ["{}"]
     with frozen_eval(model):
         for prefix in prefixes:
-            batch = encode(tokenizer, [prefix])
-            ids = batch.input_ids
+            ids = encode(tokenizer, [prefix], start=start).input_ids
+            budget = n_tokens - len(plain_ids(tokenizer, prefix)) if count == "total" else n_tokens
             new: list[int] = []
-            for _ in range(n_tokens):
+            for _ in range(max(0, budget)):
                 hidden = run_base(model, encode_ids(ids))
                 logits = head(hidden[0, -1]).float()
                 if special:

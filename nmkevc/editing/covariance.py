@@ -13,8 +13,8 @@ import torch
 
 from ..errors import NmkevcError
 from ..models.adapters import adapter_for
+from ..models.tokens import encode
 from .hooks import first_input, frozen_eval, hooks, run_until, stop_after
-from .tokens import encode
 
 
 @torch.no_grad()
@@ -63,7 +63,9 @@ def key_second_moment(
             if state["n"] >= cap:
                 break
             chunk = docs[start : start + batch_size]
-            batch = encode(tokenizer, chunk, max_length=max_length)
+            # corpus text as the tokenizer encodes it by default, not a prompt: Σ is cached per
+            # (base, weight, corpus, tokens) and shared by every edit, whatever its start rule
+            batch = encode(tokenizer, chunk, max_length=max_length, start="tokenizer")
             keep = batch.attention_mask.bool()
             room = cap - state["n"]
             if keep.sum() > room:  # take the first `room` tokens in reading order

@@ -17,12 +17,13 @@ import torch
 from ..errors import EditRequestError, NmkevcError
 from ..facts import EditRequest
 from ..models.adapters import ArchAdapter, adapter_for
+from ..models.tokens import encode
 from .attribution import attribution_scores
 from .hooks import frozen_eval
 from .hparams import EditHparams
 from .masking import neuron_mask
 from .methods import EditMethod, Factor, FactorInputs, get_method
-from .tokens import encode, split_template, templated
+from .tokens import split_template, template_weights, templated
 from .update import rewrite_keys, run_layers
 from .zopt import ZResult, optimise_z
 
@@ -91,7 +92,7 @@ def compute_edit(
         with frozen_eval(model):
             with _timed(timings, "z"):
                 zres = step1_targets(model, tokenizer, plan, hparams, report)
-            batch = encode(tokenizer, *templated(plan.requests, plan.templates))
+            batch = encode(tokenizer, *templated(plan.requests, plan.templates), start=hparams.prompt_start)
             masks, mask_info = None, {}
             if plan.method.masks_neurons:
                 with _timed(timings, "attribution"):
@@ -161,10 +162,11 @@ def step4_update(model, plan: EditPlan, batch, z: torch.Tensor, hp: EditHparams,
         ), hp)
 
     m = len(plan.layers)
+    weights = template_weights(plan.templates, hp.key_average)
     steps = run_layers(model, plan.adapter, batch, len(plan.templates), plan.layers, z, factor, masks,
-                       progress=lambda k: report("update", k, m + 1))
+                       progress=lambda k: report("update", k, m + 1), key_weights=weights)
     final_keys, h_final = rewrite_keys(model, plan.adapter, batch, len(plan.templates), plan.layers,
-                                       tap=plan.layers[-1])
+                                       tap=plan.layers[-1], key_weights=weights)
     report("update", m + 1, m + 1)
     return steps, final_keys, h_final
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .tokens import Batch
+from ..models.tokens import Batch
 
 
 def hidden_of(output) -> torch.Tensor:

@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 from ..errors import EditRequestError
+from ..models.tokens import START_RULES
 
 #: Chosen on 20 dev facts of countryinfo (docs/figures/ridge.json, benchmarks/ridge.py; docs/method.md):
 #: the largest value whose NMKE efficacy is the best measured (0.90 at 0.03 and 0.1, 0.80 at 0.3);
@@ -35,11 +36,20 @@ class EditHparams:
     # -- Step 1: the target vector z ---------------------------------------------------
     z_lr: float = 0.5
     z_steps: int = 25
-    z_stop_loss: float = 0.05  # early stop once every request's target NLL is below this
+    z_stop_loss: float = 0.05  # a request stops once its loss (see z_stop_on) is below this
+    #: "total": stop on NLL + KL + decay (the reference code); "nll": on the target NLL alone
+    z_stop_on: str = "total"
     z_kl_factor: float = 0.0625
     z_weight_decay: float = 0.5
+    #: decay = z_weight_decay · ||δ||^p / ||h||²: "norm" p = 1 (the reference code), "squared" p = 2
+    z_decay_form: str = "norm"
     z_clamp: float = 0.75  # ||δ|| ≤ z_clamp · ||h||
     kl_prompt: str = "{} is a"
+    #: where the KL term reads the next-token distribution of kl_prompt: "subject" (the subject's
+    #: last token, the reference code) or "last" (the prompt's last token)
+    kl_position: str = "subject"
+    #: the start of every prompt the engine runs (models.tokens.START_RULES): "document" or "tokenizer"
+    prompt_start: str = "document"
 
     # -- Step 2: neuron attribution ------------------------------------------------------
     amplification: float = 30.0  # s = logp(r + 30·v_i) − logp(r)
@@ -69,11 +79,18 @@ class EditHparams:
     #: MEMIT: U = (λ0 Σ + KKᵀ)⁻¹ K. The published 15000 was set for GPT-J/Llama; SmolLM2-135M's Σ is
     #: small (trace 16–40), so λ0 is calibrated for it on the dev split (MEMIT_LAMBDA0_DEFAULT above).
     memit_lambda0: float = MEMIT_LAMBDA0_DEFAULT
+    #: keys K (and the final keys stored for C) at the subject's last token: "groups" = mean within
+    #: each template group, then the two groups ("{}" alone; the prefixed ones) weigh 1/2 each (the
+    #: reference code); "templates" = plain mean over all templates (the bare prompt weighs 1/T)
+    key_average: str = "groups"
     nullspace_threshold: float = 2e-2  # keep eigenvectors of Σ with eigenvalue < this
     nullspace_keep_fraction: float | None = None  # alternative: keep this share of directions
 
     # -- context templates -------------------------------------------------------------------
     context_n_tokens: int = 10
+    #: what context_n_tokens counts: "total" = the prefix word's tokens and the sampled ones
+    #: together (the reference code), "sampled" = the sampled tokens alone (prefix not counted)
+    context_count: str = "total"
     context_prefixes: tuple[str, ...] = field(default=("The", "Therefore", "Because", "I", "You"))
     seed: int = 0
 
@@ -139,6 +156,9 @@ class EditHparams:
             bad("kl_prompt must contain '{}' exactly once")
         if not self.context_prefixes:
             bad("context_prefixes is empty")
+        for name, allowed in {**CHOICES, "prompt_start": START_RULES}.items():
+            if getattr(self, name) not in allowed:
+                bad(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
     # -- JSON ------------------------------------------------------------------------------------
     def to_json(self) -> dict:
@@ -150,7 +170,8 @@ class EditHparams:
 
     @classmethod
     def from_json(cls, d: dict) -> EditHparams:
-        """Read a stored dict; unknown keys are an error (a typo must not silently fall back)."""
+        """Read a stored dict; unknown keys are an error (a typo must not silently fall back), and
+        a missing rule field takes its `LEGACY` value (the dict predates it)."""
         if not isinstance(d, dict):
             raise EditRequestError("edit hyperparameters must be a JSON object")
         known = {f.name for f in fields(cls)}
@@ -166,11 +187,31 @@ class EditHparams:
 
 #: Fields added after commits were first stored, with the value that reproduces an edit made
 #: before them. A stored dict lacking one of these keys was written by an older nmkevc, whose
-#: engine behaved as this value says (absolute λ = `ridge`, the published masked update), so
-#: `from_json` fills it in and a replay (rebase, merge --strategy replay) edits as it did then.
-#: (`ridge` has been stored since the first engine, always absolute, default 10; it is listed for
-#: a stored dict without any hyperparameters.)
-LEGACY = {"ridge": 10.0, "ridge_relative": False, "masked_update": "published"}
+#: engine behaved as this value says, so `from_json` fills it in and a replay (rebase, merge
+#: --strategy replay) edits as it did then; a new edit gets the dataclass defaults. Never change
+#: a value here. (`ridge` has been stored since the first engine, always absolute, default 10; it
+#: is listed for a stored dict without any hyperparameters.)
+LEGACY = {
+    # absolute λ = `ridge`, the published masked update
+    "ridge": 10.0,
+    "ridge_relative": False,
+    "masked_update": "published",
+    # Step 1, keys and templates before they matched the reference code (docs/method.md)
+    "z_stop_on": "nll",
+    "z_decay_form": "squared",
+    "kl_position": "last",
+    "prompt_start": "tokenizer",
+    "key_average": "templates",
+    "context_count": "sampled",
+}
+
+CHOICES = {
+    "z_stop_on": ("total", "nll"),
+    "z_decay_form": ("norm", "squared"),
+    "kl_position": ("subject", "last"),
+    "key_average": ("groups", "templates"),
+    "context_count": ("total", "sampled"),
+}
 
 
 def _as_int(x) -> int:

@@ -1,19 +1,17 @@
-"""Tokenising context-templated prompts and locating the subject's last token.
+"""Context-templated prompts: filling a template with a request and its subject.
 
-Every step of the method reads hidden states at two places: the subject's last token
-and the prompt's last real token. Both must be exact under padding, so batches are
-always right-padded (positions of real tokens are then unchanged) and every row carries
-its own true indices; nothing ever reads "position -1" of a padded row.
+How a filled prompt becomes ids (start rule, target ids, padding, the subject's last token)
+is `models.tokens`, shared with the evaluator.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
 from ..errors import EditRequestError
+from ..models.tokens import Batch  # noqa: F401  (attribution reads `tokens.Batch`)
 
 PLACEHOLDER = "{}"
 
@@ -47,119 +45,6 @@ def fill(template: str, prompt: str, subject: str) -> tuple[str, int]:
     return head + p_after + after, len(head)
 
 
-@dataclass(frozen=True)
-class Batch:
-    """A right-padded batch with the true per-row indices the method reads."""
-
-    input_ids: torch.Tensor  # (B, L) int64
-    attention_mask: torch.Tensor  # (B, L) int64
-    lengths: torch.Tensor  # (B,) real tokens per row (prompt + suffix)
-    prompt_lengths: torch.Tensor  # (B,) tokens of the text alone (before any suffix)
-    subject_pos: torch.Tensor  # (B,) index of the subject's last token, -1 where none was given
-
-    @property
-    def last(self) -> torch.Tensor:
-        """Index of each row's last real token."""
-        return self.lengths - 1
-
-    @property
-    def rows(self) -> torch.Tensor:
-        return torch.arange(self.input_ids.shape[0])
-
-    def model_inputs(self) -> dict:
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
-
-
-def pad_id(tokenizer) -> int:
-    for tid in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
-        if tid is not None:
-            return int(tid)
-    return 0
-
-
-def leading_special_ids(tokenizer) -> list[int]:
-    """Specials the tokenizer puts *before* a text (BOS); trailing ones (EOS) are dropped,
-    since the method reads the prompt's last token, which must be the prompt's own."""
-    probe = "a b"
-    full = list(tokenizer(probe, add_special_tokens=True)["input_ids"])
-    plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
-    for i in range(len(full) - len(plain) + 1):
-        if full[i : i + len(plain)] == plain:
-            return full[:i]
-    return []
-
-
-def target_ids(tokenizer, target: str) -> list[int]:
-    """Token ids of the target, scored with a leading space."""
-    ids = list(tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"])
-    if not ids:
-        raise EditRequestError(f"target {target!r} tokenizes to nothing")
-    return ids
-
-
-def _encode_one(tokenizer, text: str, subject_end: int | None) -> tuple[list[int], int]:
-    """Token ids of `text` (no specials) and the index of the token holding char subject_end − 1."""
-    if subject_end is None:
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"]), -1
-    last_char = subject_end - 1
-    try:
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
-        pos = -1
-        for j, (start, end) in enumerate(offsets):
-            if end > start and start <= last_char:
-                pos = j
-    except (NotImplementedError, ValueError, TypeError):  # slow tokenizer: no offsets
-        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-        pos = len(tokenizer(text[:subject_end], add_special_tokens=False)["input_ids"]) - 1
-        pos = min(pos, len(ids) - 1)
-    if pos < 0:
-        raise EditRequestError(f"cannot locate the subject in the tokenized prompt {text!r}")
-    return ids, pos
-
-
-def encode(
-    tokenizer,
-    texts: Sequence[str],
-    subject_ends: Sequence[int | None] | None = None,
-    suffixes: Sequence[Sequence[int]] | None = None,
-    max_length: int | None = None,
-) -> Batch:
-    """Tokenize texts (optionally followed by raw suffix ids, e.g. the target) into one batch.
-
-    `max_length` truncates rows on the right (only for plain text such as statistics corpora)."""
-    if not texts:
-        raise EditRequestError("nothing to tokenize")
-    lead = leading_special_ids(tokenizer)
-    rows, plen, spos = [], [], []
-    for i, text in enumerate(texts):
-        ids, pos = _encode_one(tokenizer, text, None if subject_ends is None else subject_ends[i])
-        ids = lead + ids
-        plen.append(len(ids))
-        spos.append(pos + len(lead) if pos >= 0 else -1)
-        if suffixes is not None:
-            ids = ids + list(suffixes[i])
-        if max_length is not None:
-            ids = ids[:max_length]
-            plen[-1] = min(plen[-1], max_length)
-        if not ids:
-            raise EditRequestError(f"text {text!r} tokenizes to nothing")
-        rows.append(ids)
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id(tokenizer), dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        input_ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        attention[i, : len(r)] = 1
-    return Batch(
-        input_ids=input_ids,
-        attention_mask=attention,
-        lengths=torch.tensor([len(r) for r in rows], dtype=torch.long),
-        prompt_lengths=torch.tensor(plen, dtype=torch.long),
-        subject_pos=torch.tensor(spos, dtype=torch.long),
-    )
-
-
 def templated(requests: Sequence, templates: Sequence[str]) -> tuple[list[str], list[int]]:
     """Every request under every context template, row r·T + t (request-major).
 
@@ -171,3 +56,20 @@ def templated(requests: Sequence, templates: Sequence[str]) -> tuple[list[str], 
             texts.append(text)
             ends.append(end)
     return texts, ends
+
+
+def template_weights(templates: Sequence[str], rule: str) -> torch.Tensor:
+    """Each template's weight (T, summing to 1) where keys are averaged over templates.
+
+    "groups" (the reference code): the two groups, the bare prompt "{}" and the prefixed
+    templates, weigh 1/2 each, split evenly within a group (a group that is absent gives its
+    share to the other); "templates": a plain mean, 1/T each."""
+    n = len(templates)
+    if rule == "templates":
+        return torch.full((n,), 1.0 / n)
+    bare = torch.tensor([t == PLACEHOLDER for t in templates])
+    groups = [g for g in (bare, ~bare) if bool(g.any())]
+    w = torch.zeros(n)
+    for g in groups:
+        w[g] = 1.0 / (len(groups) * int(g.sum()))
+    return w

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..models.adapters import ArchAdapter
+from ..models.tokens import Batch
 from .hooks import first_input, hidden_of, hooks, run_until, stop_after
 from .methods import Factor
-from .tokens import Batch
 
 
 @dataclass
@@ -38,19 +38,22 @@ def rewrite_keys(
     n_templates: int,
     layers: Sequence[int],
     tap: int | None = None,
+    key_weights: torch.Tensor | None = None,
 ) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
-    """Keys K_l (d_ff × n) at the subject's last token averaged over the templates (rows are
-    request-major, see `tokens.templated`), and optionally the output of layer `tap` at the
+    """Keys K_l (d_ff × n) at the subject's last token, averaged over the templates with
+    `key_weights` (T, summing to 1; None = plain mean; see `tokens.template_weights`) — rows are
+    request-major, see `tokens.templated` — and optionally the output of layer `tap` at the
     subject's last token of each request's first-template row (d_model × n)."""
     rows, spos = batch.rows, batch.subject_pos
     n = batch.input_ids.shape[0] // n_templates
+    w = torch.full((n_templates,), 1.0 / n_templates) if key_weights is None else key_weights.float()
     keys: dict[int, torch.Tensor] = {}
     out: dict[str, torch.Tensor] = {}
 
     def key_hook(layer):
         def fn(_m, args):
             k = first_input(args)[rows, spos].float()
-            keys[layer] = k.view(n, n_templates, -1).mean(1).T.contiguous()
+            keys[layer] = torch.einsum("ntd,t->dn", k.view(n, n_templates, -1), w).contiguous()
 
         return fn
 
@@ -175,15 +178,17 @@ def run_layers(
     factor: Callable[[int, torch.Tensor, torch.Tensor | None], Factor],
     masks: dict[int, torch.Tensor] | None,
     progress: Callable[[int], None] | None = None,
+    key_weights: torch.Tensor | None = None,
 ) -> list[LayerStep]:
     """Apply the update layer by layer (in place) and return each layer's factored ΔW.
 
     `factor(layer, K, mask)` solves for U (d_ff × n, zero outside the mask); `masks[layer]`
-    (bool d_ff) selects the rows written (None = all neurons)."""
+    (bool d_ff) selects the rows written (None = all neurons); `key_weights` as in `rewrite_keys`."""
     steps = []
     m = len(layers)
     for i, layer in enumerate(layers):
-        keys, h = rewrite_keys(model, adapter, batch, n_templates, [layer], tap=layers[-1])
+        keys, h = rewrite_keys(model, adapter, batch, n_templates, [layer], tap=layers[-1],
+                               key_weights=key_weights)
         k = keys[layer]
         resid = (z.float() - h) / (m - i)
         mask = masks.get(layer) if masks is not None else None

@@ -29,9 +29,10 @@ import torch.nn.functional as F
 
 from ..facts import EditRequest
 from ..models.adapters import ArchAdapter
+from ..models.tokens import Batch, encode, target_ids
 from .hooks import hidden_of, hooks
 from .hparams import EditHparams
-from .tokens import Batch, encode, fill, target_ids, templated
+from .tokens import fill, templated
 
 #: the suffix tokens (rows × positions re-run per step) of one pack: bounds the autograd
 #: graph held at once (memory) while keeping matrix products large enough to be efficient
@@ -62,6 +63,7 @@ class ZRows:
     request: torch.Tensor  # (R,) request of each row
     rewrite: torch.Tensor  # (n,) row of each request's first template (its rewrite prompt)
     kl: torch.Tensor  # (n,) KL row of each request
+    kl_pos: torch.Tensor  # (n,) position the KL term reads in that row (hp.kl_position)
     # target tokens: row, position predicting it, token id, weight 1/(T_r · n_templates)
     t_row: torch.Tensor
     t_pos: torch.Tensor
@@ -83,8 +85,9 @@ def optimise_z(
     """Find δ for every request (Adam, weight decay, clamp, early stop per request); the
     model's weights must not require grad (see `frozen_eval`).
 
-    A request stops (its δ is frozen) as soon as its target NLL is below `z_stop_loss`, so
-    its z does not depend on which other requests share the batch."""
+    A request stops (its δ is frozen) as soon as its own loss (`z_stop_on`: the total, or
+    the target NLL) is below `z_stop_loss`, so its z does not depend on which other requests
+    share the batch."""
     rows = build_rows(tokenizer, requests, templates, hp)
     runner = UpperRunner(model, adapter, layer)
     packs = [runner.prepare(rows.batch, idx) for idx in plan_packs(rows.batch, pack_tokens)]
@@ -111,9 +114,10 @@ def optimise_z(
         # every row of an active request is in some pack; frozen requests keep their last values
         nll = torch.where(active, pass_nll, nll)
         kl = torch.where(active, pass_kl, kl)
-        decay = hp.z_weight_decay * delta.pow(2).sum(-1) / h_norm2
-        history.append(float((nll + hp.z_kl_factor * kl + decay.detach()).sum()))
-        active &= nll >= hp.z_stop_loss
+        decay = weight_decay(delta, h_norm2, hp)
+        total = nll + hp.z_kl_factor * kl + decay.detach()
+        history.append(float(total.sum()))
+        active &= (total if hp.z_stop_on == "total" else nll) >= hp.z_stop_loss
         if last or not bool(active.any()):
             break
         decay.sum().backward()
@@ -134,10 +138,20 @@ def optimise_z(
     )
 
 
+def weight_decay(delta: torch.Tensor, h_norm2: torch.Tensor, hp: EditHparams) -> torch.Tensor:
+    """Per request: z_weight_decay · ||δ|| / ||h||² ("norm", the reference code) or with ||δ||²
+    ("squared"). torch takes the norm's gradient at δ = 0 as 0, as the reference code's first step does."""
+    size = delta.pow(2).sum(-1) if hp.z_decay_form == "squared" else torch.linalg.vector_norm(delta, dim=-1)
+    return hp.z_weight_decay * size / h_norm2
+
+
 # -- Step 1a: the rows and their targets ------------------------------------------------------------
 def build_rows(tokenizer, requests: Sequence[EditRequest], templates: Sequence[str], hp: EditHparams) -> ZRows:
     n, n_t = len(requests), len(templates)
-    tgt = [target_ids(tokenizer, r.target_new) for r in requests]
+    # target ids as they follow the rewrite prompt (as the evaluator scores them); edits made
+    # before the shared tokenization (prompt_start "tokenizer") tokenized the target alone
+    legacy = hp.prompt_start == "tokenizer"
+    tgt = [target_ids(tokenizer, "" if legacy else r.text, r.target_new) for r in requests]
     texts, ends = templated(requests, templates)
     suffixes = [tgt[i // n_t][:-1] for i in range(n * n_t)]
     for req in requests:  # one KL row per request: "{subject} is a"
@@ -145,7 +159,8 @@ def build_rows(tokenizer, requests: Sequence[EditRequest], templates: Sequence[s
         texts.append(text)
         ends.append(end)
         suffixes.append([])
-    batch = encode(tokenizer, texts, ends, suffixes)
+    batch = encode(tokenizer, texts, ends, suffixes, start=hp.prompt_start)
+    kl = torch.arange(n * n_t, n * n_t + n)
     t_row, t_pos, t_tok, t_w = [], [], [], []
     for row in range(n * n_t):
         ids = tgt[row // n_t]
@@ -159,7 +174,8 @@ def build_rows(tokenizer, requests: Sequence[EditRequest], templates: Sequence[s
         batch=batch,
         request=torch.cat([torch.arange(n).repeat_interleave(n_t), torch.arange(n)]),
         rewrite=torch.arange(n) * n_t,
-        kl=torch.arange(n * n_t, n * n_t + n),
+        kl=kl,
+        kl_pos=batch.subject_pos[kl] if hp.kl_position == "subject" else batch.last[kl],
         t_row=torch.tensor(t_row, dtype=torch.long),
         t_pos=torch.tensor(t_pos, dtype=torch.long),
         t_tok=torch.tensor(t_tok, dtype=torch.long),
@@ -368,7 +384,7 @@ def _kl_reference(runner: UpperRunner, packs: list[Pack], rows: ZRows) -> torch.
             for j, row in enumerate(pack.rows.tolist()):
                 req = int(rows.request[row])
                 if row == int(rows.kl[req]):
-                    x = pack.final[j, int(rows.batch.last[row] - pack.offset[j])]
+                    x = pack.final[j, int(rows.kl_pos[req] - pack.offset[j])]
                     out[req] = F.log_softmax(head(x[None]).float(), dim=-1)[0]
     return torch.stack([out[r] for r in range(rows.kl.numel())])
 
@@ -394,8 +410,7 @@ def _pack_losses(runner: UpperRunner, pack: Pack, rows: ZRows, delta: torch.Tens
         reqs = torch.nonzero(kl_sel)[:, 0]
         kl_rows = rows.kl[reqs]
         kl_local = local[kl_rows]
-        kl_logp = F.log_softmax(head(final[kl_local, rows.batch.last[kl_rows] - pack.offset[kl_local]]).float(),
-                                dim=-1)
+        kl_logp = F.log_softmax(head(final[kl_local, rows.kl_pos[reqs] - pack.offset[kl_local]]).float(), dim=-1)
         ref = p0[reqs]
         kl = kl.index_put((reqs,), (ref.exp() * (ref - kl_logp)).sum(-1))
     return nll, kl

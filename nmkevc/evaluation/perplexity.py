@@ -1,11 +1,12 @@
 """Perplexity on held-out text: the cheap check that an edit left the model's general
 language ability alone.
 
-Each text is encoded as the tokenizer does by default (a BOS if it adds one) and cut
-into non-overlapping windows of `seq_len` tokens, every window scored independently
-(texts never see each other). A window's first token is predicted from the BOS when
-the tokenizer adds one; otherwise it has no context and is not scored. The result is
-token-weighted: exp(total NLL / number of scored tokens) over all windows.
+Each text is cut into non-overlapping windows of `seq_len` tokens, each begun as every
+prompt is (`models.tokens.lead_ids`: the tokenizer's own leading special, else its
+<|endoftext|> separator, else BOS, else EOS), every window scored independently (texts never see each other).
+A window's first text token is predicted from that start token; a tokenizer with neither
+start token leaves it without context, unscored. The result is token-weighted:
+exp(total NLL / number of scored tokens) over all windows.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .scoring import pad_id, score_spans, special_prefix
+from ..models.tokens import lead_ids, pad_id
+from .scoring import score_spans
 
 
 def perplexity_windows(
@@ -26,7 +28,7 @@ def perplexity_windows(
     `max_tokens` caps the text tokens taken, in order (the last text is truncated), so
     a large corpus gives a fixed, deterministic workload.
     """
-    prefix = special_prefix(tokenizer)
+    prefix = lead_ids(tokenizer)
     body = seq_len - len(prefix)
     if body < 2:
         raise ValueError(f"seq_len {seq_len} leaves no room for text")

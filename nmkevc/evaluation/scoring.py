@@ -5,17 +5,12 @@ context, and what would the model have said instead?". That question is answered
 here, for any padding and any BOS convention, and fast enough to score thousands of
 prompts on a CPU.
 
-Conventions (shared by all metrics):
-- The context is encoded the way the tokenizer does by default: whatever special tokens
-  it puts *before* text (a BOS, or nothing, as for SmolLM2) are kept; special tokens it
-  appends (an EOS) are dropped, because a continuation follows the context directly.
-- A target is scored with a leading space (added unless it already starts with one).
-  Its tokens are those of the jointly tokenized `prompt + target` past the prompt's own
-  tokens, so the score is that of the string the model would really see; if the joint
-  tokenization does not extend the prompt's (a merge across the boundary), the target
-  is tokenized on its own.
-- Sequences are right-padded with an attention mask, so real tokens keep positions
-  0..n-1 and never attend to padding: no position-id bookkeeping is needed.
+Conventions (shared by all metrics): prompts and targets are tokenized by
+`models.tokens`, exactly as the editor tokenizes them — every context begins with the
+default start token (`models.tokens.START_RULES`), a target is scored with one leading
+space as it follows the prompt. Sequences
+are right-padded with an attention mask, so real tokens keep positions 0..n-1 and never
+attend to padding: no position-id bookkeeping is needed.
 """
 
 from __future__ import annotations
@@ -27,6 +22,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from ..models.tokens import context_ids, encode_pairs, pad_id
 
 DEFAULT_BATCH_SIZE = 32
 
@@ -42,84 +39,6 @@ def evaluating(model: torch.nn.Module) -> Iterator[None]:
     finally:
         if was_training:
             model.train()
-
-
-# -- tokenization -------------------------------------------------------------------
-
-
-def special_prefix(tokenizer) -> list[int]:
-    """Ids the tokenizer puts before text by default (e.g. `[bos]`, or `[]`)."""
-    probe = "a"
-    full = list(tokenizer(probe)["input_ids"])
-    plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
-    for i in range(len(full) - len(plain) + 1):
-        if full[i : i + len(plain)] == plain:
-            return full[:i]
-    return []
-
-
-def pad_id(tokenizer) -> int:
-    """Any id works under the attention mask; prefer pad, then eos, without mutating."""
-    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id):
-        if tid is not None:
-            return int(tid)
-    return 0
-
-
-def _fallback_context(tokenizer) -> list[int]:
-    """A one-token context for an empty prompt when the tokenizer adds no BOS."""
-    for tid in (tokenizer.bos_token_id, tokenizer.eos_token_id):
-        if tid is not None:
-            return [int(tid)]
-    raise ValueError("cannot score after an empty prompt: tokenizer has neither BOS nor EOS")
-
-
-def _as_contexts(tokenizer, plain: Sequence[Sequence[int]]) -> list[list[int]]:
-    prefix = special_prefix(tokenizer)
-    out = []
-    for ids in plain:
-        ids = prefix + list(ids)
-        out.append(ids if ids else _fallback_context(tokenizer))
-    return out
-
-
-def encode_contexts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each prompt as a context (default leading specials, no trailing ones)."""
-    if not prompts:
-        return []
-    return _as_contexts(tokenizer, tokenizer(list(prompts), add_special_tokens=False)["input_ids"])
-
-
-def spaced(target: str) -> str:
-    """The target string as scored: with a leading space unless it has one."""
-    return target if target.startswith(" ") else " " + target
-
-
-def encode_pairs(
-    tokenizer, prompts: Sequence[str], targets: Sequence[str]
-) -> list[tuple[list[int], list[int]]]:
-    """(context ids, target ids) per prompt/target pair; see the module docstring."""
-    if len(prompts) != len(targets):
-        raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
-    if not prompts:
-        return []
-    texts = [spaced(t) for t in targets]
-    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    contexts = _as_contexts(tokenizer, prompt_ids)
-    joint = tokenizer(
-        [p + t for p, t in zip(prompts, texts, strict=True)], add_special_tokens=False
-    )["input_ids"]
-    pairs = []
-    for ctx, p_ids, j_ids, text in zip(contexts, prompt_ids, joint, texts, strict=True):
-        n = len(p_ids)
-        if len(j_ids) > n and list(j_ids[:n]) == list(p_ids):
-            tgt = list(j_ids[n:])
-        else:
-            tgt = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-        if not tgt:
-            raise ValueError(f"target {text!r} encodes to no tokens")
-        pairs.append((ctx, tgt))
-    return pairs
 
 
 # -- the batched core ---------------------------------------------------------------
@@ -305,7 +224,7 @@ def next_token_topk(
     model: torch.nn.Module, tokenizer, prompt: str, k: int = 5
 ) -> list[tuple[str, float]]:
     """The k most likely next tokens as (decoded text, probability), best first."""
-    ids = encode_contexts(tokenizer, [prompt])[0]
+    ids = context_ids(tokenizer, prompt)
     with evaluating(model):
         probs = _last_logits(model, ids).softmax(-1)
     top = probs.topk(min(k, probs.numel()))
@@ -350,7 +269,7 @@ def greedy_token_ids(
     generation config (sampling flags, penalties); with defaults it matches greedy
     `generate()` token for token.
     """
-    ids = encode_contexts(tokenizer, [prompt])[0]
+    ids = context_ids(tokenizer, prompt)
     stop = _eos_ids(model, tokenizer) if stop_at_eos else set()
     device = _model_device(model)
     new: list[int] = []

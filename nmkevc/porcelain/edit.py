@@ -21,8 +21,8 @@ from ..history.commit import Commit
 from ..models.live import ModelState
 from ..repo.repository import Repo, default_author
 from ..version import __version__
-from .edit_inputs import DEFAULT_STATS_TOKENS, context_templates, second_moments
-from .inputs import context_of, token_count
+from .edit_inputs import DEFAULT_STATS_TOKENS, context_templates, second_moments, templates_key
+from .inputs import context_of, prompt_tokens, token_count
 
 #: Tokens kept free in front of a rewrite prompt for the context templates (a short
 #: prefix plus 10 sampled tokens, see editing/context.py).
@@ -63,7 +63,7 @@ def check_edit_input(repo: Repo, requests: Sequence[EditRequest], stats_tokens: 
         checks += [(t, ctx, "paraphrase") for t in r.paraphrases]
         checks += [(t, ctx, "neighbourhood prompt") for t in r.neighborhood]
         for text, limit, what in checks:
-            n = token_count(repo, base_id, text) + target
+            n = prompt_tokens(repo, base_id, text) + target
             if n > limit:
                 raise EditRequestError(
                     f"request {i} ({r.subject[:40]!r}): {what} and target are {n} tokens; the model's "
@@ -137,7 +137,7 @@ def compute_delta(
 
     adapter = adapter_for(repo.manifest(base_id).config)
     layers = list(hp.layers)
-    templates = context_templates(repo, base_id)
+    templates = context_templates(repo, templates_key(base_id, hp))
     corpus = corpus or repo.corpus()
     sigmas, stats_ids = second_moments(repo, base_id, layers, corpus, stats_tokens,
                                        progress=_stage(progress, "statistics"))

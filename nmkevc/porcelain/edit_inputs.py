@@ -13,24 +13,49 @@ from collections.abc import Callable
 import torch
 
 from ..corpus import Corpus
-from ..repo.caches import StatsKey
+from ..repo.caches import StatsKey, TemplatesKey
 from ..repo.repository import Repo
 
 DEFAULT_STATS_TOKENS = 20_000
 
 
-def context_templates(repo: Repo, base_id: str, seed: int = 0) -> list[str]:
-    """The base's context templates: sampled once from the unedited base, then stored."""
+def templates_key(base_id: str, hp) -> TemplatesKey:
+    """The cache key of the templates an edit with hyperparameters `hp` uses on this base."""
+    return TemplatesKey(base_id, hp.seed, hp.context_n_tokens, tuple(hp.context_prefixes), hp.context_count,
+                        hp.prompt_start)
+
+
+def context_templates(repo: Repo, key: TemplatesKey) -> list[str]:
+    """The base's context templates under a rule: sampled once from the unedited base, then stored."""
     from ..editing import generate_context_templates
 
-    found = repo.caches.find_templates(base_id)
+    found = repo.caches.find_templates(key)
     if found is not None:
         return found
-    base = repo.base_model(base_id)
-    torch.manual_seed(seed)
-    templates = generate_context_templates(base.model, base.tokenizer, seed=seed)
-    repo.caches.put_templates(base_id, seed, templates)
+    base = repo.base_model(key.base)
+    templates = generate_context_templates(base.model, base.tokenizer, seed=key.seed, n_tokens=key.n_tokens,
+                                           prefixes=key.prefixes, count=key.count, start=key.start)
+    repo.caches.put_templates(key, templates)
     return templates
+
+
+def recorded_templates(repo: Repo, commits) -> dict[str, TemplatesKey]:
+    """{context ref: key} for the template rule of every given edit commit (its stored
+    hyperparameters): what `fsck --repair` needs to sample a damaged set again."""
+    from ..editing import EditHparams
+    from ..errors import NmkevcError
+
+    out: dict[str, TemplatesKey] = {}
+    for c in commits:
+        hp = (c.method or {}).get("hparams")
+        if not isinstance(hp, dict):
+            continue
+        try:
+            key = templates_key(c.base, EditHparams.from_json(hp))
+        except NmkevcError:
+            continue
+        out[key.ref] = key
+    return out
 
 
 def second_moments(

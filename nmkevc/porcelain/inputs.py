@@ -10,6 +10,7 @@ from __future__ import annotations
 from ..errors import UsageError
 from ..facts import MAX_TEXT_CHARS
 from ..models.adapters import adapter_for
+from ..models.tokens import context_ids, plain_ids
 from ..repo.repository import Repo
 
 
@@ -20,7 +21,12 @@ def context_of(repo: Repo, base_id: str) -> int | None:
 
 
 def token_count(repo: Repo, base_id: str, text: str) -> int:
-    return len(repo.tokenizer(base_id)(text, add_special_tokens=False)["input_ids"])
+    return len(plain_ids(repo.tokenizer(base_id), text))
+
+
+def prompt_tokens(repo: Repo, base_id: str, prompt: str) -> int:
+    """Tokens of a prompt as the model runs it (with its start token, `models.tokens`)."""
+    return len(context_ids(repo.tokenizer(base_id), prompt))
 
 
 def check_prompt(repo: Repo, base_id: str, prompt: str, room: int = 1, what: str = "prompt") -> None:
@@ -32,7 +38,7 @@ def check_prompt(repo: Repo, base_id: str, prompt: str, room: int = 1, what: str
     ctx = context_of(repo, base_id)
     if ctx is None:
         return
-    n = token_count(repo, base_id, prompt) + room
+    n = prompt_tokens(repo, base_id, prompt) + room
     if n > ctx:
         raise UsageError(f"{what} needs {n} tokens (with {room} to generate); the model's context is {ctx}")
 

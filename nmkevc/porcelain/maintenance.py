@@ -8,10 +8,11 @@ from ..deltas.delta import Delta
 from ..errors import NmkevcError
 from ..history.commit import Commit
 from ..models.manifest import BaseManifest
+from ..repo.caches import TemplatesKey
 from ..repo.namespaces import CONTEXT, STATS
 from ..repo.repository import Repo
 from .changes import check_delta_against_base
-from .edit_inputs import context_templates, rebuild_stats, recorded_stats
+from .edit_inputs import context_templates, rebuild_stats, recorded_stats, recorded_templates
 
 
 @dataclass
@@ -132,7 +133,8 @@ def _check_refs(repo: Repo, rep: FsckReport, kinds: dict[str, str], damaged: dic
                 if oid in damaged or oid not in kinds:
                     what = damaged.pop(oid, f"object {oid[:12]} is missing")
                     if repair and recorded is None:
-                        recorded = recorded_stats(repo, commits.values())
+                        recorded = {**recorded_stats(repo, commits.values()),
+                                    **recorded_templates(repo, commits.values())}
                     _fix(rep, repair, f"{ref}: {what}",
                          lambda r=ref, o=oid, known=recorded: _repair_derived(repo, r, o, known or {}), None)
             elif kinds.get(oid) != "commit":
@@ -196,13 +198,15 @@ def _drop_ref(repo: Repo, ref: str) -> None:
 
 def _repair_derived(repo: Repo, ref: str, oid: str, recorded: dict) -> str:
     """Drop a damaged derived object and its ref, then compute it again from the base
-    (context templates always; statistics when the commits that used them say how and
-    the corpus is the shipped one). Whatever is not rebuilt now, the next edit rebuilds."""
+    (context templates of the first rule always, of other rules and statistics when the commits
+    that used them say how, and for statistics the corpus is the shipped one). Whatever is not
+    rebuilt now, the next edit rebuilds."""
     repo.refs.delete(ref, "fsck: damaged object")
     repo.store.delete(oid)
     rebuilt = None
-    if ref.startswith(CONTEXT):
-        context_templates(repo, ref[len(CONTEXT):])
+    first_rule = TemplatesKey(ref[len(CONTEXT):])
+    if ref.startswith(CONTEXT) and (ref in recorded or first_rule.ref == ref):
+        context_templates(repo, recorded.get(ref, first_rule))
         rebuilt = repo.refs.read(ref)
     elif ref in recorded:
         rebuilt = rebuild_stats(repo, recorded[ref])

@@ -46,6 +46,37 @@ class StatsKey:
         return STATS + hashlib.sha256(canonical_json(self.to_json())).hexdigest()[:40]
 
 
+@dataclass(frozen=True)
+class TemplatesKey:
+    """What a base's context templates depend on besides the base: the generation rule (the
+    edit hyperparameters seed, context_n_tokens, context_prefixes, context_count, prompt_start).
+
+    The rule every edit before it existed used (seed 0, 10 sampled tokens after each of the
+    five default prefixes, the tokenizer's own start) keeps the ref it always had,
+    refs/context/<base>, so those templates stay found; any other rule gets a ref of its own,
+    refs/context/<base>-<digest of the rule>, so templates made by one rule are never used
+    for another."""
+
+    base: str
+    seed: int = 0
+    n_tokens: int = 10
+    prefixes: tuple[str, ...] = ("The", "Therefore", "Because", "I", "You")
+    count: str = "sampled"
+    start: str = "tokenizer"
+
+    def rule(self) -> dict:
+        d = asdict(self)
+        del d["base"]
+        d["prefixes"] = list(self.prefixes)
+        return d
+
+    @property
+    def ref(self) -> str:
+        if self.rule() == TemplatesKey(self.base).rule():
+            return CONTEXT + self.base
+        return CONTEXT + self.base + "-" + hashlib.sha256(canonical_json(self.rule())).hexdigest()[:16]
+
+
 class BaseCaches:
     """Find / put by key; what to compute on a miss is the caller's business (editing)."""
 
@@ -82,10 +113,10 @@ class BaseCaches:
         return oid
 
     # -- context templates -------------------------------------------------------------------
-    def find_templates(self, base_id: str) -> list[str] | None:
+    def find_templates(self, key: TemplatesKey) -> list[str] | None:
         """The stored templates, or None when absent or damaged (they are sampled again)."""
         try:
-            oid = self._refs.read(CONTEXT + base_id)
+            oid = self._refs.read(key.ref)
             if oid is None:
                 return None
             templates = json.loads(self._store.get(oid, TEMPLATES_KIND))["templates"]
@@ -95,8 +126,10 @@ class BaseCaches:
             return templates
         return None
 
-    def put_templates(self, base_id: str, seed: int, templates: list[str]) -> str:
-        payload = json.dumps({"base": base_id, "seed": seed, "templates": templates}, sort_keys=True)
+    def put_templates(self, key: TemplatesKey, templates: list[str]) -> str:
+        legacy = key.ref == CONTEXT + key.base  # the payload every earlier version wrote, byte for byte
+        rule = {"seed": key.seed} if legacy else key.rule()
+        payload = json.dumps({"base": key.base, **rule, "templates": templates}, sort_keys=True)
         oid = self._store.put(TEMPLATES_KIND, payload.encode("utf-8"))
-        self._refs.set(CONTEXT + base_id, oid, "context templates")
+        self._refs.set(key.ref, oid, "context templates")
         return oid
