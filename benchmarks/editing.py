@@ -286,8 +286,17 @@ def ratios(path: Path) -> str:
             out.append(f"- {method}, {'1 fact' if n == 1 else f'batch of {n}'}: edit maths "
                        f"{old['maths_seconds'] / r['maths_seconds']:.1f}× faster after than before "
                        f"({old['maths_seconds']:.1f} s → {r['maths_seconds']:.1f} s), z "
-                       f"{old['timings']['z'] / r['timings']['z']:.1f}×.")
+                       f"{old['timings']['z'] / r['timings']['z']:.1f}×" + _per_step(old, r) + ".")
     return "\n".join(out)
+
+
+def _per_step(old: dict, new: dict) -> str:
+    """z per Adam step, before against after: the step counts differ when the stopping rule does."""
+    a, b = old.get("z_steps_mean"), new.get("z_steps_mean")
+    if not a or not b:
+        return ""
+    before, after = old["timings"]["z"] / a, new["timings"]["z"] / b
+    return f" ({a:g} → {b:g} steps on average; per step {before:.2f} s → {after:.2f} s, {before / after:.1f}×)"
 
 
 def write_markdown(path: Path) -> None:
