@@ -260,12 +260,9 @@ def readme_sentence(path: Path) -> str:
 
 
 def _replace_between(doc: Path, begin: str, end: str, body: str) -> None:
-    text = doc.read_text()
-    if begin not in text or end not in text:
-        sys.exit(f"{doc} has no {begin!r} / {end!r} markers")
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    doc.write_text(head + begin + "\n" + body + "\n" + end + tail)
+    from nmkevc.evaluation.lifelong_report import replace_block
+
+    doc.write_text(replace_block(doc.read_text(), begin, end, body))
 
 
 def ratios(path: Path) -> str:

@@ -210,12 +210,9 @@ def table(data: dict) -> str:
 
 
 def write_markdown(data: dict) -> None:
-    text = DOC.read_text()
-    if BEGIN not in text or END not in text:
-        sys.exit(f"{DOC} has no {BEGIN!r} … {END!r} block")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    DOC.write_text(f"{head}{BEGIN}\n{table(data)}\n{END}{tail}")
+    from nmkevc.evaluation.lifelong_report import replace_block
+
+    DOC.write_text(replace_block(DOC.read_text(), BEGIN, END, table(data)))
 
 
 def main() -> None:

@@ -183,12 +183,9 @@ def markdown(path: Path) -> str:
 
 
 def write_markdown(path: Path) -> None:
-    text = DOC.read_text()
-    if BEGIN not in text or END not in text:
-        sys.exit(f"{DOC} has no {BEGIN!r} / {END!r} markers")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    DOC.write_text(head + BEGIN + "\n" + markdown(path) + "\n" + END + tail)
+    from nmkevc.evaluation.lifelong_report import replace_block
+
+    DOC.write_text(replace_block(DOC.read_text(), BEGIN, END, markdown(path)))
 
 
 def main() -> None:
