@@ -8,10 +8,9 @@ import copy
 
 import pytest
 import torch
-from test_editing_update import CORPUS, REQS, apply, dense_u, keys_and_h, run
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from test_editing_update import REQS, apply, dense_u, keys_and_h, load_with_projectors, run
 
-from nmkevc.editing import EditHparams, key_second_moment, nullspace_projector
+from nmkevc.editing import EditHparams
 from nmkevc.editing.methods import FactorInputs, get_method
 from nmkevc.editing.update import masked_nullspace_factor, nullspace_factor
 from nmkevc.errors import EditRequestError
@@ -21,11 +20,7 @@ FAST = dict(z_lr=0.5, z_steps=8, z_clamp=4.0, z_weight_decay=0.0)
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
 def setup(request, model_dirs):
-    d = model_dirs[request.param]
-    model = AutoModelForCausalLM.from_pretrained(d).eval()
-    tok = AutoTokenizer.from_pretrained(d)
-    sigma, _ = key_second_moment(model, tok, CORPUS, [1, 2])
-    proj = {k: nullspace_projector(v, keep_fraction=0.7)[0] for k, v in sigma.items()}
+    model, tok, _, proj = load_with_projectors(model_dirs[request.param])
     return model, tok, proj
 
 

@@ -31,14 +31,18 @@ CORPUS = [
 FAST = dict(z_lr=0.5, z_steps=8, z_clamp=4.0, z_weight_decay=0.0, ridge=1e-3, ridge_relative=False)
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
-def setup(request, model_dirs):
-    d = model_dirs[request.param]
+def load_with_projectors(d):
+    """A tiny model, its tokenizer, Σ of layers 1–2 over CORPUS and their projectors (70% kept)."""
     model = AutoModelForCausalLM.from_pretrained(d).eval()
     tok = AutoTokenizer.from_pretrained(d)
     sigma, _ = key_second_moment(model, tok, CORPUS, [1, 2])
     proj = {k: nullspace_projector(v, keep_fraction=0.7)[0] for k, v in sigma.items()}
     return model, tok, sigma, proj
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def setup(request, model_dirs):
+    return load_with_projectors(model_dirs[request.param])
 
 
 def keys_and_h(model, tok, reqs, layers, tap, average="groups"):
