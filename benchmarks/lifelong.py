@@ -18,6 +18,13 @@ the other): a run stopped part-way then compares every method at the same number
     python benchmarks/lifelong.py [--edits 1000] [--batch 100] [--methods nmke,alphaedit,memit]
                                   [--eval-every 1] [--no-interleave] [--hours H] [--out DIR] [--results DIR]
     python benchmarks/lifelong.py --markdown    # only rewrite docs/results.md from --results
+    python benchmarks/lifelong.py --merge DIR   # add the methods of another results folder to --results
+
+A checkpoint resumes only on a machine that keeps its files. Where every session starts on
+a fresh machine, run one method per session (--methods nmke, then alphaedit, then memit):
+the methods already in --results that a run does not run are kept there, so results.json
+gathers them; a method run again replaces its points. --merge does the same for a folder
+written elsewhere (--results on a scratch disk, another machine).
 """
 
 from __future__ import annotations
@@ -59,6 +66,8 @@ def parse_args() -> argparse.Namespace:
                          "a session that must end stops cleanly instead of losing a batch to a kill.")
     ap.add_argument("--no-docs", action="store_true", help="Do not rewrite docs/results.md.")
     ap.add_argument("--markdown", action="store_true", help="Only rewrite docs/results.md from --results.")
+    ap.add_argument("--merge", default=None, metavar="DIR",
+                    help="Only add the methods of the results in DIR (same facts and batching) to --results.")
     args = ap.parse_args()
     args.out = Path(args.out) if args.out else ROOT / "results" / run_name(args)
     args.results = Path(args.results) if args.results else default_results(args)
@@ -98,8 +107,34 @@ def write_docs(results: Path) -> str:
     return block
 
 
+def merge(args: argparse.Namespace) -> None:
+    """Add the methods of the results folder args.merge to args.results (theirs replace ours)."""
+    from nmkevc.errors import NmkevcError
+    from nmkevc.evaluation.lifelong import merge_runs
+    from nmkevc.evaluation.lifelong_report import read_results, write_outputs
+    from nmkevc.porcelain.datasets import eval_cases
+
+    other = read_results(Path(args.merge))
+    if other is None:
+        raise SystemExit(f"error: no results.json in {args.merge}")
+    cases = eval_cases(args.dataset, args.edits, seed=args.seed, neighbours=args.neighbours, split=args.split)
+    ours = read_results(args.results)
+    if ours is None:  # nothing to merge with: merging with itself still checks that they are of these facts
+        ours = type(other)(other.edits, other.batch_size, list(other.methods), fingerprint=other.fingerprint)
+    try:
+        merged = merge_runs(ours, other, cases, None)
+    except NmkevcError as e:
+        raise SystemExit(f"error: {e}") from None
+    write_outputs(merged, args.results)
+
+
 def main() -> None:
     args = parse_args()
+    if args.merge:
+        merge(args)
+        if not args.no_docs:
+            print(write_docs(args.results))
+        return
     if args.markdown:
         print(write_docs(args.results))
         return

@@ -209,6 +209,9 @@ def dataset_build(name, out, seed, relations, max_per_relation, split):
 @click.option("--methods", default=None, help="Comma-separated methods (default: every registered one).")
 @click.option("--out", "out_dir", type=RepoPath(), default="lifelong-results", show_default=True,
               help="Directory for results.json, plots, table.md and the checkpoint.")
+@click.option("--results", "results_dir", type=RepoPath(), default=None,
+              help="Directory for results.json, plots and table.md (default: --out). Methods it already "
+                   "holds that this run does not run are kept: one method per session gathers there.")
 @click.option("--split", type=click.Choice(["dev", "test"]), default="test", show_default=True,
               help="Part of the built-in fact set (choose hyperparameters on dev, report on test).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -220,17 +223,17 @@ def dataset_build(name, out, seed, relations, max_per_relation, split):
               help="Run the methods batch by batch, so a run stopped part-way compares them at the same T.")
 @json_option
 @click.pass_context
-def lifelong(ctx, source, edits, batch_size, methods, out_dir, split, seed, neighbours, eval_every, interleave,
-             as_json):
+def lifelong(ctx, source, edits, batch_size, methods, out_dir, results_dir, split, seed, neighbours, eval_every,
+             interleave, as_json):
     """Sequential editing benchmark: EDITS facts in batches, per method, each on its own branch.
 
     Checkpoints after every batch in --out; run the same command again to resume."""
     run = open_repo(ctx).lifelong(
         source, edits, batch_size, methods.split(",") if methods else None, out_dir=out_dir, seed=seed,
-        neighbours=neighbours, split=split, eval_every=eval_every, interleave=interleave,
+        neighbours=neighbours, split=split, eval_every=eval_every, interleave=interleave, results_dir=results_dir,
         log=(lambda line: None) if as_json else (lambda line: click.echo(line, err=True)))
     if as_json:
         render.emit_json(run.to_json())
         return
     click.echo(run.table())
-    click.echo(f"results in {out_dir}")
+    click.echo(f"results in {results_dir or out_dir}")

@@ -164,6 +164,57 @@ def save_checkpoint(run: LifelongRun, path: Path) -> None:
     atomic_write_text(Path(path), json.dumps(run.to_json(), indent=1) + "\n")
 
 
+#: run.info keys that describe how one group of methods was run (kept per method when runs merge)
+PROVENANCE_KEYS = ("command", "date", "torch", "machine", "sessions")
+
+
+def provenance(run: LifelongRun, method: str) -> dict:
+    """How `method`'s points of `run` were produced: the command, date, machine, sessions."""
+    merged = (run.info.get("provenance") or {}).get(method)
+    if merged is not None:
+        return merged
+    return {k: run.info[k] for k in PROVENANCE_KEYS if k in run.info}
+
+
+def merge_runs(earlier: LifelongRun, run: LifelongRun, cases: list, overrides: dict | None) -> LifelongRun:
+    """`run` joined with the methods of `earlier` (published results of the same facts,
+    batching and overrides) that it does not run itself.
+
+    Why: a checkpoint resumes a run only on a machine that keeps its files. Where sessions
+    start on a fresh machine, each session runs one method to the end instead, and the
+    committed results.json gathers them. A method of `run` replaces all of its points in
+    `earlier`: a method started again from its first batch is a new measurement, not a
+    continuation. Each method keeps its own provenance (command, date, machine, sessions)."""
+    if (earlier.edits, earlier.batch_size) != (run.edits, run.batch_size) or \
+            earlier.fingerprint != run_fingerprint(cases, run.batch_size, earlier.methods, overrides):
+        raise NmkevcError("the published results belong to another run (other facts, batch size or "
+                          "hyperparameters); choose another results directory or delete them")
+    if run.fingerprint and run.fingerprint != run_fingerprint(cases, run.batch_size, run.methods, overrides):
+        raise NmkevcError("the results to merge belong to another run (other facts, batch size or hyperparameters)")
+    kept = [m for m in earlier.methods if m not in run.methods]
+    if not kept:
+        return run
+    if earlier.info.get("fluency") and run.info.get("fluency") and earlier.info["fluency"] != run.info["fluency"]:
+        raise NmkevcError("the published results measured fluency with other settings (prompts, tokens); "
+                          "they cannot share a table with this run")
+    methods = [m for m in earlier.methods if m in kept or m in run.methods]
+    methods += [m for m in run.methods if m not in methods]
+    order = {m: i for i, m in enumerate(methods)}
+    points = [p for p in earlier.points if p.method in kept] + list(run.points)
+    points.sort(key=lambda p: (p.edits, order[p.method]))
+    info = {k: v for k, v in run.info.items() if k not in PROVENANCE_KEYS}
+    info["provenance"] = {m: provenance(run if m in run.methods else earlier, m) for m in methods}
+    info["hparams"] = {m: ((run if m in run.methods else earlier).info.get("hparams") or {}).get(m)
+                       for m in methods}
+    info["hparams"] = {m: h for m, h in info["hparams"].items() if h is not None}
+    old_base = (earlier.info.get("base_cases") or {}).get("efficacy") or []
+    if len(old_base) > len((info.get("base_cases") or {}).get("efficacy") or []):
+        info["base_cases"] = earlier.info["base_cases"]
+    branches = {m: b for m, b in {**earlier.branches, **run.branches}.items() if m in methods}
+    return LifelongRun(run.edits, run.batch_size, methods, points, info, branches,
+                       run_fingerprint(cases, run.batch_size, methods, overrides))
+
+
 #: what `fluency_prompts` / `fluency_tokens` measure, recorded in run.info["fluency"]
 FLUENCY_SCORE = ("mean over the prompts of ROME's weighted n-gram entropy (2/3·H2 + 4/3·H3)/2 in bits, "
                  "word n-grams of prompt + greedy continuation")
