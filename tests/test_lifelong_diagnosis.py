@@ -34,7 +34,8 @@ def test_failed_edits_are_put_down_to_the_step_that_missed():
     # 2 fails although both steps did their part; 3 holds
     rec = mod.batch_record(_commit(nll=[2.0, 0.1, 0.2, 0.05], residual=[0.2, 0.8, 0.3, 0.1],
                                    efficacy=[False, False, False, True], over_h=[0.75, 0.3, 0.75, 0.2]), edits=4)
-    assert (rec["failed_at_commit"], rec["failed_z_missed"], rec["failed_unwritten"], rec["failed_other"]) == (3, 1, 1, 1)
+    split = (rec["failed_at_commit"], rec["failed_z_missed"], rec["failed_unwritten"], rec["failed_other"])
+    assert split == (3, 1, 1, 1)
     assert rec["efficacy_at_commit"] == 0.25 and rec["z_reached"] == 0.75 and rec["z_at_clamp"] == 0.5
     assert rec["z_at_max_steps"] == 0.5 and rec["residual_unwritten"] == 0.25
     assert rec["residual_left_failed"] == round((0.2 + 0.8 + 0.3) / 3, 4) and rec["residual_left_held"] == 0.1
