@@ -141,6 +141,7 @@ def main() -> None:
     import torch
 
     from nmkevc import Repository
+    from nmkevc.editing.hparams import split_top
 
     repo_dir = Path(args.repo) if args.repo else args.out / "repo"
     repo = Repository.open(repo_dir) if (repo_dir / ".nmkevc").exists() else Repository.init(repo_dir)
@@ -158,7 +159,7 @@ def main() -> None:
     deadline = time.time() + args.hours * 3600 if args.hours else None
     info = {"command": command(args), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"}
-    run = repo.lifelong(args.dataset, args.edits, args.batch, args.methods.split(","), out_dir=args.out,
+    run = repo.lifelong(args.dataset, args.edits, args.batch, split_top(args.methods), out_dir=args.out,
                         results_dir=args.results, seed=args.seed, neighbours=args.neighbours, split=args.split,
                         eval_every=args.eval_every, interleave=not args.no_interleave, info=info, log=log,
                         on_batch=None if args.no_docs else (lambda _run: write_docs(args.results)),

@@ -394,3 +394,34 @@ def test_lifelong_runs_of_single_methods_gather_in_one_results_folder(model_dirs
     with pytest.raises(Exception, match="another run"):
         repo.lifelong(str(facts), methods=["memit"], out_dir=tmp_path / "out3", **{**kw, "edits": 1})
     assert read_results(results).points == run.points
+
+
+def test_lifelong_compares_arms_of_one_method(model_dirs, tmp_path):
+    """'nmke' and 'nmke:masked_update=compensated' side by side: each arm on its own branch,
+    its commits made with its settings; a bad setting fails before the first batch."""
+    from nmkevc import Repository
+
+    repo = Repository.init(tmp_path / "repo", base=str(model_dirs["llama"]))
+    arms = ["memit", "memit:memit_lambda0=50:layers=[1,2]"]
+    run = repo.lifelong(str(_facts_file(tmp_path)), 2, 2, arms, log=lambda _: None)
+    assert run.methods == arms and [p.method for p in run.points] == arms
+    hp = {p.method: repo.commit(p.commit).method["hparams"] for p in run.points}
+    assert hp[arms[0]]["memit_lambda0"] != 50 and hp[arms[1]]["memit_lambda0"] == 50 and hp[arms[1]]["layers"] == [1, 2]
+    assert run.info["hparams"][arms[1]]["memit_lambda0"] == 50
+    assert {b for b in repo.branches() if b.startswith("lifelong-memit-memit_lambda0-50-layers-")}
+    head = repo.resolve("HEAD")
+    for bad, needle in (("memit:memit_lambda0", "key=value"), ("memit:lamda=1", "unknown edit hyperparameter"),
+                        ("rome:ridge=1", "unknown method")):
+        with pytest.raises(Exception, match=needle):
+            repo.lifelong(str(_facts_file(tmp_path)), 2, 2, ["memit", bad], log=lambda _: None)
+    assert repo.resolve("HEAD") == head
+
+
+def _facts_file(tmp_path):
+    facts = tmp_path / "arms.jsonl"
+    facts.write_text("".join(json.dumps({
+        "requested_rewrite": {"prompt": "The capital of {} is", "subject": s, "target_new": {"str": t},
+                              "target_true": {"str": tt}},
+        "paraphrase_prompts": [f"The capital city of {s} is"], "neighborhood_prompts": ["The capital of Peru is"],
+    }) + "\n" for s, t, tt in (("France", "Rome", "Paris"), ("Spain", "Oslo", "Madrid"))))
+    return facts

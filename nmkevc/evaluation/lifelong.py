@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..editing.hparams import parse_arm
 from ..errors import NmkevcError
 from ..facts import EditRequest
 from ..models.live import ModelState
@@ -323,7 +325,8 @@ def run_lifelong(
     deadline: float | None = None,
 ) -> LifelongRun:
     """Run the benchmark on `cases` (EditRequests, or EvalCases carrying per-neighbour answers)
-    for each of `methods` (names of the editing registry); with `checkpoint`, save after every
+    for each of `methods` (names of the editing registry, or arms 'method:key=value' that
+    set hyperparameters of one method: `parse_arm`); with `checkpoint`, save after every
     batch and resume from what the file holds.
 
     `eval_every` k > 1 evaluates all edits so far only every k-th batch (and the first and
@@ -378,7 +381,7 @@ def run_lifelong(
     done_edits, stored = {}, {}
     for method in methods:
         done_points = run.points_of(method)
-        branch = run.branches.get(method) or f"lifelong-{method}-{int(time.time())}"
+        branch = run.branches.get(method) or f"lifelong-{re.sub(r'[^A-Za-z0-9._-]+', '-', method)}-{int(time.time())}"
         resume_at = done_points[-1].commit if done_points else root
         if branch not in repo.branches() or repo.branches()[branch] != resume_at:
             repo.branch(branch, resume_at, force=True)  # new, or set back past an unsaved batch
@@ -403,8 +406,9 @@ def run_lifelong(
         batch = cases[start : start + batch_size]
         t0 = time.time()
         message = f"lifelong {method}: edits {start}..{start + len(batch) - 1}"
-        out = repo.edit([_request(c) for c in batch], method=method, message=message,
-                        **(hparams_overrides or {}))
+        name, arm = parse_arm(method)
+        out = repo.edit([_request(c) for c in batch], method=name, message=message,
+                        **{**(hparams_overrides or {}), **arm})
         seconds = time.time() - t0
         stored[method] += out.stored_bytes
         # the hyperparameters as the commit stores them (model-dependent defaults resolved)

@@ -272,14 +272,18 @@ class Repository:
         results.json already holds and this call does not run are kept there (see
         `merge_runs`: one method per session on machines that keep no files).
         `eval_every`, `interleave`, `deadline`: see `run_lifelong`; `info` is recorded in results.json."""
+        from ..editing import EditHparams
+        from ..editing.hparams import parse_arm
         from ..editing.methods import get_method, method_names
         from ..evaluation.lifelong import LifelongRun, merge_runs, run_lifelong
         from ..evaluation.lifelong_report import read_results, write_outputs
         from .datasets import eval_cases
 
         methods = list(methods) if methods else list(method_names())
-        for m in methods:
-            get_method(m)
+        for m in methods:  # a bad method or setting fails now, not at its first batch
+            name, arm = parse_arm(m)
+            get_method(name)
+            EditHparams.from_json({**EditHparams().to_json(), **overrides, **arm, "method": name})
         cases = eval_cases(source, edits, seed=seed, neighbours=neighbours, split=split)
         checkpoint = Path(out_dir) / "checkpoint.json" if out_dir is not None else None
         publish = Path(results_dir) if results_dir is not None else (Path(out_dir) if out_dir is not None else None)
