@@ -367,15 +367,10 @@ def test_a_method_run_alone_joins_the_published_results_of_the_others():
 def test_lifelong_runs_of_single_methods_gather_in_one_results_folder(model_dirs, tmp_path):
     """Two sessions on fresh machines (their own --out), one method each, one results folder."""
     from nmkevc import Repository
+    from nmkevc.cli.app import main
     from nmkevc.evaluation.lifelong_report import read_results
 
-    facts = tmp_path / "facts.jsonl"
-    facts.write_text("".join(json.dumps({
-        "requested_rewrite": {"prompt": "The capital of {} is", "subject": s, "target_new": {"str": t},
-                              "target_true": {"str": tt}},
-        "paraphrase_prompts": [f"The capital city of {s} is"], "neighborhood_prompts": ["The capital of Peru is"],
-    }) + "\n" for s, t, tt in (("France", "Rome", "Paris"), ("Spain", "Oslo", "Madrid"))))
-    from nmkevc.cli.app import main
+    facts = _facts_file(tmp_path)
 
     results = tmp_path / "results"
     kw = dict(edits=2, batch_size=1, results_dir=results, log=lambda _: None)
