@@ -142,6 +142,7 @@ def main() -> None:
 
     from nmkevc import Repository
     from nmkevc.editing.hparams import split_top
+    from nmkevc.evaluation.lifelong_report import markdown_table
 
     repo_dir = Path(args.repo) if args.repo else args.out / "repo"
     repo = Repository.open(repo_dir) if (repo_dir / ".nmkevc").exists() else Repository.init(repo_dir)
@@ -169,7 +170,7 @@ def main() -> None:
     finished = all(e >= args.edits for e in run.progress().values())
     docs = "" if args.no_docs else f"; {DOC.relative_to(ROOT)} rewritten"
     log(f"{'done' if finished else 'stopped (not finished)'}: results in {args.results}{docs}")
-    print(run.table())
+    print(markdown_table(run))
 
 
 if __name__ == "__main__":

@@ -238,6 +238,7 @@ def lifelong(ctx, source, edits, batch_size, methods, out_dir, results_dir, spli
 
     Checkpoints after every batch in --out; run the same command again to resume."""
     from ..editing.hparams import parse_setting, split_top
+    from ..evaluation.lifelong_report import markdown_table
 
     run = open_repo(ctx).lifelong(
         source, edits, batch_size, split_top(methods) if methods else None, out_dir=out_dir, seed=seed,
@@ -247,5 +248,5 @@ def lifelong(ctx, source, edits, batch_size, methods, out_dir, results_dir, spli
     if as_json:
         render.emit_json(run.to_json())
         return
-    click.echo(run.table())
+    click.echo(markdown_table(run))
     click.echo(f"results in {results_dir or out_dir}")

@@ -22,9 +22,9 @@ from .attribution import attribution_scores
 from .hooks import frozen_eval
 from .hparams import EditHparams
 from .masking import neuron_mask
-from .methods import EditMethod, Factor, FactorInputs, get_method
+from .methods import EditMethod, FactorInputs, get_method
 from .tokens import split_template, template_weights, templated
-from .update import rewrite_keys, run_layers
+from .update import Factor, rewrite_keys, run_layers
 from .zopt import ZResult, optimise_z
 
 #: progress(phase, done, total) with phase "z", "attribution" or "update"

@@ -19,6 +19,8 @@ from ..errors import EditRequestError
 if TYPE_CHECKING:  # the registry is read by the CLI before torch is needed
     import torch
 
+    from .update import Factor
+
 
 @dataclass(frozen=True)
 class FactorInputs:
@@ -29,15 +31,6 @@ class FactorInputs:
     prior_cov: torch.Tensor | None  # C_l = Σ K Kᵀ of earlier edits; None = zeros
     second_moment: torch.Tensor | None  # Σ_l (MEMIT)
     mask: torch.Tensor | None = None  # bool (d_ff,): the neurons the update may touch; None = all
-
-
-@dataclass(frozen=True)
-class Factor:
-    """A solve's result: U (d_ff × n, float64; rows outside the mask are zero) and what it used
-    (e.g. the λ it resolved), which the engine reports per layer."""
-
-    U: torch.Tensor
-    info: dict
 
 
 @dataclass(frozen=True)
@@ -97,7 +90,7 @@ def masked_update_form(name: str) -> MaskedUpdate:
 
 
 def _nullspace(inputs: FactorInputs, hp) -> Factor:
-    from .update import nullspace_factor, relative_ridge
+    from .update import Factor, nullspace_factor, relative_ridge
 
     lam = float(hp.ridge)
     if hp.ridge_relative:
@@ -111,7 +104,7 @@ def _nullspace(inputs: FactorInputs, hp) -> Factor:
 
 
 def _memit(inputs: FactorInputs, hp) -> Factor:
-    from .update import memit_factor, zero_outside
+    from .update import Factor, memit_factor, zero_outside
 
     if inputs.second_moment is None:
         raise EditRequestError("MEMIT needs the key second moment of every edited layer")

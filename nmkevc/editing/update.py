@@ -18,7 +18,15 @@ import torch
 from ..models.adapters import ArchAdapter
 from ..models.tokens import Batch
 from .hooks import first_input, hidden_of, hooks, run_until, stop_after
-from .methods import Factor
+
+
+@dataclass(frozen=True)
+class Factor:
+    """A solve's result: U (d_ff × n, float64; rows outside the mask are zero) and what it used
+    (e.g. the λ it resolved), which the engine reports per layer."""
+
+    U: torch.Tensor
+    info: dict
 
 
 @dataclass

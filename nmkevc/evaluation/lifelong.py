@@ -123,11 +123,6 @@ class LifelongRun:
         except (KeyError, TypeError, ValueError) as e:
             raise NmkevcError(f"the lifelong checkpoint is not readable ({e})") from None
 
-    def table(self) -> str:
-        from .lifelong_report import markdown_table
-
-        return markdown_table(self)
-
     def points_of(self, method: str) -> list[BatchPoint]:
         return [p for p in self.points if p.method == method]
 
