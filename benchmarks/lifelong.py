@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -117,6 +118,10 @@ def merge(args: argparse.Namespace) -> None:
     other = read_results(Path(args.merge))
     if other is None:
         raise SystemExit(f"error: no results.json in {args.merge}")
+    if other.info.get("command"):  # the results now live in --results: the command need not name where they were
+        other.info["command"] = re.sub(r" --results \S+", "", other.info["command"])
+        if args.results.resolve() != default_results(args).resolve():
+            other.info["command"] += f" --results {os.path.relpath(args.results, ROOT)}"
     cases = eval_cases(args.dataset, args.edits, seed=args.seed, neighbours=args.neighbours, split=args.split)
     ours = read_results(args.results)
     if ours is None:  # nothing to merge with: merging with itself still checks that they are of these facts

@@ -263,9 +263,13 @@ def test_results_block_reports_a_partial_run_as_partial():
     assert "0.900 ✗" in nmke_row and "0.850 ✓" in nmke_row and "-0.100 ✗" in nmke_row and "+2.00% ✓" in nmke_row
     assert "highest retention of the first batch: alphaedit (0.950)" in block
     assert "](results/x/retention.png)" in block and "`python benchmarks/lifelong.py --edits 300`" in block
+    # nmke got further: its latest full evaluation is shown too, apart from the comparison
+    later = block.split("Further, each method's latest", 1)[1]
+    assert "| nmke | 300 | 0.960 ✓ |" in later and "| alphaedit |" not in later
     run.points.append(_point("alphaedit", 300, specificity=0.76, base_specificity=0.78))
     block = results_markdown(run, "results/x")
     assert block.startswith("**Finished: nmke 300/300, alphaedit 300/300 edits**") and "at T = 300" in block
+    assert "Further" not in block
     alpha_row = next(line for line in block.splitlines() if line.startswith("| alphaedit |"))
     assert "-0.020 ✓" in alpha_row
     assert "No lifelong run" in results_markdown(None, "results/x", "lifelong run")

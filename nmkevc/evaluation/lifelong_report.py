@@ -155,13 +155,11 @@ def results_markdown(run: LifelongRun | None, link_dir: str, what: str = "lifelo
               "retention (1st batch) | perplexity change | fluency |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
               "| *goal* | | *≥ 0.95* | *≥ 0.80* | | | *≥ −0.05* | | *≤ +5%* | |"]
-    for m, p in points.items():
-        g = _goal_marks(p)
-        delta = None if p.specificity is None or p.base_specificity is None else p.specificity - p.base_specificity
-        lines.append(f"| {m} | {p.edits} | {_f(p.efficacy)}{_mark(g['efficacy'])} | "
-                     f"{_f(p.generalization)}{_mark(g['generalization'])} | {_f(p.specificity)} | "
-                     f"{_f(p.base_specificity)} | {_f(delta, '+.3f')}{_mark(g['specificity'])} | {_f(p.retention)} | "
-                     f"{_f(p.perplexity_change, '+.2%')}{_mark(g['perplexity'])} | {_f(p.fluency, '.2f')} |")
+    header = lines[-3:]
+    lines += [_goal_row(m, p) for m, p in points.items()]
+    latest = {m: pts[-1] for m in run.methods
+              if (pts := [p for p in run.points_of(m) if p.efficacy is not None]) and m in points
+              and pts[-1].edits > points[m].edits}
     best = []
     for metric, label in (("retention", "retention of the first batch"), ("specificity", "specificity")):
         vals = {m: getattr(p, metric) for m, p in points.items() if getattr(p, metric) is not None}
@@ -170,6 +168,9 @@ def results_markdown(run: LifelongRun | None, link_dir: str, what: str = "lifelo
             best.append(f"highest {label}: {', '.join(m for m, v in vals.items() if v == top)} ({top:.3f})")
     if best:
         lines += ["", "At this T, " + "; ".join(best) + "."]
+    if latest:
+        lines += ["", "Further, each method's latest fully evaluated point (methods at different T do not compare "
+                  "with each other):", "", *header, *[_goal_row(m, p) for m, p in latest.items()]]
     lines += ["", f"Unedited model: perplexity {_f(base_ppl, '.2f')} on the held-out text, fluency "
               f"{_f(base_flu, '.2f')}{_fluency_note(run)}. Unedited specificity is measured on the same "
               "neighbourhood prompts as the edited models' (those of the first T facts)."]
@@ -178,6 +179,16 @@ def results_markdown(run: LifelongRun | None, link_dir: str, what: str = "lifelo
               f"data: [results.json]({link_dir}/results.json)."]
     lines += _provenance_lines(run)
     return "\n".join(lines)
+
+
+def _goal_row(method: str, p: BatchPoint) -> str:
+    """A point's row of the docs table, with issue #9's goal marks."""
+    g = _goal_marks(p)
+    delta = None if p.specificity is None or p.base_specificity is None else p.specificity - p.base_specificity
+    return (f"| {method} | {p.edits} | {_f(p.efficacy)}{_mark(g['efficacy'])} | "
+            f"{_f(p.generalization)}{_mark(g['generalization'])} | {_f(p.specificity)} | "
+            f"{_f(p.base_specificity)} | {_f(delta, '+.3f')}{_mark(g['specificity'])} | {_f(p.retention)} | "
+            f"{_f(p.perplexity_change, '+.2%')}{_mark(g['perplexity'])} | {_f(p.fluency, '.2f')} |")
 
 
 def _provenance_lines(run: LifelongRun) -> list[str]:
