@@ -84,6 +84,43 @@ def batch_record(info, edits: int) -> dict:
     }
 
 
+class Disturbance:
+    """How much the edits move a layer's output on generic text: sqrt(tr(ΔW Σ ΔWᵀ) / tr(W Σ Wᵀ)),
+    Σ = E[k kᵀ] of the base's keys over the statistics corpus (the relative RMS change of the
+    layer's output there). The null-space projection exists to keep this small; perplexity
+    drifts as it grows. Per batch (that batch's delta) and cumulative (all batches so far)."""
+
+    def __init__(self, repo, commit):
+        from nmkevc.models.adapters import adapter_for
+        from nmkevc.models.weights import BaseWeights
+        from nmkevc.porcelain.edit_inputs import second_moments
+
+        plumbing = repo.plumbing
+        self.adapter = adapter_for(plumbing.manifest(commit.base).config)
+        layers = [int(x) for x in (commit.info.get("stats") or {})]
+        corpus = commit.info.get("corpus") or {}
+        self.sigma, _ = second_moments(plumbing, commit.base, layers, plumbing.corpus(), int(corpus.get("tokens", 0)))
+        weights = BaseWeights(plumbing.base_dir(commit.base), self.adapter)
+        self.scale = {}
+        for layer, sig in self.sigma.items():
+            w = weights.get(self.adapter.weight_name(layer)).float()
+            w = w if self.adapter.orientation == "out_in" else w.T
+            self.scale[layer] = float(((w @ sig) * w).sum())
+        self.total: dict[int, object] = {}
+
+    def add(self, delta) -> tuple[float | None, float | None]:
+        """(this delta's, the cumulative) disturbance, each the mean over the layers."""
+        own, cum = [], []
+        for w in delta.weights:
+            if w.layer not in self.sigma:
+                continue
+            d = w.dense_out_in()
+            self.total[w.layer] = d if w.layer not in self.total else self.total[w.layer] + d
+            for out, m in ((own, d), (cum, self.total[w.layer])):
+                out.append((float(((m @ self.sigma[w.layer]) * m).sum()) / self.scale[w.layer]) ** 0.5)
+        return _mean(own), _mean(cum)
+
+
 def diagnose(repo, results: dict) -> dict:
     """{method: {"batches": [...], "totals": {...}}} for the methods whose commits `repo` holds."""
     out = {}
@@ -92,13 +129,19 @@ def diagnose(repo, results: dict) -> dict:
         by_method.setdefault(p["method"], []).append(p)
     for method, points in by_method.items():
         batches = []
+        meter = None
         for p in points:
             try:
                 info = repo.show(p["commit"])
             except Exception:  # this repository does not hold the method's commits: keep the old entry
                 batches = []
                 break
-            batches.append(batch_record(info, p["edits"]))
+            record = batch_record(info, p["edits"])
+            if info.delta:
+                meter = meter or Disturbance(repo, repo.commit(p["commit"]))
+                record["disturbance"], record["disturbance_cumulative"] = meter.add(
+                    repo.plumbing.delta(info.delta))
+            batches.append(record)
         if not batches:
             continue
         keys = ("failed_at_commit", "failed_z_missed", "failed_unwritten", "failed_other", "requests")
@@ -137,10 +180,14 @@ def markdown(data: dict, results: dict | None, link_dir: str) -> str:
             f"{_f(t['residual_left_failed'], '.2f')} / {_f(t['residual_left_held'], '.2f')} | "
             f"{_f(t['written_fraction_mean'])} | {_f(t['mask_fraction_mean'])} | "
             f"{_f(ret)}{f' (T = {last_t})' if last_t else ''} |")
-    lines += ["", "Per batch (T = edits after the batch; written fraction = mean over the edited layers):", "",
+    lines += ["", "Per batch (T = edits after the batch; written fraction = mean over the edited layers; "
+              "disturbance = the relative RMS change of an edited layer's output on generic text, "
+              "sqrt(tr(ΔW Σ ΔWᵀ) / tr(W Σ Wᵀ)) with Σ the base's key second moment on the statistics "
+              "corpus, mean over the layers, for the batch's delta and for all deltas so far):", "",
               "| method | T | efficacy at commit | failed: z missed / not written / neither | z reached | "
-              "δ left > 50% | written fraction | mask fraction | z s | attribution s | update s |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "δ left > 50% | written fraction | mask fraction | disturbance: batch / cumulative | "
+              "z s | attribution s | update s |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for method, entry in data["methods"].items():
         for b in entry["batches"]:
             tm = b.get("timings") or {}
@@ -148,6 +195,7 @@ def markdown(data: dict, results: dict | None, link_dir: str) -> str:
                 f"| {method} | {b['edits']} | {_f(b['efficacy_at_commit'])} | {b['failed_z_missed']} / "
                 f"{b['failed_unwritten']} / {b['failed_other']} | {_f(b['z_reached'])} | "
                 f"{_f(b['residual_unwritten'])} | {_f(b['written_fraction_mean'])} | {_f(b['mask_fraction_mean'])} | "
+                f"{_f(b.get('disturbance'), '.4f')} / {_f(b.get('disturbance_cumulative'), '.4f')} | "
                 f"{_f(tm.get('z'), '.0f')} | {_f(tm.get('attribution'), '.0f')} | {_f(tm.get('update'), '.0f')} |")
     return "\n".join(lines)
 
