@@ -51,3 +51,25 @@ def test_docs_diagnosis_block_is_generated_from_the_committed_json():
     doc = (ROOT / "docs" / "results.md").read_text()
     block = doc.split(mod.BEGIN, 1)[1].split(mod.END, 1)[0].strip("\n")
     assert block == mod.markdown(data, res, os.path.relpath(results, ROOT / "docs"))
+
+
+def test_disturbance_is_the_relative_rms_output_change_on_generic_keys():
+    import torch
+
+    mod = _module()
+    torch.manual_seed(0)
+    sigma = torch.randn(6, 6)
+    sigma = sigma @ sigma.T  # a key second moment
+    w = torch.randn(4, 6)
+    meter = object.__new__(mod.Disturbance)
+    meter.sigma, meter.scale, meter.total = {3: sigma}, {3: float(torch.trace(w @ sigma @ w.T))}, {}
+
+    def delta(d):
+        return SimpleNamespace(weights=[SimpleNamespace(layer=3, dense_out_in=lambda d=d: d)])
+
+    d1 = torch.randn(4, 6) * 0.1
+    own, cum = meter.add(delta(d1))
+    expected = (float(torch.trace(d1 @ sigma @ d1.T)) / meter.scale[3]) ** 0.5
+    assert own == cum == round(expected, 4)
+    own, cum = meter.add(delta(-d1))  # the second batch undoes the first: nothing left in total
+    assert own == round(expected, 4) and cum == 0.0
