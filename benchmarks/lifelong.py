@@ -7,7 +7,8 @@ in a repository of its own, plus a record of the machine and of the command.
 
 A run of this size spans sessions: it checkpoints after every batch in --out (with the
 repository and progress.log, a line per batch appended across sessions; ignored by git),
-so running the same command again resumes. After every batch the figures so far go to
+so running the same command again resumes (and at the end, `lifelong_diagnosis.py` reads
+the run's commits into diagnosis.json). After every batch the figures so far go to
 --results (results.json, table.md, PNG plots: meant to be committed) and the generated
 block of docs/results.md is rewritten from that results.json, so a run stopped at the
 end of a session is already reported, as the partial run it is.
@@ -131,6 +132,13 @@ def merge(args: argparse.Namespace) -> None:
     except NmkevcError as e:
         raise SystemExit(f"error: {e}") from None
     write_outputs(merged, args.results)
+    import lifelong_diagnosis  # its diagnosis too, where the other folder has one
+
+    theirs, _ = lifelong_diagnosis.read(Path(args.merge))
+    if theirs.get("methods"):
+        ours_diag, _ = lifelong_diagnosis.read(args.results)
+        lifelong_diagnosis.write(args.results, lifelong_diagnosis.combine(ours_diag, theirs["methods"],
+                                                                          merged.to_json()), not args.no_docs)
 
 
 def main() -> None:
@@ -172,6 +180,10 @@ def main() -> None:
                         deadline=deadline)
     if not args.no_docs:
         write_docs(args.results)
+    # why edits failed, read from the run's commits now: the repository may not outlive the session
+    import lifelong_diagnosis
+
+    lifelong_diagnosis.update(repo, args.results, docs=not args.no_docs)
     finished = all(e >= args.edits for e in run.progress().values())
     docs = "" if args.no_docs else f"; {DOC.relative_to(ROOT)} rewritten"
     log(f"{'done' if finished else 'stopped (not finished)'}: results in {args.results}{docs}")

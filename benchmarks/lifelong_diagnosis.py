@@ -16,7 +16,7 @@ while forgetting (edits that held at commit time and failed later) is the retent
 results.json. The figures go to diagnosis.json beside results.json (one entry per method:
 a method whose repository is gone keeps its entry) and to a generated block of docs/results.md.
 
-    python benchmarks/lifelong_diagnosis.py --repo OUT/repo [--results DIR]
+    python benchmarks/lifelong_diagnosis.py --repo OUT/repo [--results DIR] [--no-docs]
     python benchmarks/lifelong_diagnosis.py --markdown     # only rewrite the docs block
 """
 
@@ -204,42 +204,74 @@ def _f(x, fmt: str = ".3f") -> str:
     return "–" if x is None else format(x, fmt)
 
 
+def read(results_dir: Path) -> tuple[dict, dict | None]:
+    """(diagnosis.json, results.json) of a results folder; empty / None where absent."""
+    path = results_dir / "diagnosis.json"
+    data = json.loads(path.read_text()) if path.exists() else {"methods": {}}
+    res = results_dir / "results.json"
+    return data, (json.loads(res.read_text()) if res.exists() else None)
+
+
+def combine(data: dict, found: dict, results: dict) -> dict:
+    """`data` with the methods of `found` (theirs replace ours), in results.json's method order."""
+    methods = {**data.get("methods", {}), **found}
+    order = results.get("methods") or []
+    data = {**data, "methods": {m: methods[m] for m in sorted(methods, key=lambda m: (
+        order.index(m) if m in order else len(order), m))}}
+    data["thresholds"] = {"z_nll_reached": Z_NLL_REACHED, "residual_unwritten": RESIDUAL_UNWRITTEN}
+    return data
+
+
+def write(results_dir: Path, data: dict, docs: bool) -> str:
+    """diagnosis.json, and with `docs` the block of docs/results.md; returns the block."""
+    from nmkevc.evaluation.lifelong_report import replace_block
+    from nmkevc.storage.fsutil import atomic_write_text
+
+    atomic_write_text(results_dir / "diagnosis.json", json.dumps(data, indent=1) + "\n")
+    _, results = read(results_dir)
+    block = markdown(data, results, os.path.relpath(results_dir.resolve(), DOC.parent))
+    if docs:
+        DOC.write_text(replace_block(DOC.read_text(), BEGIN, END, block))
+    return block
+
+
+def update(repo, results_dir: Path, docs: bool = True) -> str:
+    """Diagnose the methods of results.json whose commits `repo` holds; keep the others."""
+    data, results = read(results_dir)
+    if results is None:
+        raise SystemExit(f"error: no results.json in {results_dir}")
+    found = diagnose(repo, results)
+    if not found:
+        raise SystemExit(f"error: the repository holds none of the commits of {results_dir / 'results.json'}")
+    return write(results_dir, combine(data, found, results), docs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repo", default=None, help="The lifelong run's repository (its --out/repo).")
     ap.add_argument("--results", default=str(DEFAULT_RESULTS), help="The folder of its results.json.")
     ap.add_argument("--markdown", action="store_true", help="Only rewrite docs/results.md's block.")
+    ap.add_argument("--no-docs", action="store_true", help="Do not rewrite docs/results.md (a scratch --results).")
     args = ap.parse_args()
-    from nmkevc.evaluation.lifelong_report import replace_block
-    from nmkevc.storage.fsutil import atomic_write_text
-
     results_dir = Path(args.results)
-    path = results_dir / "diagnosis.json"
-    data = json.loads(path.read_text()) if path.exists() else {"methods": {}}
-    results = json.loads((results_dir / "results.json").read_text()) if (results_dir / "results.json").exists() \
-        else None
-    if not args.markdown:
-        if args.repo is None or results is None:
-            raise SystemExit("error: --repo and a results.json in --results are needed (or --markdown)")
-        from nmkevc import Repository
-        from nmkevc.errors import NmkevcError
+    if args.markdown:
+        from nmkevc.evaluation.lifelong_report import replace_block
 
-        try:
-            repo = Repository.open(args.repo)
-        except NmkevcError as e:
-            raise SystemExit(f"error: {e}") from None
-        found = diagnose(repo, results)
-        if not found:
-            raise SystemExit(f"error: {args.repo} holds none of the commits of {results_dir / 'results.json'}")
-        data["methods"] = {**data["methods"], **found}
-        order = results.get("methods") or []
-        data["methods"] = {m: data["methods"][m] for m in sorted(data["methods"], key=lambda m: (
-            order.index(m) if m in order else len(order), m))}
-        data["thresholds"] = {"z_nll_reached": Z_NLL_REACHED, "residual_unwritten": RESIDUAL_UNWRITTEN}
-        atomic_write_text(path, json.dumps(data, indent=1) + "\n")
-    block = markdown(data, results, os.path.relpath(results_dir.resolve(), DOC.parent))
-    DOC.write_text(replace_block(DOC.read_text(), BEGIN, END, block))
-    print(block)
+        data, results = read(results_dir)
+        block = markdown(data, results, os.path.relpath(results_dir.resolve(), DOC.parent))
+        DOC.write_text(replace_block(DOC.read_text(), BEGIN, END, block))
+        print(block)
+        return
+    if args.repo is None:
+        raise SystemExit("error: --repo is needed (or --markdown)")
+    from nmkevc import Repository
+    from nmkevc.errors import NmkevcError
+
+    try:
+        repo = Repository.open(args.repo)
+    except NmkevcError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(update(repo, results_dir, docs=not args.no_docs))
 
 
 if __name__ == "__main__":
