@@ -120,3 +120,15 @@ def test_edit_ask_blame_flow(repo, capsys, tmp_path):
     assert code == 0 and rep["answer"] == answers[outcome["commit"]]
     changed = answers[root] != answers[outcome["commit"]]
     assert [line["commit"] for line in rep["lines"]] == ([outcome["commit"]] if changed else [])
+
+
+def test_edit_with_the_projected_masked_update(repo, capsys):
+    """A masked form that reads Σ gets it from the repository's statistics (the porcelain asks the method)."""
+    code, out, err = run(capsys, repo, "edit", "-s", "France", "-p", "The capital of {} is", "-t", "Rome",
+                         "--layers", "1-2", "--stats-tokens", "400", "--json", "--set", "masked_update=projected")
+    assert code == 0, err
+    (outcome,) = json.loads(out)
+    commit = Repository.open(repo.root).commit(outcome["commit"])
+    assert commit.method["hparams"]["masked_update"] == "projected"
+    assert all(0 < x["info"]["mask_nullspace_kept"] <= x["neurons"] for x in
+               Repository.open(repo.root).show(outcome["commit"]).to_json()["weights"])
