@@ -77,7 +77,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def run_name(args: argparse.Namespace) -> str:
-    return f"lifelong-{Path(args.dataset).stem}-T{args.edits}-B{args.batch}"
+    split = "" if args.split == "test" else f"-{args.split}"  # the reported split goes unnamed
+    return f"lifelong-{Path(args.dataset).stem}{split}-T{args.edits}-B{args.batch}"
 
 
 def default_results(args: argparse.Namespace) -> Path:
