@@ -20,6 +20,10 @@ Figures are merged into a JSON file (default docs/figures/editing.json, committe
     git worktree add ../nmkevc-before 5213a8c
     python benchmarks/editing.py --tree before=../nmkevc-before --tree after=. --batches 1
     python benchmarks/editing.py --markdown
+    python benchmarks/editing.py --dtype bfloat16 --methods nmke --batches 1   # a bfloat16 repository
+
+`--dtype` makes the measured repository's weights that dtype (`Repository.init(dtype=...)`);
+its rows carry the dtype and sit beside the float32 ones.
 """
 
 from __future__ import annotations
@@ -171,17 +175,19 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def measure(label: str, tree: Path, methods: list[str], batches: list[int], repeat: int, repeat_large: int,
-            stats_tokens: int) -> list[dict]:
+            stats_tokens: int, dtype: str = "float32") -> list[dict]:
     work = Path(tempfile.mkdtemp(prefix=f"nmkevc-editbench-{label}-"))
     try:
-        env_py = [sys.executable, "-c", "import sys; from nmkevc import Repository; Repository.init(sys.argv[1])",
+        init = "Repository.init(sys.argv[1])" if dtype == "float32" else \
+            f"Repository.init(sys.argv[1], dtype={dtype!r})"
+        env_py = [sys.executable, "-c", f"import sys; from nmkevc import Repository; {init}",
                   str(work / "template")]
         subprocess.run(env_py, check=True, env=dict(os.environ, PYTHONPATH=str(tree)), cwd=str(tree))
         facts = [r.to_json() for r in requests(max(batches))]
         (work / "requests.json").write_text(json.dumps(facts))
         rows = []
         stats = run_case(tree, ["--case", str(work / "template"), "stats", "0", "-", str(stats_tokens)])
-        stats.update(label=label, commit=git_commit(tree), runs=1)
+        stats.update(label=label, commit=git_commit(tree), runs=1, dtype=dtype)
         print(json.dumps(stats), flush=True)
         rows.append(stats)
         for method in methods:
@@ -195,7 +201,7 @@ def measure(label: str, tree: Path, methods: list[str], batches: list[int], repe
                     print(json.dumps({"label": label, **r}), flush=True)
                     runs.append(r)
                 row = summarise(runs)
-                row.update(label=label, commit=git_commit(tree))
+                row.update(label=label, commit=git_commit(tree), dtype=dtype)
                 rows.append(row)
         return rows
     finally:
@@ -207,12 +213,13 @@ def merge_into(path: Path, rows: list[dict]) -> None:
     data = json.loads(path.read_text()) if path.exists() else {"rows": []}
 
     def key(r):
-        return (r["label"], r["case"], r.get("method"), r["n"])
+        return (r["label"], r["case"], r.get("method"), r["n"], r.get("dtype", "float32"))
 
     new = {key(r) for r in rows}
     data["rows"] = [r for r in data["rows"] if key(r) not in new] + rows
     data["machine"] = {"cpus": os.cpu_count(), "note": "shared machine; load = 1-min load average before/after"}
-    data["rows"].sort(key=lambda r: (r["case"] != "statistics", r.get("method") or "", r["n"], r["label"]))
+    data["rows"].sort(key=lambda r: (r["case"] != "statistics", r.get("method") or "", r["n"],
+                                     r.get("dtype", "float32") != "float32", r["label"]))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1) + "\n")
 
@@ -225,14 +232,15 @@ def markdown(path: Path) -> str:
     for r in data["rows"]:
         load = ", ".join(f"{a:.1f}→{b:.1f}" for a, b in r["load"]) if "load" in r else \
             f"{r['load_before']:.1f}→{r['load_after']:.1f}"
+        dt = "" if r.get("dtype", "float32") == "float32" else f", {r['dtype']}"
         if r["case"] == "statistics":
-            lines.append(f"| statistics | {r['label']} ({r['commit']}) | {r.get('runs', 1)} | {r['seconds']:.1f} "
+            lines.append(f"| statistics{dt} | {r['label']} ({r['commit']}) | {r.get('runs', 1)} | {r['seconds']:.1f} "
                          f"| — | — | — | {r['peak_mib']} | — | — | {load} |")
             continue
         t = r["timings"]
         phases = " / ".join(f"{t.get(k, 0.0):.1f}" for k in ("z", "attribution", "update"))
         size = "1 fact" if r["n"] == 1 else f"batch of {r['n']}"
-        what = f"{r['method']}, {size}"
+        what = f"{r['method']}, {size}{dt}"
         lines.append(f"| {what} | {r['label']} ({r['commit']}) | {r['runs']} | {r['seconds']:.1f} "
                      f"| {r['maths_seconds']:.1f} | {phases} | {r['maths_seconds'] / r['n']:.2f} | {r['peak_mib']} "
                      f"| {r['efficacy']:.2f} | {r['mask_fraction']:.2f} | {load} |")
@@ -241,7 +249,8 @@ def markdown(path: Path) -> str:
 
 def readme_sentence(path: Path) -> str:
     """The README's edit times, from the newest code's rows."""
-    rows = [r for r in json.loads(path.read_text())["rows"] if r["label"] == "after" and r["case"] == "edit"]
+    rows = [r for r in json.loads(path.read_text())["rows"]
+            if r["label"] == "after" and r["case"] == "edit" and r.get("dtype", "float32") == "float32"]
     by = {(r["method"], r["n"]): r for r in rows}
     one, hundred = by.get(("nmke", 1)), by.get(("nmke", 100))
     if one is None:
@@ -269,7 +278,7 @@ def ratios(path: Path) -> str:
     """Derived figures: z per request in a batch against one request alone, and after against
     before for the same case (each from medians; loads differ, see the table)."""
     rows = [r for r in json.loads(path.read_text())["rows"] if r["case"] == "edit"]
-    by = {(r["label"], r["method"], r["n"]): r for r in rows}
+    by = {(r["label"], r["method"], r["n"]): r for r in rows if r.get("dtype", "float32") == "float32"}
     out = []
     for (label, method, n), r in sorted(by.items()):
         one = by.get((label, method, 1))
@@ -284,6 +293,15 @@ def ratios(path: Path) -> str:
                        f"{old['maths_seconds'] / r['maths_seconds']:.1f}× faster after than before "
                        f"({old['maths_seconds']:.1f} s → {r['maths_seconds']:.1f} s), z "
                        f"{old['timings']['z'] / r['timings']['z']:.1f}×" + _per_step(old, r) + ".")
+    for r in rows:
+        base = by.get((r["label"], r["method"], r["n"]))
+        if r.get("dtype", "float32") != "float32" and base is not None:
+            t, b = r["timings"], base["timings"]
+            size = "1 fact" if r["n"] == 1 else f"batch of {r['n']}"
+            out.append(f"- {r['label']}, {r['method']}, {size} in "
+                       f"{r['dtype']}: edit maths {r['maths_seconds']:.1f} s against {base['maths_seconds']:.1f} s in "
+                       f"float32 ({base['maths_seconds'] / r['maths_seconds']:.1f}×; z {b.get('z', 0):.1f} → "
+                       f"{t.get('z', 0):.1f} s), efficacy {r['efficacy']:.2f} against {base['efficacy']:.2f}.")
     return "\n".join(out)
 
 
@@ -308,6 +326,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per case of up to 10 facts (median reported)")
     ap.add_argument("--repeat-large", type=int, default=1, help="runs per larger case")
     ap.add_argument("--stats-tokens", type=int, default=20_000)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="weights of the measured repository")
     ap.add_argument("--tree", action="append", default=[], metavar="LABEL=PATH",
                     help="code tree to measure (repeatable); default after=<this checkout>")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -330,7 +350,7 @@ def main() -> None:
     for label, path in trees:
         rows += measure(label, Path(path).resolve(), args.methods.split(","),
                         [int(b) for b in args.batches.split(",")], args.repeat, args.repeat_large,
-                        args.stats_tokens)
+                        args.stats_tokens, args.dtype)
         merge_into(args.out, rows)
     print(markdown(args.out))
 

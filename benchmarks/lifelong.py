@@ -7,7 +7,8 @@ in a repository of its own, plus a record of the machine and of the command.
 
 A run of this size spans sessions: it checkpoints after every batch in --out (with the
 repository and progress.log, a line per batch appended across sessions; ignored by git),
-so running the same command again resumes. After every batch the figures so far go to
+so running the same command again resumes (and at the end, `lifelong_diagnosis.py` reads
+the run's commits into diagnosis.json). After every batch the figures so far go to
 --results (results.json, table.md, PNG plots: meant to be committed) and the generated
 block of docs/results.md is rewritten from that results.json, so a run stopped at the
 end of a session is already reported, as the partial run it is.
@@ -18,6 +19,13 @@ the other): a run stopped part-way then compares every method at the same number
     python benchmarks/lifelong.py [--edits 1000] [--batch 100] [--methods nmke,alphaedit,memit]
                                   [--eval-every 1] [--no-interleave] [--hours H] [--out DIR] [--results DIR]
     python benchmarks/lifelong.py --markdown    # only rewrite docs/results.md from --results
+    python benchmarks/lifelong.py --merge DIR   # add the methods of another results folder to --results
+
+A checkpoint resumes only on a machine that keeps its files. Where every session starts on
+a fresh machine, run one method per session (--methods nmke, then alphaedit, then memit):
+the methods already in --results that a run does not run are kept there, so results.json
+gathers them; a method run again replaces its points. --merge does the same for a folder
+written elsewhere (--results on a scratch disk, another machine).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -59,6 +68,8 @@ def parse_args() -> argparse.Namespace:
                          "a session that must end stops cleanly instead of losing a batch to a kill.")
     ap.add_argument("--no-docs", action="store_true", help="Do not rewrite docs/results.md.")
     ap.add_argument("--markdown", action="store_true", help="Only rewrite docs/results.md from --results.")
+    ap.add_argument("--merge", default=None, metavar="DIR",
+                    help="Only add the methods of the results in DIR (same facts and batching) to --results.")
     args = ap.parse_args()
     args.out = Path(args.out) if args.out else ROOT / "results" / run_name(args)
     args.results = Path(args.results) if args.results else default_results(args)
@@ -66,7 +77,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def run_name(args: argparse.Namespace) -> str:
-    return f"lifelong-{Path(args.dataset).stem}-T{args.edits}-B{args.batch}"
+    split = "" if args.split == "test" else f"-{args.split}"  # the reported split goes unnamed
+    return f"lifelong-{Path(args.dataset).stem}{split}-T{args.edits}-B{args.batch}"
 
 
 def default_results(args: argparse.Namespace) -> Path:
@@ -98,14 +110,53 @@ def write_docs(results: Path) -> str:
     return block
 
 
+def merge(args: argparse.Namespace) -> None:
+    """Add the methods of the results folder args.merge to args.results (theirs replace ours)."""
+    from nmkevc.errors import NmkevcError
+    from nmkevc.evaluation.lifelong import merge_runs
+    from nmkevc.evaluation.lifelong_report import read_results, write_outputs
+    from nmkevc.porcelain.datasets import eval_cases
+
+    other = read_results(Path(args.merge))
+    if other is None:
+        raise SystemExit(f"error: no results.json in {args.merge}")
+    if other.info.get("command"):  # the results now live in --results: the command need not name where they were
+        other.info["command"] = re.sub(r" --results \S+", "", other.info["command"])
+        if args.results.resolve() != default_results(args).resolve():
+            other.info["command"] += f" --results {os.path.relpath(args.results, ROOT)}"
+    cases = eval_cases(args.dataset, args.edits, seed=args.seed, neighbours=args.neighbours, split=args.split)
+    ours = read_results(args.results)
+    if ours is None:  # nothing to merge with: merging with itself still checks that they are of these facts
+        ours = type(other)(other.edits, other.batch_size, list(other.methods), fingerprint=other.fingerprint)
+    try:
+        merged = merge_runs(ours, other, cases, None)
+    except NmkevcError as e:
+        raise SystemExit(f"error: {e}") from None
+    write_outputs(merged, args.results)
+    import lifelong_diagnosis  # its diagnosis too, where the other folder has one
+
+    theirs, _ = lifelong_diagnosis.read(Path(args.merge))
+    if theirs.get("methods"):
+        ours_diag, _ = lifelong_diagnosis.read(args.results)
+        lifelong_diagnosis.write(args.results, lifelong_diagnosis.combine(ours_diag, theirs["methods"],
+                                                                          merged.to_json()), not args.no_docs)
+
+
 def main() -> None:
     args = parse_args()
+    if args.merge:
+        merge(args)
+        if not args.no_docs:
+            print(write_docs(args.results))
+        return
     if args.markdown:
         print(write_docs(args.results))
         return
     import torch
 
     from nmkevc import Repository
+    from nmkevc.editing.hparams import split_top
+    from nmkevc.evaluation.lifelong_report import markdown_table
 
     repo_dir = Path(args.repo) if args.repo else args.out / "repo"
     repo = Repository.open(repo_dir) if (repo_dir / ".nmkevc").exists() else Repository.init(repo_dir)
@@ -123,17 +174,21 @@ def main() -> None:
     deadline = time.time() + args.hours * 3600 if args.hours else None
     info = {"command": command(args), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"}
-    run = repo.lifelong(args.dataset, args.edits, args.batch, args.methods.split(","), out_dir=args.out,
+    run = repo.lifelong(args.dataset, args.edits, args.batch, split_top(args.methods), out_dir=args.out,
                         results_dir=args.results, seed=args.seed, neighbours=args.neighbours, split=args.split,
                         eval_every=args.eval_every, interleave=not args.no_interleave, info=info, log=log,
                         on_batch=None if args.no_docs else (lambda _run: write_docs(args.results)),
                         deadline=deadline)
     if not args.no_docs:
         write_docs(args.results)
+    # why edits failed, read from the run's commits now: the repository may not outlive the session
+    import lifelong_diagnosis
+
+    lifelong_diagnosis.update(repo, args.results, docs=not args.no_docs)
     finished = all(e >= args.edits for e in run.progress().values())
     docs = "" if args.no_docs else f"; {DOC.relative_to(ROOT)} rewritten"
     log(f"{'done' if finished else 'stopped (not finished)'}: results in {args.results}{docs}")
-    print(run.table())
+    print(markdown_table(run))
 
 
 if __name__ == "__main__":

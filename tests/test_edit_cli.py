@@ -28,6 +28,9 @@ def one_line(err: str) -> bool:
     (["-s", "France", "-p", "The capital of {} is"], "missing --target"),
     (["-s", "France", "-p", "The capital of {} is", "-t", "Rome", "--layers", "x-y"], "--layers"),
     (["-s", "France", "-p", "The capital of {} is", "-t", "Rome", "--layers", "2-99"], "does not exist"),
+    (["-s", "France", "-p", "The capital of {} is", "-t", "Rome", "--set", "ridge"], "key=value"),
+    (["-s", "France", "-p", "The capital of {} is", "-t", "Rome", "--set", "rigde=0.2"], "unknown edit hyperparameter"),
+    (["-s", "France", "-p", "The capital of {} is", "-t", "Rome", "--set", "masked_update=x"], "masked_update"),
 ])
 def test_edit_bad_input(repo, capsys, args, needle):
     head = repo.resolve()
@@ -86,11 +89,14 @@ def test_edit_ask_blame_flow(repo, capsys, tmp_path):
     prompt = "The capital of France is"
     root = repo.resolve()
     code, out, err = run(capsys, repo, "edit", "-s", "France", "-p", "The capital of {} is", "-t", "Rome",
-                         "--target-true", "Paris", "--layers", "1-2", "--stats-tokens", "400", "--json")
+                         "--target-true", "Paris", "--layers", "1-2", "--stats-tokens", "400", "--json",
+                         "--set", "z_steps=7", "--set", "masked_update=compensated")
     assert code == 0, err
     (outcome,) = json.loads(out)
     head = Repository.open(repo.root)
     commit = head.commit(outcome["commit"])
+    hp = commit.method["hparams"]
+    assert (hp["z_steps"], hp["masked_update"], hp["layers"]) == (7, "compensated", [1, 2])
     assert head.resolve() == outcome["commit"] and commit.parents == (root,) and commit.delta
     assert [x["layer"] for x in outcome["layers"]] == [1, 2] and outcome["stored_bytes"] > 0
     (check,) = outcome["checks"]
@@ -114,3 +120,15 @@ def test_edit_ask_blame_flow(repo, capsys, tmp_path):
     assert code == 0 and rep["answer"] == answers[outcome["commit"]]
     changed = answers[root] != answers[outcome["commit"]]
     assert [line["commit"] for line in rep["lines"]] == ([outcome["commit"]] if changed else [])
+
+
+def test_edit_with_the_projected_masked_update(repo, capsys):
+    """A masked form that reads Σ gets it from the repository's statistics (the porcelain asks the method)."""
+    code, out, err = run(capsys, repo, "edit", "-s", "France", "-p", "The capital of {} is", "-t", "Rome",
+                         "--layers", "1-2", "--stats-tokens", "400", "--json", "--set", "masked_update=projected")
+    assert code == 0, err
+    (outcome,) = json.loads(out)
+    commit = Repository.open(repo.root).commit(outcome["commit"])
+    assert commit.method["hparams"]["masked_update"] == "projected"
+    assert all(0 < x["info"]["mask_nullspace_kept"] <= x["neurons"] for x in
+               Repository.open(repo.root).show(outcome["commit"]).to_json()["weights"])

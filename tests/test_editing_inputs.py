@@ -216,3 +216,21 @@ def test_context_templates_count_the_prefix_in_the_token_cap(llama):
                 assert len(calls) == expect
     finally:
         handle.remove()
+
+
+def test_settings_and_arms_from_a_command_line():
+    from nmkevc.editing.hparams import parse_arm, parse_setting, split_top
+
+    assert parse_setting("ridge=0.2") == ("ridge", 0.2)
+    assert parse_setting("layers=[3, 4]") == ("layers", [3, 4])
+    assert parse_setting("masked_update=compensated") == ("masked_update", "compensated")
+    assert parse_setting("ridge_relative=false") == ("ridge_relative", False)
+    assert split_top("nmke,nmke:layers=[3,4]:ridge=0.2, memit") == ["nmke", "nmke:layers=[3,4]:ridge=0.2", "memit"]
+    assert parse_arm("nmke") == ("nmke", {})
+    assert parse_arm("nmke:masked_update=compensated:layers=[3,4]") == (
+        "nmke", {"masked_update": "compensated", "layers": [3, 4]})
+    for bad in ("ridge", "=3", "2x=1"):
+        with pytest.raises(EditRequestError, match="key=value"):
+            parse_setting(bad)
+    with pytest.raises(EditRequestError, match="names no method"):
+        parse_arm(":ridge=1")

@@ -11,8 +11,9 @@ import torch
 from test_editing_update import REQS, apply, dense_u, keys_and_h, load_with_projectors, run
 
 from nmkevc.editing import EditHparams
+from nmkevc.editing.covariance import nullspace_projector
 from nmkevc.editing.methods import FactorInputs, get_method
-from nmkevc.editing.update import masked_nullspace_factor, nullspace_factor
+from nmkevc.editing.update import masked_nullspace_factor, masked_projected_factor, nullspace_factor
 from nmkevc.errors import EditRequestError
 
 FAST = dict(z_lr=0.5, z_steps=8, z_clamp=4.0, z_weight_decay=0.0)
@@ -100,6 +101,57 @@ def test_compensated_factor_with_prior_cov_equals_the_restricted_dense_system():
     full = torch.ones(d_ff, dtype=torch.bool)
     torch.testing.assert_close(masked_nullspace_factor(keys, None, prior, 2.0, full),
                                nullspace_factor(keys, None, prior, 2.0))
+
+
+def _preserved(g, d_ff, rank=12, count=400):
+    """Preserved keys concentrated in a `rank`-dimensional subspace, and Σ = E[k kᵀ] of them."""
+    basis = torch.randn(d_ff, rank, generator=g, dtype=torch.float64)
+    k0 = basis @ torch.randn(rank, count, generator=g, dtype=torch.float64) \
+        + 0.01 * torch.randn(d_ff, count, generator=g, dtype=torch.float64)
+    return k0, k0 @ k0.T / count
+
+
+def test_projected_update_keeps_the_preserved_keys_that_zeroed_rows_disturb():
+    """Zeroing rows of the null-space solution (published) leaves the null space; the projected
+    form solves on the mask's rows with Σ_SS's own null space, so ΔW k₀ stays ~0."""
+    g = torch.Generator().manual_seed(2)
+    d_ff, n = 40, 3
+    k0, sigma = _preserved(g, d_ff)
+    keys = torch.randn(d_ff, n, generator=g, dtype=torch.float64)
+    mask = torch.rand(d_ff, generator=g) < 0.55
+    threshold = 1e-2
+    p, _ = nullspace_projector(sigma, threshold)
+    published = nullspace_factor(keys, p, None, 0.5) * mask[:, None]
+    u, lam, kept = masked_projected_factor(keys, sigma, None, mask, lambda k, pp: 0.5, threshold, None)
+    assert lam == 0.5 and 0 < kept < int(mask.sum())
+    assert bool((u[~mask] == 0).all()) and u[mask].abs().sum() > 0
+    def leak(x):  # how much a unit of update moves the preserved keys' outputs
+        return float((x.T @ k0).norm() / x.norm())
+
+    alphaedit = nullspace_factor(keys, p, None, 0.5)  # unmasked: what the null space allows at all
+    assert leak(u) < 1.5 * leak(alphaedit) and leak(published) > 20 * leak(alphaedit)
+    # it is AlphaEdit's solve on the sub-problem: P_S from Σ_SS, and the whole mask is AlphaEdit itself
+    s = torch.nonzero(mask)[:, 0]
+    p_s, _ = nullspace_projector(sigma[s][:, s], threshold)
+    torch.testing.assert_close(u[s], nullspace_factor(keys[s], p_s, None, 0.5))
+    full = torch.ones(d_ff, dtype=torch.bool)
+    prior = keys[:, :1] @ keys[:, :1].T
+    u_full, _, _ = masked_projected_factor(keys, sigma, prior, full, lambda k, pp: 0.5, threshold, None)
+    torch.testing.assert_close(u_full, nullspace_factor(keys, p.double(), prior, 0.5), rtol=1e-5, atol=1e-8)
+
+
+def test_projected_update_through_the_engine(setup):
+    model, tok, proj = setup
+    sigma, _ = __import__("nmkevc.editing", fromlist=["key_second_moment"]).key_second_moment(
+        model, tok, ["The capital of France is Paris.", "Rome is the capital of Italy."] * 4, [1, 2])
+    hp = EditHparams(layers=[1, 2], masked_update="projected", nullspace_keep_fraction=0.7, **FAST)
+    with pytest.raises(Exception, match="second moment"):
+        run(model, tok, REQS, hp, proj)  # Σ is needed and refused up front when missing
+    res = run(model, tok, REQS, hp, proj, sigma=sigma)
+    pub = run(model, tok, REQS, EditHparams(layers=[1, 2], **FAST), proj).updates
+    for a, b in zip(pub, res.updates, strict=True):
+        assert b.idx.tolist() == a.idx.tolist()  # the same mask
+        assert 0 < b.info["mask_nullspace_kept"] <= b.idx.numel() and b.info["ridge"] > 0
 
 
 def test_hparams_stored_before_relative_ridge_replay_as_made():

@@ -263,9 +263,13 @@ def test_results_block_reports_a_partial_run_as_partial():
     assert "0.900 ✗" in nmke_row and "0.850 ✓" in nmke_row and "-0.100 ✗" in nmke_row and "+2.00% ✓" in nmke_row
     assert "highest retention of the first batch: alphaedit (0.950)" in block
     assert "](results/x/retention.png)" in block and "`python benchmarks/lifelong.py --edits 300`" in block
+    # nmke got further: its latest full evaluation is shown too, apart from the comparison
+    later = block.split("Further, each method's latest", 1)[1]
+    assert "| nmke | 300 | 0.960 ✓ |" in later and "| alphaedit |" not in later
     run.points.append(_point("alphaedit", 300, specificity=0.76, base_specificity=0.78))
     block = results_markdown(run, "results/x")
     assert block.startswith("**Finished: nmke 300/300, alphaedit 300/300 edits**") and "at T = 300" in block
+    assert "Further" not in block
     alpha_row = next(line for line in block.splitlines() if line.startswith("| alphaedit |"))
     assert "-0.020 ✓" in alpha_row
     assert "No lifelong run" in results_markdown(None, "results/x", "lifelong run")
@@ -315,3 +319,108 @@ def test_lifelong_starts_no_batch_that_would_end_after_the_deadline(model_dirs, 
     assert lines[-1].startswith("stopping before memit's batch at 4 edits")
     run = run_lifelong(repo, _cases(), log=lines.append, deadline=time.time() + 3600, **kw)
     assert [p.edits for p in run.points] == [2, 4, 5]
+
+
+def _published(cases, methods, command, started, machine, points):
+    from nmkevc.evaluation.lifelong import run_fingerprint
+
+    info = {"command": command, "machine": machine, "sessions": [{"started": started, "seconds": 3600.0}],
+            "hparams": {m: {"method": m} for m in methods}, "fluency": {"prompts": ["a"], "max_new_tokens": 5},
+            "base_cases": {"efficacy": [0.0] * len(cases), "generalization": [], "specificity": []}}
+    return LifelongRun(len(cases), 2, list(methods), points, info, {m: f"lifelong-{m}-1" for m in methods},
+                       run_fingerprint(cases, 2, methods, None))
+
+
+def test_a_method_run_alone_joins_the_published_results_of_the_others():
+    """One method per session (machines that keep no files): the published methods this run
+    does not run are kept, its own points replace theirs, and each keeps its provenance."""
+    from nmkevc.evaluation.lifelong import merge_runs, provenance, run_fingerprint
+    from nmkevc.evaluation.lifelong_report import results_markdown
+
+    cases = _cases()
+    earlier = _published(cases, ["nmke", "alphaedit", "memit"], "cmd all", "2026-11-25 10:00", "m1",
+                         [_point("nmke", 2), _point("alphaedit", 2), _point("memit", 2), _point("nmke", 4)])
+    run = _published(cases, ["nmke"], "cmd nmke", "2026-12-03 10:00", "m2",
+                     [_point("nmke", 2, efficacy=0.5), _point("nmke", 4, efficacy=0.6), _point("nmke", 5)])
+    merged = merge_runs(earlier, run, cases, None)
+    assert merged.methods == ["nmke", "alphaedit", "memit"]
+    assert [(p.method, p.edits, p.efficacy) for p in merged.points] == [
+        ("nmke", 2, 0.5), ("alphaedit", 2, 0.9), ("memit", 2, 0.9), ("nmke", 4, 0.6), ("nmke", 5, 0.9)]
+    assert merged.fingerprint == run_fingerprint(cases, 2, ["nmke", "alphaedit", "memit"], None)
+    assert provenance(merged, "nmke")["command"] == "cmd nmke" and provenance(merged, "memit")["machine"] == "m1"
+    assert set(merged.info["hparams"]) == {"nmke", "alphaedit", "memit"} and "command" not in merged.info
+    block = results_markdown(merged, "results/x")
+    assert "- nmke: `cmd nmke`" in block and "- alphaedit, memit: `cmd all`" in block
+    assert "2 session(s), 2.0 h" in block and "machine: m1; m2" in block
+    # merged results merge again (a third session runs memit)
+    again = merge_runs(merged, _published(cases, ["memit"], "cmd memit", "2026-12-04 10:00", "m3",
+                                          [_point("memit", 2, efficacy=0.7)]), cases, None)
+    assert provenance(again, "nmke")["command"] == "cmd nmke" and provenance(again, "memit")["command"] == "cmd memit"
+    assert [(p.method, p.efficacy) for p in again.points if p.edits == 2] == [
+        ("nmke", 0.5), ("alphaedit", 0.9), ("memit", 0.7)]
+    # results of other facts, another batch size or other fluency settings are refused
+    with pytest.raises(Exception, match="another run"):
+        merge_runs(earlier, run, cases[:4] + [cases[0]], None)
+    with pytest.raises(Exception, match="another run"):
+        merge_runs(earlier, run, cases, {"layers": [1]})
+    run.info["fluency"] = {"prompts": ["b"], "max_new_tokens": 5}
+    with pytest.raises(Exception, match="fluency"):
+        merge_runs(earlier, run, cases, None)
+
+
+def test_lifelong_runs_of_single_methods_gather_in_one_results_folder(model_dirs, tmp_path):
+    """Two sessions on fresh machines (their own --out), one method each, one results folder."""
+    from nmkevc import Repository
+    from nmkevc.cli.app import main
+    from nmkevc.evaluation.lifelong_report import read_results
+
+    facts = _facts_file(tmp_path)
+
+    results = tmp_path / "results"
+    kw = dict(edits=2, batch_size=1, results_dir=results, log=lambda _: None)
+    repo = Repository.init(tmp_path / "repo0", base=str(model_dirs["llama"]))
+    repo.lifelong(str(facts), methods=["memit"], out_dir=tmp_path / "out0", **kw)
+    Repository.init(tmp_path / "repo1", base=str(model_dirs["llama"]))  # the next session: the CLI
+    assert main(["-C", str(tmp_path / "repo1"), "lifelong", "-d", str(facts), "-n", "2", "-b", "1",
+                 "--methods", "alphaedit", "--out", str(tmp_path / "out1"), "--results", str(results),
+                 "--json"]) == 0
+    run = read_results(results)
+    assert run.methods == ["memit", "alphaedit"]
+    assert [(p.method, p.edits) for p in run.points] == [("memit", 1), ("alphaedit", 1), ("memit", 2), ("alphaedit", 2)]
+    assert set(run.info["provenance"]) == {"memit", "alphaedit"}
+    # a run of other facts does not overwrite them
+    repo = Repository.init(tmp_path / "repo3", base=str(model_dirs["llama"]))
+    with pytest.raises(Exception, match="another run"):
+        repo.lifelong(str(facts), methods=["memit"], out_dir=tmp_path / "out3", **{**kw, "edits": 1})
+    assert read_results(results).points == run.points
+
+
+def test_lifelong_compares_arms_of_one_method(model_dirs, tmp_path):
+    """'nmke' and 'nmke:masked_update=compensated' side by side: each arm on its own branch,
+    its commits made with its settings; a bad setting fails before the first batch."""
+    from nmkevc import Repository
+
+    repo = Repository.init(tmp_path / "repo", base=str(model_dirs["llama"]))
+    arms = ["memit", "memit:memit_lambda0=50:layers=[1,2]"]
+    run = repo.lifelong(str(_facts_file(tmp_path)), 2, 2, arms, log=lambda _: None)
+    assert run.methods == arms and [p.method for p in run.points] == arms
+    hp = {p.method: repo.commit(p.commit).method["hparams"] for p in run.points}
+    assert hp[arms[0]]["memit_lambda0"] != 50 and hp[arms[1]]["memit_lambda0"] == 50 and hp[arms[1]]["layers"] == [1, 2]
+    assert run.info["hparams"][arms[1]]["memit_lambda0"] == 50
+    assert {b for b in repo.branches() if b.startswith("lifelong-memit-memit_lambda0-50-layers-")}
+    head = repo.resolve("HEAD")
+    for bad, needle in (("memit:memit_lambda0", "key=value"), ("memit:lamda=1", "unknown edit hyperparameter"),
+                        ("rome:ridge=1", "unknown method")):
+        with pytest.raises(Exception, match=needle):
+            repo.lifelong(str(_facts_file(tmp_path)), 2, 2, ["memit", bad], log=lambda _: None)
+    assert repo.resolve("HEAD") == head
+
+
+def _facts_file(tmp_path):
+    facts = tmp_path / "arms.jsonl"
+    facts.write_text("".join(json.dumps({
+        "requested_rewrite": {"prompt": "The capital of {} is", "subject": s, "target_new": {"str": t},
+                              "target_true": {"str": tt}},
+        "paraphrase_prompts": [f"The capital city of {s} is"], "neighborhood_prompts": ["The capital of Peru is"],
+    }) + "\n" for s, t, tt in (("France", "Rome", "Paris"), ("Spain", "Oslo", "Madrid"))))
+    return facts

@@ -56,11 +56,14 @@ def export(ctx, rev, directory, fmt, rank, as_json):
 @click.option("--corpus", type=RepoPath(), default=None,
               help="Text file for covariance statistics (default: shipped corpus).")
 @click.option("--stats-tokens", type=int, default=None, help="Tokens of corpus for the statistics.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="An edit hyperparameter (repeatable; see docs/method.md), e.g. --set masked_update=compensated.")
 @json_option
 @click.pass_context
 def edit(ctx, subject, prompt, target, target_true, paraphrases, path, batch_size, message, method, layers,
-         corpus, stats_tokens, as_json):
+         corpus, stats_tokens, settings, as_json):
     """Teach the model new facts with NMKE and commit the delta."""
+    from ..editing.hparams import parse_setting
     from ..errors import UsageError
     from ..facts import EditRequest
     from ..porcelain.datasets import read_requests
@@ -76,7 +79,9 @@ def edit(ctx, subject, prompt, target, target_true, paraphrases, path, batch_siz
         requests = [EditRequest(subject=subject, prompt=prompt, target_new=target, target_true=target_true,
                                 paraphrases=tuple(paraphrases))]
     repo = open_repo(ctx)
-    overrides = {"layers": _parse_layers(layers)} if layers else {}
+    overrides = dict(parse_setting(x) for x in settings)
+    if layers:
+        overrides["layers"] = _parse_layers(layers)
     bars = StageBars(enabled=not as_json)
     try:
         outcomes = repo.edit_batches(
@@ -206,9 +211,14 @@ def dataset_build(name, out, seed, relations, max_per_relation, split):
               help="A built-in fact set (countryinfo) or a CounterFact-schema file.")
 @click.option("--edits", "-n", type=int, default=1000, show_default=True, help="Facts taught in total.")
 @click.option("--batch-size", "-b", type=int, default=100, show_default=True, help="Facts per commit.")
-@click.option("--methods", default=None, help="Comma-separated methods (default: every registered one).")
+@click.option("--methods", default=None,
+              help="Comma-separated methods (default: every registered one); an arm METHOD:KEY=VALUE[:KEY=VALUE] "
+                   "sets hyperparameters of one, e.g. nmke,nmke:masked_update=compensated.")
 @click.option("--out", "out_dir", type=RepoPath(), default="lifelong-results", show_default=True,
               help="Directory for results.json, plots, table.md and the checkpoint.")
+@click.option("--results", "results_dir", type=RepoPath(), default=None,
+              help="Directory for results.json, plots and table.md (default: --out). Methods it already "
+                   "holds that this run does not run are kept: one method per session gathers there.")
 @click.option("--split", type=click.Choice(["dev", "test"]), default="test", show_default=True,
               help="Part of the built-in fact set (choose hyperparameters on dev, report on test).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -218,19 +228,25 @@ def dataset_build(name, out, seed, relations, max_per_relation, split):
                    "perplexity and fluency after every batch.")
 @click.option("--interleave", is_flag=True,
               help="Run the methods batch by batch, so a run stopped part-way compares them at the same T.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="An edit hyperparameter for every method (repeatable); for one method use an arm in --methods.")
 @json_option
 @click.pass_context
-def lifelong(ctx, source, edits, batch_size, methods, out_dir, split, seed, neighbours, eval_every, interleave,
-             as_json):
+def lifelong(ctx, source, edits, batch_size, methods, out_dir, results_dir, split, seed, neighbours, eval_every,
+             interleave, settings, as_json):
     """Sequential editing benchmark: EDITS facts in batches, per method, each on its own branch.
 
     Checkpoints after every batch in --out; run the same command again to resume."""
+    from ..editing.hparams import parse_setting, split_top
+    from ..evaluation.lifelong_report import markdown_table
+
     run = open_repo(ctx).lifelong(
-        source, edits, batch_size, methods.split(",") if methods else None, out_dir=out_dir, seed=seed,
-        neighbours=neighbours, split=split, eval_every=eval_every, interleave=interleave,
-        log=(lambda line: None) if as_json else (lambda line: click.echo(line, err=True)))
+        source, edits, batch_size, split_top(methods) if methods else None, out_dir=out_dir, seed=seed,
+        neighbours=neighbours, split=split, eval_every=eval_every, interleave=interleave, results_dir=results_dir,
+        log=(lambda line: None) if as_json else (lambda line: click.echo(line, err=True)),
+        **dict(parse_setting(x) for x in settings))
     if as_json:
         render.emit_json(run.to_json())
         return
-    click.echo(run.table())
-    click.echo(f"results in {out_dir}")
+    click.echo(markdown_table(run))
+    click.echo(f"results in {results_dir or out_dir}")

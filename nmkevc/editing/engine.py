@@ -22,9 +22,9 @@ from .attribution import attribution_scores
 from .hooks import frozen_eval
 from .hparams import EditHparams
 from .masking import neuron_mask
-from .methods import EditMethod, Factor, FactorInputs, get_method
+from .methods import EditMethod, FactorInputs, get_method
 from .tokens import split_template, template_weights, templated
-from .update import rewrite_keys, run_layers
+from .update import Factor, rewrite_keys, run_layers
 from .zopt import ZResult, optimise_z
 
 #: progress(phase, done, total) with phase "z", "attribution" or "update"
@@ -81,9 +81,11 @@ def compute_edit(
     """Run the edit for a batch of requests; the model is left exactly as it was.
 
     projectors: P_l per layer (None = identity: no null-space protection); prior_keys_cov:
-    C_l = Σ K Kᵀ of earlier edits (missing layer = zeros); key_second_moment: Σ_l (MEMIT only)."""
+    C_l = Σ K Kᵀ of earlier edits (missing layer = zeros); key_second_moment: Σ_l (MEMIT, and
+    the projected masked update)."""
     plan = plan_edit(model, requests, hparams, context_templates)
-    _check_stats(plan.method, plan.layers, plan.d_ff, projectors, prior_keys_cov, key_second_moment)
+    _check_stats(plan.method, plan.layers, plan.d_ff, projectors, prior_keys_cov, key_second_moment,
+                 plan.method.needs_second_moment(hparams))
     report = _reporter(progress)
     weights = [plan.adapter.weight(model, layer) for layer in plan.layers]
     originals = [w.detach().clone() for w in weights]
@@ -219,7 +221,7 @@ def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
     timings[name] = time.perf_counter() - t0
 
 
-def _check_stats(method, layers, d_ff, projectors, prior, second) -> None:
+def _check_stats(method, layers, d_ff, projectors, prior, second, needs_second: bool) -> None:
     """Refuse missing or mis-shaped statistics with a one-line message before any work."""
 
     def square(name, table, layer, required):
@@ -232,7 +234,7 @@ def _check_stats(method, layers, d_ff, projectors, prior, second) -> None:
             raise NmkevcError(f"{name} for layer {layer} has shape {tuple(t.shape)}, expected ({d_ff}, {d_ff})")
 
     for layer in layers:
-        if method.uses_second_moment:
+        if needs_second:
             square("key second moment", second, layer, required=True)
         if method.uses_projector:
             square("null-space projector", projectors, layer, required=projectors is not None)

@@ -7,6 +7,7 @@ no hidden defaults anywhere else in the engine.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 
@@ -218,3 +219,42 @@ def _as_int(x) -> int:
     if isinstance(x, bool) or not isinstance(x, int):
         raise TypeError(f"layer {x!r} is not an integer")
     return int(x)
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    """'key=value' (a hyperparameter given on a command line) → (key, value): the value read
+    as JSON (numbers, true/false, null, lists), else kept as text. The key is checked later,
+    with the value, by `EditHparams.from_json`."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier():
+        raise EditRequestError(f"a hyperparameter setting is key=value, not {text!r}")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key, value
+
+
+def split_top(text: str, sep: str = ",") -> list[str]:
+    """`text` split at `sep` outside brackets ('nmke:layers=[3,4],memit' is two items)."""
+    out, depth, cur = [], 0, []
+    for ch in text:
+        depth += (ch == "[") - (ch == "]")
+        if ch == sep and depth == 0:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    out.append("".join(cur))
+    return [x.strip() for x in out if x.strip()]
+
+
+def parse_arm(label: str) -> tuple[str, dict]:
+    """A compared configuration, 'method' or 'method:key=value:key=value' (e.g.
+    'nmke:masked_update=compensated'), → (method, its hyperparameter overrides): one run
+    can then set the published form and a variant of one method side by side."""
+    method, *settings = label.split(":")
+    if not method.strip():
+        raise EditRequestError(f"{label!r} names no method (method or method:key=value)")
+    return method.strip(), dict(parse_setting(s) for s in settings)

@@ -19,6 +19,8 @@ from ..errors import EditRequestError
 if TYPE_CHECKING:  # the registry is read by the CLI before torch is needed
     import torch
 
+    from .update import Factor
+
 
 @dataclass(frozen=True)
 class FactorInputs:
@@ -27,17 +29,8 @@ class FactorInputs:
     keys: torch.Tensor  # (d_ff, n)
     projector: torch.Tensor | None  # P_l; None = identity
     prior_cov: torch.Tensor | None  # C_l = Σ K Kᵀ of earlier edits; None = zeros
-    second_moment: torch.Tensor | None  # Σ_l (MEMIT)
+    second_moment: torch.Tensor | None  # Σ_l (MEMIT; the projected masked update)
     mask: torch.Tensor | None = None  # bool (d_ff,): the neurons the update may touch; None = all
-
-
-@dataclass(frozen=True)
-class Factor:
-    """A solve's result: U (d_ff × n, float64; rows outside the mask are zero) and what it used
-    (e.g. the λ it resolved), which the engine reports per layer."""
-
-    U: torch.Tensor
-    info: dict
 
 
 @dataclass(frozen=True)
@@ -55,6 +48,11 @@ class EditMethod:
     def factor(self, inputs: FactorInputs, hparams) -> Factor:
         return self.solve(inputs, hparams)
 
+    def needs_second_moment(self, hparams) -> bool:
+        """Whether a solve with these hyperparameters reads Σ_l (MEMIT, or a masked form that does)."""
+        return self.uses_second_moment or (self.masks_neurons
+                                           and masked_update_form(hparams.masked_update).uses_second_moment)
+
 
 @dataclass(frozen=True)
 class MaskedUpdate:
@@ -62,20 +60,43 @@ class MaskedUpdate:
 
     name: str
     summary: str
-    #: (keys, projector, prior_cov, λ, mask) → U (d_ff × n, float64, zero outside the mask)
-    solve: Callable[..., torch.Tensor]
+    #: (inputs with a mask, hparams) → U (d_ff × n, float64, zero outside the mask) and info
+    solve: Callable[[FactorInputs, object], Factor]
+    #: reads Σ_l (for a projector of its own)
+    uses_second_moment: bool = False
 
 
-def _published(keys, projector, prior_cov, ridge, mask):
-    from .update import nullspace_factor, zero_outside
+def _ridge(keys, projector, hp) -> float:
+    from .update import relative_ridge
 
-    return zero_outside(nullspace_factor(keys, projector, prior_cov, ridge), mask)
+    return relative_ridge(keys, projector, hp.ridge) if hp.ridge_relative else float(hp.ridge)
 
 
-def _compensated(keys, projector, prior_cov, ridge, mask):
-    from .update import masked_nullspace_factor
+def _published(inputs: FactorInputs, hp) -> Factor:
+    from .update import Factor, nullspace_factor, zero_outside
 
-    return masked_nullspace_factor(keys, projector, prior_cov, ridge, mask)
+    lam = _ridge(inputs.keys, inputs.projector, hp)
+    u = nullspace_factor(inputs.keys, inputs.projector, inputs.prior_cov, lam)
+    return Factor(zero_outside(u, inputs.mask), {"ridge": lam})
+
+
+def _compensated(inputs: FactorInputs, hp) -> Factor:
+    from .update import Factor, masked_nullspace_factor
+
+    lam = _ridge(inputs.keys, inputs.projector, hp)
+    return Factor(masked_nullspace_factor(inputs.keys, inputs.projector, inputs.prior_cov, lam, inputs.mask),
+                  {"ridge": lam})
+
+
+def _projected(inputs: FactorInputs, hp) -> Factor:
+    from .update import Factor, masked_projected_factor
+
+    if inputs.second_moment is None:
+        raise EditRequestError("the projected masked update needs the key second moment of every edited layer")
+    u, lam, kept = masked_projected_factor(inputs.keys, inputs.second_moment, inputs.prior_cov, inputs.mask,
+                                           lambda k, p: _ridge(k, p, hp), hp.nullspace_threshold,
+                                           hp.nullspace_keep_fraction)
+    return Factor(u, {"ridge": lam, "mask_nullspace_kept": kept})
 
 
 #: read-only, like REGISTRY
@@ -84,6 +105,8 @@ MASKED_UPDATES: Mapping[str, MaskedUpdate] = MappingProxyType({f.name: f for f i
                  _published),
     MaskedUpdate("compensated", "solve the same system on the mask's rows only (beyond the paper)",
                  _compensated),
+    MaskedUpdate("projected", "solve on the mask's rows with the null space of the preserved keys "
+                 "restricted to them (beyond the paper)", _projected, uses_second_moment=True),
 )})
 
 
@@ -97,21 +120,16 @@ def masked_update_form(name: str) -> MaskedUpdate:
 
 
 def _nullspace(inputs: FactorInputs, hp) -> Factor:
-    from .update import nullspace_factor, relative_ridge
+    from .update import Factor, nullspace_factor
 
-    lam = float(hp.ridge)
-    if hp.ridge_relative:
-        lam = relative_ridge(inputs.keys, inputs.projector, hp.ridge)
-    if inputs.mask is None:
-        u = nullspace_factor(inputs.keys, inputs.projector, inputs.prior_cov, lam)
-    else:
-        u = masked_update_form(hp.masked_update).solve(inputs.keys, inputs.projector, inputs.prior_cov, lam,
-                                                        inputs.mask)
-    return Factor(u, {"ridge": lam})
+    if inputs.mask is not None:
+        return masked_update_form(hp.masked_update).solve(inputs, hp)
+    lam = _ridge(inputs.keys, inputs.projector, hp)
+    return Factor(nullspace_factor(inputs.keys, inputs.projector, inputs.prior_cov, lam), {"ridge": lam})
 
 
 def _memit(inputs: FactorInputs, hp) -> Factor:
-    from .update import memit_factor, zero_outside
+    from .update import Factor, memit_factor, zero_outside
 
     if inputs.second_moment is None:
         raise EditRequestError("MEMIT needs the key second moment of every edited layer")

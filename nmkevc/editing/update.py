@@ -18,7 +18,15 @@ import torch
 from ..models.adapters import ArchAdapter
 from ..models.tokens import Batch
 from .hooks import first_input, hidden_of, hooks, run_until, stop_after
-from .methods import Factor
+
+
+@dataclass(frozen=True)
+class Factor:
+    """A solve's result: U (d_ff × n, float64; rows outside the mask are zero) and what it used
+    (e.g. the λ it resolved), which the engine reports per layer."""
+
+    U: torch.Tensor
+    info: dict
 
 
 @dataclass
@@ -105,6 +113,38 @@ def zero_outside(u: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if mask is None:
         return u
     return u * mask.to(u.dtype)[:, None]
+
+
+def masked_projected_factor(
+    keys: torch.Tensor,
+    second_moment: torch.Tensor,
+    prior_cov: torch.Tensor | None,
+    mask: torch.Tensor,
+    ridge: Callable[[torch.Tensor, torch.Tensor], float],
+    threshold: float,
+    keep_fraction: float | None,
+) -> tuple[torch.Tensor, float, int]:
+    """The projected masked update: AlphaEdit's solve on the mask's rows S alone, with the
+    null-space projector P_S of the preserved keys *restricted to S* (from Σ_SS, by the rule
+    of the whole-layer projector),
+
+        U_S = (P_S (K_S K_Sᵀ + C_SS) + λ I)⁻¹ P_S K_S,   U = 0 outside S.
+
+    Zeroing rows of the whole-layer solution (the published form) takes it out of the null
+    space: ΔW k₀ = R Uᵀ k₀ no longer vanishes for preserved keys k₀. Here ΔW k₀ = R U_Sᵀ k₀_S,
+    and U_S lies in the null space of Σ_SS, so the preserved keys are protected as AlphaEdit
+    protects them, on the mask's neurons only. `ridge(K_S, P_S)` gives λ on the sub-problem's
+    scale. Returns (U, λ, directions P_S keeps)."""
+    from .covariance import nullspace_projector
+
+    sel = torch.nonzero(mask, as_tuple=False)[:, 0]
+    p_s, kept = nullspace_projector(second_moment.double()[sel][:, sel], threshold, keep_fraction)
+    k_s = keys.double()[sel]
+    lam = ridge(k_s, p_s)
+    c_s = None if prior_cov is None else prior_cov.double()[sel][:, sel]
+    u = torch.zeros(keys.shape[0], keys.shape[1], dtype=torch.float64)
+    u[sel] = nullspace_factor(k_s, p_s, c_s, lam)
+    return u, lam, kept
 
 
 def masked_nullspace_factor(

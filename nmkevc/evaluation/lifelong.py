@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..editing.hparams import parse_arm
 from ..errors import NmkevcError
 from ..facts import EditRequest
 from ..models.live import ModelState
@@ -121,11 +123,6 @@ class LifelongRun:
         except (KeyError, TypeError, ValueError) as e:
             raise NmkevcError(f"the lifelong checkpoint is not readable ({e})") from None
 
-    def table(self) -> str:
-        from .lifelong_report import markdown_table
-
-        return markdown_table(self)
-
     def points_of(self, method: str) -> list[BatchPoint]:
         return [p for p in self.points if p.method == method]
 
@@ -162,6 +159,57 @@ def load_checkpoint(path: Path, fingerprint: str) -> LifelongRun | None:
 
 def save_checkpoint(run: LifelongRun, path: Path) -> None:
     atomic_write_text(Path(path), json.dumps(run.to_json(), indent=1) + "\n")
+
+
+#: run.info keys that describe how one group of methods was run (kept per method when runs merge)
+PROVENANCE_KEYS = ("command", "date", "torch", "machine", "sessions")
+
+
+def provenance(run: LifelongRun, method: str) -> dict:
+    """How `method`'s points of `run` were produced: the command, date, machine, sessions."""
+    merged = (run.info.get("provenance") or {}).get(method)
+    if merged is not None:
+        return merged
+    return {k: run.info[k] for k in PROVENANCE_KEYS if k in run.info}
+
+
+def merge_runs(earlier: LifelongRun, run: LifelongRun, cases: list, overrides: dict | None) -> LifelongRun:
+    """`run` joined with the methods of `earlier` (published results of the same facts,
+    batching and overrides) that it does not run itself.
+
+    Why: a checkpoint resumes a run only on a machine that keeps its files. Where sessions
+    start on a fresh machine, each session runs one method to the end instead, and the
+    committed results.json gathers them. A method of `run` replaces all of its points in
+    `earlier`: a method started again from its first batch is a new measurement, not a
+    continuation. Each method keeps its own provenance (command, date, machine, sessions)."""
+    if (earlier.edits, earlier.batch_size) != (run.edits, run.batch_size) or \
+            earlier.fingerprint != run_fingerprint(cases, run.batch_size, earlier.methods, overrides):
+        raise NmkevcError("the published results belong to another run (other facts, batch size or "
+                          "hyperparameters); choose another results directory or delete them")
+    if run.fingerprint and run.fingerprint != run_fingerprint(cases, run.batch_size, run.methods, overrides):
+        raise NmkevcError("the results to merge belong to another run (other facts, batch size or hyperparameters)")
+    kept = [m for m in earlier.methods if m not in run.methods]
+    if not kept:
+        return run
+    if earlier.info.get("fluency") and run.info.get("fluency") and earlier.info["fluency"] != run.info["fluency"]:
+        raise NmkevcError("the published results measured fluency with other settings (prompts, tokens); "
+                          "they cannot share a table with this run")
+    methods = [m for m in earlier.methods if m in kept or m in run.methods]
+    methods += [m for m in run.methods if m not in methods]
+    order = {m: i for i, m in enumerate(methods)}
+    points = [p for p in earlier.points if p.method in kept] + list(run.points)
+    points.sort(key=lambda p: (p.edits, order[p.method]))
+    info = {k: v for k, v in run.info.items() if k not in PROVENANCE_KEYS}
+    info["provenance"] = {m: provenance(run if m in run.methods else earlier, m) for m in methods}
+    info["hparams"] = {m: ((run if m in run.methods else earlier).info.get("hparams") or {}).get(m)
+                       for m in methods}
+    info["hparams"] = {m: h for m, h in info["hparams"].items() if h is not None}
+    old_base = (earlier.info.get("base_cases") or {}).get("efficacy") or []
+    if len(old_base) > len((info.get("base_cases") or {}).get("efficacy") or []):
+        info["base_cases"] = earlier.info["base_cases"]
+    branches = {m: b for m, b in {**earlier.branches, **run.branches}.items() if m in methods}
+    return LifelongRun(run.edits, run.batch_size, methods, points, info, branches,
+                       run_fingerprint(cases, run.batch_size, methods, overrides))
 
 
 #: what `fluency_prompts` / `fluency_tokens` measure, recorded in run.info["fluency"]
@@ -272,7 +320,8 @@ def run_lifelong(
     deadline: float | None = None,
 ) -> LifelongRun:
     """Run the benchmark on `cases` (EditRequests, or EvalCases carrying per-neighbour answers)
-    for each of `methods` (names of the editing registry); with `checkpoint`, save after every
+    for each of `methods` (names of the editing registry, or arms 'method:key=value' that
+    set hyperparameters of one method: `parse_arm`); with `checkpoint`, save after every
     batch and resume from what the file holds.
 
     `eval_every` k > 1 evaluates all edits so far only every k-th batch (and the first and
@@ -327,7 +376,7 @@ def run_lifelong(
     done_edits, stored = {}, {}
     for method in methods:
         done_points = run.points_of(method)
-        branch = run.branches.get(method) or f"lifelong-{method}-{int(time.time())}"
+        branch = run.branches.get(method) or f"lifelong-{re.sub(r'[^A-Za-z0-9._-]+', '-', method)}-{int(time.time())}"
         resume_at = done_points[-1].commit if done_points else root
         if branch not in repo.branches() or repo.branches()[branch] != resume_at:
             repo.branch(branch, resume_at, force=True)  # new, or set back past an unsaved batch
@@ -352,8 +401,9 @@ def run_lifelong(
         batch = cases[start : start + batch_size]
         t0 = time.time()
         message = f"lifelong {method}: edits {start}..{start + len(batch) - 1}"
-        out = repo.edit([_request(c) for c in batch], method=method, message=message,
-                        **(hparams_overrides or {}))
+        name, arm = parse_arm(method)
+        out = repo.edit([_request(c) for c in batch], method=name, message=message,
+                        **{**(hparams_overrides or {}), **arm})
         seconds = time.time() - t0
         stored[method] += out.stored_bytes
         # the hyperparameters as the commit stores them (model-dependent defaults resolved)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import NmkevcError
 from ..storage.fsutil import atomic_write_text
-from .lifelong import BatchPoint, LifelongRun
+from .lifelong import BatchPoint, LifelongRun, provenance
 
 #: the plots write_outputs draws: (file stem, point field, y label)
 PLOTS = (
@@ -57,6 +57,18 @@ def markdown_table(run: LifelongRun) -> str:
             f"{p.stored_bytes / 2**20:.2f} |"
         )
     return "\n".join(rows)
+
+
+def read_results(out_dir: Path) -> LifelongRun | None:
+    """The run published in `out_dir`/results.json, or None if there is none."""
+    path = Path(out_dir) / "results.json"
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        raise NmkevcError(f"{path} is not valid JSON; restore it from version control or delete it") from None
+    return LifelongRun.from_json(data)
 
 
 def write_outputs(run: LifelongRun, out_dir: Path) -> list[Path]:
@@ -143,13 +155,11 @@ def results_markdown(run: LifelongRun | None, link_dir: str, what: str = "lifelo
               "retention (1st batch) | perplexity change | fluency |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
               "| *goal* | | *≥ 0.95* | *≥ 0.80* | | | *≥ −0.05* | | *≤ +5%* | |"]
-    for m, p in points.items():
-        g = _goal_marks(p)
-        delta = None if p.specificity is None or p.base_specificity is None else p.specificity - p.base_specificity
-        lines.append(f"| {m} | {p.edits} | {_f(p.efficacy)}{_mark(g['efficacy'])} | "
-                     f"{_f(p.generalization)}{_mark(g['generalization'])} | {_f(p.specificity)} | "
-                     f"{_f(p.base_specificity)} | {_f(delta, '+.3f')}{_mark(g['specificity'])} | {_f(p.retention)} | "
-                     f"{_f(p.perplexity_change, '+.2%')}{_mark(g['perplexity'])} | {_f(p.fluency, '.2f')} |")
+    header = lines[-3:]
+    lines += [_goal_row(m, p) for m, p in points.items()]
+    latest = {m: pts[-1] for m in run.methods
+              if (pts := [p for p in run.points_of(m) if p.efficacy is not None]) and m in points
+              and pts[-1].edits > points[m].edits}
     best = []
     for metric, label in (("retention", "retention of the first batch"), ("specificity", "specificity")):
         vals = {m: getattr(p, metric) for m, p in points.items() if getattr(p, metric) is not None}
@@ -158,20 +168,54 @@ def results_markdown(run: LifelongRun | None, link_dir: str, what: str = "lifelo
             best.append(f"highest {label}: {', '.join(m for m, v in vals.items() if v == top)} ({top:.3f})")
     if best:
         lines += ["", "At this T, " + "; ".join(best) + "."]
+    if latest:
+        lines += ["", "Further, each method's latest fully evaluated point (methods at different T do not compare "
+                  "with each other):", "", *header, *[_goal_row(m, p) for m, p in latest.items()]]
     lines += ["", f"Unedited model: perplexity {_f(base_ppl, '.2f')} on the held-out text, fluency "
               f"{_f(base_flu, '.2f')}{_fluency_note(run)}. Unedited specificity is measured on the same "
               "neighbourhood prompts as the edited models' (those of the first T facts)."]
     plots = " · ".join(f"[{stem.replace('_', ' ')}]({link_dir}/{stem}.png)" for stem, _, _ in PLOTS)
     lines += ["", f"Plots (per batch, every method): {plots}. Every batch: [table.md]({link_dir}/table.md); "
               f"data: [results.json]({link_dir}/results.json)."]
-    if run.info.get("command"):
-        lines += ["", f"Reproduce (resumes from its checkpoint if stopped): `{run.info['command']}`"]
-    sessions = run.info.get("sessions") or []
-    if sessions:
-        hours = sum(s.get("seconds", 0) for s in sessions) / 3600
-        lines += ["", f"{len(sessions)} session(s), {hours:.1f} h of wall time so far, first started "
-                  f"{sessions[0].get('started', '?')}; machine: {run.info.get('machine', '?')}."]
+    lines += _provenance_lines(run)
     return "\n".join(lines)
+
+
+def _goal_row(method: str, p: BatchPoint) -> str:
+    """A point's row of the docs table, with issue #9's goal marks."""
+    g = _goal_marks(p)
+    delta = None if p.specificity is None or p.base_specificity is None else p.specificity - p.base_specificity
+    return (f"| {method} | {p.edits} | {_f(p.efficacy)}{_mark(g['efficacy'])} | "
+            f"{_f(p.generalization)}{_mark(g['generalization'])} | {_f(p.specificity)} | "
+            f"{_f(p.base_specificity)} | {_f(delta, '+.3f')}{_mark(g['specificity'])} | {_f(p.retention)} | "
+            f"{_f(p.perplexity_change, '+.2%')}{_mark(g['perplexity'])} | {_f(p.fluency, '.2f')} |")
+
+
+def _provenance_lines(run: LifelongRun) -> list[str]:
+    """How to reproduce each method's points, and the sessions and machines they took."""
+    groups: dict[str, list[str]] = {}  # command -> methods
+    records = {m: provenance(run, m) for m in run.methods}
+    for m, rec in records.items():
+        if rec.get("command"):
+            groups.setdefault(rec["command"], []).append(m)
+    lines = []
+    if len(groups) == 1:
+        lines += ["", f"Reproduce (resumes from its checkpoint if stopped): `{next(iter(groups))}`"]
+    elif groups:
+        lines += ["", "Reproduce (one command per group of methods; each resumes from its own checkpoint "
+                  "if stopped, and writes its methods into the same results.json):", ""]
+        lines += [f"- {', '.join(ms)}: `{cmd}`" for cmd, ms in groups.items()]
+    seen: dict[str, dict] = {}  # the same sessions are shared by the methods of one command
+    for rec in records.values():
+        for s in rec.get("sessions") or []:
+            seen.setdefault(f"{s.get('started')}|{rec.get('machine')}", {**s, "machine": rec.get("machine")})
+    if seen:
+        sessions = sorted(seen.values(), key=lambda s: str(s.get("started")))
+        hours = sum(s.get("seconds", 0) for s in sessions) / 3600
+        machines = sorted({str(s["machine"]) for s in sessions if s.get("machine")})
+        lines += ["", f"{len(sessions)} session(s), {hours:.1f} h of wall time so far, first started "
+                  f"{sessions[0].get('started', '?')}; machine: {'; '.join(machines) or '?'}."]
+    return lines
 
 
 def _fluency_note(run: LifelongRun) -> str:

@@ -151,7 +151,7 @@ def compute_delta(
     result = compute_edit(
         state.model, state.tokenizer, requests, hp, context_templates=templates,
         projectors=projectors, prior_keys_cov=prior,
-        key_second_moment=sigmas if method.uses_second_moment else None,
+        key_second_moment=sigmas if method.needs_second_moment(hp) else None,
         progress=progress,  # the engine names its phases: z, attribution, update
     )
     d_model, d_ff = adapter.dims(state.model, layers[0])

@@ -268,25 +268,39 @@ class Repository:
         method on its own branch; figures after every batch. With `out_dir`, a checkpoint is
         written there after every batch and a second call with the same arguments resumes;
         results.json, table.md and plots are written to `results_dir` (default `out_dir`)
-        after every batch, so a run stopped part-way leaves its figures so far.
+        after every batch, so a run stopped part-way leaves its figures so far. Methods that
+        results.json already holds and this call does not run are kept there (see
+        `merge_runs`: one method per session on machines that keep no files).
         `eval_every`, `interleave`, `deadline`: see `run_lifelong`; `info` is recorded in results.json."""
+        from ..editing import EditHparams
+        from ..editing.hparams import parse_arm
         from ..editing.methods import get_method, method_names
-        from ..evaluation.lifelong import run_lifelong
-        from ..evaluation.lifelong_report import write_outputs
+        from ..evaluation.lifelong import LifelongRun, merge_runs, run_lifelong
+        from ..evaluation.lifelong_report import read_results, write_outputs
         from .datasets import eval_cases
 
         methods = list(methods) if methods else list(method_names())
-        for m in methods:
-            get_method(m)
+        for m in methods:  # a bad method or setting fails now, not at its first batch
+            name, arm = parse_arm(m)
+            get_method(name)
+            EditHparams.from_json({**EditHparams().to_json(), **overrides, **arm, "method": name})
         cases = eval_cases(source, edits, seed=seed, neighbours=neighbours, split=split)
         checkpoint = Path(out_dir) / "checkpoint.json" if out_dir is not None else None
         publish = Path(results_dir) if results_dir is not None else (Path(out_dir) if out_dir is not None else None)
 
+        earlier = read_results(publish) if publish is not None else None
+
+        def published(run):
+            return merge_runs(earlier, run, cases, overrides or None) if earlier is not None else run
+
+        if earlier is not None:  # refuse results of other facts before the first batch, not after it
+            published(LifelongRun(len(cases), batch_size, methods))
+
         def after_batch(run) -> None:
             if publish is not None:
-                write_outputs(run, publish)
+                write_outputs(published(run), publish)
             if on_batch is not None:
-                on_batch(run)
+                on_batch(published(run))
 
         run = run_lifelong(self, cases, batch_size, methods, log=log, hparams_overrides=overrides or None,
                            checkpoint=checkpoint, eval_every=eval_every, interleave=interleave,
@@ -294,8 +308,8 @@ class Repository:
                                  **(info or {})},
                            on_batch=after_batch, deadline=deadline)
         if publish is not None:
-            write_outputs(run, publish)
-        return run
+            write_outputs(published(run), publish)
+        return published(run)
 
     # -- models --------------------------------------------------------------------------
     def load_model(self, rev: str = "HEAD", progress: Progress = None) -> ModelState:

@@ -1,0 +1,30 @@
+"""Figures in docs/benchmarks.md come from the committed JSON files, never typed by hand."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bench(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _block(doc: Path, begin: str, end: str) -> str:
+    return doc.read_text().split(begin, 1)[1].split(end, 1)[0].strip("\n")
+
+
+def test_z_floor_block_is_generated_from_its_json():
+    mod = _bench("z_floor")
+    data = json.loads(mod.DEFAULT_OUT.read_text()) if mod.DEFAULT_OUT.exists() else None
+    assert _block(mod.DOC, mod.BEGIN, mod.END) == mod.markdown(data)
+
+
+def test_editing_table_is_generated_from_its_json():
+    mod = _bench("editing")
+    body = mod.markdown(mod.DEFAULT_OUT) + "\n\n" + mod.ratios(mod.DEFAULT_OUT)
+    assert _block(mod.DOC, mod.BEGIN, mod.END) == body.strip("\n")

@@ -1,0 +1,75 @@
+"""benchmarks/lifelong_diagnosis.py: the split of failed edits by step, and its docs block."""
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("lifelong_diagnosis", ROOT / "benchmarks" / "lifelong_diagnosis.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _commit(nll, residual, efficacy, over_h):
+    weights = [SimpleNamespace(layer=3, neurons=768, d_ff=1536, info={"written_fraction": 0.4}),
+               SimpleNamespace(layer=4, neurons=384, d_ff=1536, info={"written_fraction": 0.6})]
+    return SimpleNamespace(
+        method={"hparams": {"z_steps": 25, "z_clamp": 0.75}},
+        info={"editor": {"z_nll": nll, "z_steps": [25, 10, 25, 3], "residual_left": residual,
+                         "delta_over_h": over_h, "timings": {"z": 1.0}},
+              "evaluation": {"requests": [{"efficacy": e, "generalization": 0.5} for e in efficacy]},
+              "seconds": 2.0},
+        weights=weights)
+
+
+def test_failed_edits_are_put_down_to_the_step_that_missed():
+    mod = _module()
+    # request 0 fails with z short of its target; 1 fails with z fine but δ left unwritten;
+    # 2 fails although both steps did their part; 3 holds
+    rec = mod.batch_record(_commit(nll=[2.0, 0.1, 0.2, 0.05], residual=[0.2, 0.8, 0.3, 0.1],
+                                   efficacy=[False, False, False, True], over_h=[0.75, 0.3, 0.75, 0.2]), edits=4)
+    split = (rec["failed_at_commit"], rec["failed_z_missed"], rec["failed_unwritten"], rec["failed_other"])
+    assert split == (3, 1, 1, 1)
+    assert rec["efficacy_at_commit"] == 0.25 and rec["z_reached"] == 0.75 and rec["z_at_clamp"] == 0.5
+    assert rec["z_at_max_steps"] == 0.5 and rec["residual_unwritten"] == 0.25
+    assert rec["residual_left_failed"] == round((0.2 + 0.8 + 0.3) / 3, 4) and rec["residual_left_held"] == 0.1
+    assert rec["mask_fraction_mean"] == 0.375 and rec["written_fraction_mean"] == 0.5
+
+
+def test_docs_diagnosis_block_is_generated_from_the_committed_json():
+    mod = _module()
+    results = ROOT / "docs" / "results" / "lifelong-countryinfo-T1000-B100"
+    path = results / "diagnosis.json"
+    data = json.loads(path.read_text()) if path.exists() else {"methods": {}}
+    res = json.loads((results / "results.json").read_text()) if (results / "results.json").exists() else None
+    doc = (ROOT / "docs" / "results.md").read_text()
+    block = doc.split(mod.BEGIN, 1)[1].split(mod.END, 1)[0].strip("\n")
+    assert block == mod.markdown(data, res, os.path.relpath(results, ROOT / "docs"))
+
+
+def test_disturbance_is_the_relative_rms_output_change_on_generic_keys():
+    import torch
+
+    mod = _module()
+    torch.manual_seed(0)
+    sigma = torch.randn(6, 6)
+    sigma = sigma @ sigma.T  # a key second moment
+    w = torch.randn(4, 6)
+    meter = object.__new__(mod.Disturbance)
+    meter.sigma, meter.scale, meter.total = {3: sigma}, {3: float(torch.trace(w @ sigma @ w.T))}, {}
+
+    def delta(d):
+        return SimpleNamespace(weights=[SimpleNamespace(layer=3, dense_out_in=lambda d=d: d)])
+
+    d1 = torch.randn(4, 6) * 0.1
+    own, cum = meter.add(delta(d1))
+    expected = (float(torch.trace(d1 @ sigma @ d1.T)) / meter.scale[3]) ** 0.5
+    assert own == cum == round(expected, 4)
+    own, cum = meter.add(delta(-d1))  # the second batch undoes the first: nothing left in total
+    assert own == round(expected, 4) and cum == 0.0
