@@ -84,6 +84,20 @@ def batch_record(info, edits: int) -> dict:
     }
 
 
+def nullspace_shares(sigma: dict, threshold: float | None, keep_fraction: float | None) -> dict:
+    """Per layer, the directions the null-space projector keeps (as `nullspace_projector` picks
+    them) and the share of Σ's trace they carry: the preserved keys' energy an update in the
+    "null space" may still move (0 would be a true null space)."""
+    import torch
+
+    out = {}
+    for layer, s in sigma.items():
+        e = torch.linalg.eigvalsh(s.double())  # ascending, as the projector reads them
+        n = int(round(keep_fraction * len(e))) if keep_fraction is not None else int((e < (threshold or 0)).sum())
+        out[str(layer)] = {"kept": n, "of": len(e), "trace_share": round(float(e[:n].sum() / e.sum()), 4)}
+    return out
+
+
 class Disturbance:
     """How much the edits move a layer's output on generic text: sqrt(tr(ΔW Σ ΔWᵀ) / tr(W Σ Wᵀ)),
     Σ = E[k kᵀ] of the base's keys over the statistics corpus (the relative RMS change of the
@@ -107,6 +121,8 @@ class Disturbance:
             w = w if self.adapter.orientation == "out_in" else w.T
             self.scale[layer] = float(((w @ sig) * w).sum())
         self.total: dict[int, object] = {}
+        hp = (commit.method or {}).get("hparams") or {}
+        self.nullspace = nullspace_shares(self.sigma, hp.get("nullspace_threshold"), hp.get("nullspace_keep_fraction"))
 
     def add(self, delta) -> tuple[float | None, float | None]:
         """(this delta's, the cumulative) disturbance, each the mean over the layers."""
@@ -144,12 +160,14 @@ def diagnose(repo, results: dict) -> dict:
             batches.append(record)
         if not batches:
             continue
+        projected = (info.info.get("editor") or {}).get("projector") == "given"  # MEMIT has none
+        nullspace = meter.nullspace if meter is not None and projected else None
         keys = ("failed_at_commit", "failed_z_missed", "failed_unwritten", "failed_other", "requests")
         totals = {k: sum(b[k] for b in batches) for k in keys}
         for k in ("efficacy_at_commit", "z_reached", "z_at_clamp", "residual_unwritten", "residual_left_failed",
                   "residual_left_held", "written_fraction_mean", "mask_fraction_mean"):
             totals[k] = _mean([b[k] for b in batches])
-        out[method] = {"batches": batches, "totals": totals}
+        out[method] = {"batches": batches, "totals": totals, "nullspace": nullspace}
     return out
 
 
@@ -180,6 +198,13 @@ def markdown(data: dict, results: dict | None, link_dir: str) -> str:
             f"{_f(t['residual_left_failed'], '.2f')} / {_f(t['residual_left_held'], '.2f')} | "
             f"{_f(t['written_fraction_mean'])} | {_f(t['mask_fraction_mean'])} | "
             f"{_f(ret)}{f' (T = {last_t})' if last_t else ''} |")
+    for method, entry in data["methods"].items():
+        ns = entry.get("nullspace")
+        if ns:
+            parts = ", ".join(f"layer {k} {v['kept']}/{v['of']} directions, {v['trace_share']:.0%}"
+                              for k, v in ns.items())
+            lines += ["", f"{method}'s null space (the directions its projector keeps, and the share of the "
+                      f"preserved keys' energy, trace Σ, they carry): {parts}."]
     lines += ["", "Per batch (T = edits after the batch; written fraction = mean over the edited layers; "
               "disturbance = the relative RMS change of an edited layer's output on generic text, "
               "sqrt(tr(ΔW Σ ΔWᵀ) / tr(W Σ Wᵀ)) with Σ the base's key second moment on the statistics "

@@ -41,9 +41,10 @@ def markdown(r: dict | None) -> str:
     text = (f"Measured {r['date']} ([z_floor.json](figures/z_floor.json); 1-minute load {r['load_before']:.1f} "
             f"before the products were timed; {r['machine']}). A batch of {r['facts']} facts: {r['rows']} rows in "
             f"{r['packs']} packs, {r['upper_layers']} layers above the last edited one, {r['steps_mean']:g} Adam "
-            f"steps per request on average ({r['steps_source']}), {r['rerun_token_steps']:,} re-run "
-            f"token-steps and {r['unembedding_reads']} unembedding reads per step. Forward plus input gradient: "
-            f"{t['layers']:.1f} TFLOP in the layers' matrix products, {t['attention']:.2f} in attention, "
+            f"steps per request on average ({r['steps_source']}); {r['rerun_token_steps']:,} "
+            f"re-run token-steps over all steps, {r['unembedding_reads']} unembedding reads per step. "
+            f"Forward plus input gradient: {t['layers']:.1f} TFLOP in the layers' matrix products, "
+            f"{t['attention']:.2f} in attention, "
             f"{t['unembedding']:.1f} in the unembedding, **{t['total']:.1f} TFLOP** in all. Matrix products at "
             f"the replay's shapes run at {shapes} GFLOP/s (forward plus input gradient), so z cannot take less "
             f"than **{r['floor_seconds']:.0f} s** for this batch in float32 on this machine")
