@@ -169,6 +169,10 @@ class EditHparams:
         d["context_prefixes"] = list(self.context_prefixes)
         return d
 
+    def updated(self, **changes) -> EditHparams:
+        """A validated copy with `changes` applied (unknown keys refused, as `from_json` does)."""
+        return EditHparams.from_json({**self.to_json(), **changes})
+
     @classmethod
     def from_json(cls, d: dict) -> EditHparams:
         """Read a stored dict; unknown keys are an error (a typo must not silently fall back), and

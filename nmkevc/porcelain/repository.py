@@ -210,11 +210,7 @@ class Repository:
         reqs = [requests] if isinstance(requests, EditRequest) else list(requests)
         hp = hparams or EditHparams()
         if method is not None or overrides:
-            d = hp.to_json()
-            if method is not None:
-                d["method"] = method
-            d.update(overrides)
-            hp = EditHparams.from_json(d)
+            hp = hp.updated(**overrides, **({} if method is None else {"method": method}))
         return edit.edit(self._repo, reqs, hp, message, self._repo.corpus(corpus) if corpus else None,
                          DEFAULT_STATS_TOKENS if stats_tokens is None else stats_tokens, progress)
 
@@ -283,7 +279,7 @@ class Repository:
         for m in methods:  # a bad method or setting fails now, not at its first batch
             name, arm = parse_arm(m)
             get_method(name)
-            EditHparams.from_json({**EditHparams().to_json(), **overrides, **arm, "method": name})
+            EditHparams().updated(**{**overrides, **arm, "method": name})
         cases = eval_cases(source, edits, seed=seed, neighbours=neighbours, split=split)
         checkpoint = Path(out_dir) / "checkpoint.json" if out_dir is not None else None
         publish = Path(results_dir) if results_dir is not None else (Path(out_dir) if out_dir is not None else None)
@@ -297,19 +293,21 @@ class Repository:
             published(LifelongRun(len(cases), batch_size, methods))
 
         def after_batch(run) -> None:
+            merged = published(run)
             if publish is not None:
-                write_outputs(published(run), publish)
+                write_outputs(merged, publish)
             if on_batch is not None:
-                on_batch(published(run))
+                on_batch(merged)
 
         run = run_lifelong(self, cases, batch_size, methods, log=log, hparams_overrides=overrides or None,
                            checkpoint=checkpoint, eval_every=eval_every, interleave=interleave,
                            info={"dataset": str(source), "seed": seed, "split": split, "neighbours": neighbours,
                                  **(info or {})},
                            on_batch=after_batch, deadline=deadline)
+        merged = published(run)
         if publish is not None:
-            write_outputs(published(run), publish)
-        return published(run)
+            write_outputs(merged, publish)
+        return merged
 
     # -- models --------------------------------------------------------------------------
     def load_model(self, rev: str = "HEAD", progress: Progress = None) -> ModelState:
