@@ -84,7 +84,7 @@ def batch_record(info, edits: int) -> dict:
     }
 
 
-def nullspace_shares(sigma: dict, threshold: float | None, keep_fraction: float | None) -> dict:
+def nullspace_shares(sigma: dict, rule) -> dict:
     """Per layer, the directions the null-space projector keeps (as `nullspace_projector` picks
     them) and the share of Σ's trace they carry: the preserved keys' energy an update in the
     "null space" may still move (0 would be a true null space)."""
@@ -93,7 +93,7 @@ def nullspace_shares(sigma: dict, threshold: float | None, keep_fraction: float 
     out = {}
     for layer, s in sigma.items():
         e = torch.linalg.eigvalsh(s.double())  # ascending, as the projector reads them
-        n = int(round(keep_fraction * len(e))) if keep_fraction is not None else int((e < (threshold or 0)).sum())
+        n = rule.count(e)
         out[str(layer)] = {"kept": n, "of": len(e), "trace_share": round(float(e[:n].sum() / e.sum()), 4)}
     return out
 
@@ -121,8 +121,10 @@ class Disturbance:
             w = w if self.adapter.orientation == "out_in" else w.T
             self.scale[layer] = float(((w @ sig) * w).sum())
         self.total: dict[int, object] = {}
-        hp = (commit.method or {}).get("hparams") or {}
-        self.nullspace = nullspace_shares(self.sigma, hp.get("nullspace_threshold"), hp.get("nullspace_keep_fraction"))
+        from nmkevc.editing.hparams import EditHparams
+
+        hp = EditHparams.from_json((commit.method or {}).get("hparams") or {})
+        self.nullspace = nullspace_shares(self.sigma, hp.nullspace)
 
     def add(self, delta) -> tuple[float | None, float | None]:
         """(this delta's, the cumulative) disturbance, each the mean over the layers."""
