@@ -98,6 +98,13 @@ def nullspace_shares(sigma: dict, rule) -> dict:
     return out
 
 
+def output_energy(m, sigma) -> float:
+    """tr(M Σ Mᵀ) for M as (d_model, d_ff): the mean squared output of M over keys whose second
+    moment is Σ. Disturbance = sqrt(output_energy(ΔW, Σ) / output_energy(W, Σ))."""
+    m = m.to(sigma.dtype)
+    return float(((m @ sigma) * m).sum())
+
+
 class Disturbance:
     """How much the edits move a layer's output on generic text: sqrt(tr(ΔW Σ ΔWᵀ) / tr(W Σ Wᵀ)),
     Σ = E[k kᵀ] of the base's keys over the statistics corpus (the relative RMS change of the
@@ -117,9 +124,8 @@ class Disturbance:
         weights = BaseWeights(plumbing.base_dir(commit.base), self.adapter)
         self.scale = {}
         for layer, sig in self.sigma.items():
-            w = weights.get(self.adapter.weight_name(layer)).float()
-            w = w if self.adapter.orientation == "out_in" else w.T
-            self.scale[layer] = float(((w @ sig) * w).sum())
+            w = self.adapter.to_out_in(weights.get(self.adapter.weight_name(layer)).float())
+            self.scale[layer] = output_energy(w, sig)
         self.total: dict[int, object] = {}
         from nmkevc.editing.hparams import EditHparams
 
@@ -135,7 +141,7 @@ class Disturbance:
             d = w.dense_out_in()
             self.total[w.layer] = d if w.layer not in self.total else self.total[w.layer] + d
             for out, m in ((own, d), (cum, self.total[w.layer])):
-                out.append((float(((m @ self.sigma[w.layer]) * m).sum()) / self.scale[w.layer]) ** 0.5)
+                out.append((output_energy(m, self.sigma[w.layer]) / self.scale[w.layer]) ** 0.5)
         return _mean(own), _mean(cum)
 
 
