@@ -36,6 +36,8 @@ class NullspaceRule:
     - `keep_fraction`: the smallest-eigenvalue `keep_fraction` share of the directions.
     - `energy`: the smallest-eigenvalue directions whose eigenvalues sum to at most
       `energy` · trace Σ: the share of the preserved keys' energy an update may still move.
+      Tighter is not safer: on SmolLM2 a small share forces a larger update along the few
+      directions left and disturbs generic text more (benchmarks/nullspace.py, docs/method.md).
     """
 
     threshold: float = 2e-2
