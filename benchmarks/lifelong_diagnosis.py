@@ -84,7 +84,7 @@ def batch_record(info, edits: int) -> dict:
     }
 
 
-def nullspace_shares(sigma: dict, threshold: float | None, keep_fraction: float | None) -> dict:
+def nullspace_shares(sigma: dict, rule) -> dict:
     """Per layer, the directions the null-space projector keeps (as `nullspace_projector` picks
     them) and the share of Σ's trace they carry: the preserved keys' energy an update in the
     "null space" may still move (0 would be a true null space)."""
@@ -93,9 +93,16 @@ def nullspace_shares(sigma: dict, threshold: float | None, keep_fraction: float 
     out = {}
     for layer, s in sigma.items():
         e = torch.linalg.eigvalsh(s.double())  # ascending, as the projector reads them
-        n = int(round(keep_fraction * len(e))) if keep_fraction is not None else int((e < (threshold or 0)).sum())
+        n = rule.count(e)
         out[str(layer)] = {"kept": n, "of": len(e), "trace_share": round(float(e[:n].sum() / e.sum()), 4)}
     return out
+
+
+def output_energy(m, sigma) -> float:
+    """tr(M Σ Mᵀ) for M as (d_model, d_ff): the mean squared output of M over keys whose second
+    moment is Σ. Disturbance = sqrt(output_energy(ΔW, Σ) / output_energy(W, Σ))."""
+    m = m.to(sigma.dtype)
+    return float(((m @ sigma) * m).sum())
 
 
 class Disturbance:
@@ -117,12 +124,13 @@ class Disturbance:
         weights = BaseWeights(plumbing.base_dir(commit.base), self.adapter)
         self.scale = {}
         for layer, sig in self.sigma.items():
-            w = weights.get(self.adapter.weight_name(layer)).float()
-            w = w if self.adapter.orientation == "out_in" else w.T
-            self.scale[layer] = float(((w @ sig) * w).sum())
+            w = self.adapter.to_out_in(weights.get(self.adapter.weight_name(layer)).float())
+            self.scale[layer] = output_energy(w, sig)
         self.total: dict[int, object] = {}
-        hp = (commit.method or {}).get("hparams") or {}
-        self.nullspace = nullspace_shares(self.sigma, hp.get("nullspace_threshold"), hp.get("nullspace_keep_fraction"))
+        from nmkevc.editing.hparams import EditHparams
+
+        hp = EditHparams.from_json((commit.method or {}).get("hparams") or {})
+        self.nullspace = nullspace_shares(self.sigma, hp.nullspace)
 
     def add(self, delta) -> tuple[float | None, float | None]:
         """(this delta's, the cumulative) disturbance, each the mean over the layers."""
@@ -133,7 +141,7 @@ class Disturbance:
             d = w.dense_out_in()
             self.total[w.layer] = d if w.layer not in self.total else self.total[w.layer] + d
             for out, m in ((own, d), (cum, self.total[w.layer])):
-                out.append((float(((m @ self.sigma[w.layer]) * m).sum()) / self.scale[w.layer]) ** 0.5)
+                out.append((output_energy(m, self.sigma[w.layer]) / self.scale[w.layer]) ** 0.5)
         return _mean(own), _mean(cum)
 
 

@@ -7,7 +7,8 @@ set (never the test split, which is kept for reported results):
   null-space projectors and context templates (a fresh repository in a temporary directory);
 - Step 1 (z) and Steps 2–3 (NMKE's masks) depend on neither λ, λ0 nor the masked-update form,
   so they run once and every configuration repeats only Step 4 from the same z and masks
-  (exactly what `compute_edit` would do for that configuration), then is scored and undone;
+  (exactly what `compute_edit` would do for that configuration), then is scored and undone
+  (benchmarks/step4_sweep.py, shared with benchmarks/nullspace.py);
 - per configuration: per-layer λ, mask size and written fraction ‖ΔW k‖ / ‖r‖, and efficacy,
   generalisation and specificity (CounterFact protocol) next to the unedited model's.
 The machine's load average is recorded before and after, since it may be shared.
@@ -21,11 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,108 +46,6 @@ def configurations() -> list[dict]:
                     for r in RELATIVE]
     out += [{"method": "memit", "memit_lambda0": lam} for lam in LAMBDA0]
     return out
-
-
-def summary(report) -> dict:
-    s = report.summary()
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()}
-
-
-def measure(n: int, seed: int, offset: int, cache: Path | None = None) -> dict:
-    import torch
-
-    from nmkevc import Repository
-    from nmkevc.editing import EditHparams
-    from nmkevc.editing.covariance import nullspace_projector
-    from nmkevc.editing.engine import plan_edit, step1_targets, step2_3_masks, step4_update
-    from nmkevc.editing.hooks import frozen_eval
-    from nmkevc.editing.tokens import encode, templated
-    from nmkevc.evaluation.metrics import evaluate_requests
-    from nmkevc.porcelain.datasets import eval_cases
-    from nmkevc.porcelain.edit_inputs import DEFAULT_STATS_TOKENS, context_templates, second_moments
-
-    load0 = os.getloadavg()[0]
-    t_start = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
-        repo = Repository.init(Path(tmp) / "repo")
-        plumbing = repo.plumbing
-        base = plumbing.commit(plumbing.resolve("HEAD")).base
-        state = repo.load_model()
-        model, tok = state.model, state.tokenizer
-        cases = eval_cases("countryinfo", n=offset + n, seed=seed, split="dev")[offset:]
-        requests = [c.request for c in cases]
-        hp0 = EditHparams()
-        plan = plan_edit(model, requests, hp0, ["{}"])
-        layers = plan.layers
-        sigmas, _ = second_moments(plumbing, base, layers, plumbing.corpus(), DEFAULT_STATS_TOKENS)
-        templates = context_templates(plumbing, base)
-        plan = plan_edit(model, requests, hp0, templates)
-        projections = {layer: nullspace_projector(s, hp0.nullspace_threshold) for layer, s in sigmas.items()}
-        projectors = {layer: p for layer, (p, _) in projections.items()}
-        kept = {layer: k for layer, (_, k) in projections.items()}
-        unedited = summary(evaluate_requests(model, tok, cases))
-        quiet = lambda *_: None  # noqa: E731
-        t0 = time.time()
-        batch = encode(tok, *templated(plan.requests, plan.templates))
-        if cache is not None and cache.exists():  # a rerun of the Step-4 sweep reuses z and the masks
-            zres, masks, mask_info, (t0, t1, t2) = torch.load(cache, weights_only=False)
-        else:
-            with frozen_eval(model):
-                zres = step1_targets(model, tok, plan, hp0, quiet)
-                t1 = time.time()
-                masks, mask_info = step2_3_masks(model, plan, batch, hp0, quiet)
-            t2 = time.time()
-            if cache is not None:
-                torch.save((zres, masks, mask_info, (t0, t1, t2)), cache)
-        weights = [plan.adapter.weight(model, layer) for layer in layers]
-        originals = [w.detach().clone() for w in weights]
-        runs = []
-        for cfg in configurations():
-            hp = EditHparams(**cfg)
-            cplan = plan_edit(model, requests, hp, templates)
-            try:
-                with frozen_eval(model):
-                    steps, _, h_final = step4_update(
-                        model, cplan, batch, zres.z, hp, masks if cplan.method.masks_neurons else None,
-                        projectors if cplan.method.uses_projector else None, None,
-                        sigmas if cplan.method.uses_second_moment else None, quiet)
-                scores = summary(evaluate_requests(model, tok, cases))
-            finally:
-                with torch.no_grad():
-                    for w, orig in zip(weights, originals, strict=True):
-                        w.copy_(orig)
-            left = ((zres.z - h_final).norm(dim=0) / zres.delta.norm(dim=0).clamp_min(1e-12)).mean()
-            run = {
-                **cfg,
-                "layers": [{"layer": st.layer, "neurons": int(st.idx.numel()),
-                            **{k: round(v, 4) for k, v in st.info.items() if isinstance(v, float)}}
-                           for st in steps],
-                "written_fraction_mean": round(sum(st.info["written_fraction"] for st in steps) / len(steps), 4),
-                "residual_left": round(float(left), 4),
-                **scores,
-            }
-            runs.append(run)
-            print(json.dumps({k: run[k] for k in cfg} | {
-                "wf": run["written_fraction_mean"], "eff": run["efficacy"], "gen": run["generalization"],
-                "spec": run["specificity"]}), file=sys.stderr, flush=True)
-    return {
-        "model": "SmolLM2-135M-Instruct (embedded)",
-        "facts": {"set": "countryinfo", "split": "dev", "n": n, "seed": seed, "offset": offset,
-                  "subjects": [r.subject for r in requests]},
-        "layers": layers,
-        "nullspace_kept": {str(k): v for k, v in kept.items()},
-        "d_ff": plan.d_ff,
-        "mask_neurons": {str(k): int(v["kept"]) for k, v in mask_info.items()},
-        "z_steps": zres.steps,
-        "unedited": unedited,
-        "runs": runs,
-        "seconds": {"z": round(t1 - t0, 1), "attribution": round(t2 - t1, 1), "total": round(time.time() - t_start, 1)},
-        "threads": torch.get_num_threads(),
-        "load_before": round(load0, 2),
-        "load_after": round(os.getloadavg()[0], 2),
-        "machine": platform.machine(),
-        "command": f"python benchmarks/ridge.py --n {n} --seed {seed} --offset {offset}",
-    }
 
 
 def _fmt(x) -> str:
@@ -229,12 +123,11 @@ def main() -> None:
     if args.markdown:
         write_markdown(json.loads(args.out.read_text()))
         return
-    batch = measure(args.n, args.seed, args.offset, args.cache)
-    data = json.loads(args.out.read_text()) if args.out.exists() else {"batches": []}
-    same = (args.seed, args.offset, args.n)
-    data["batches"] = [b for b in data["batches"]
-                       if (b["facts"]["seed"], b["facts"]["offset"], b["facts"]["n"]) != same] + [batch]
-    data["batches"].sort(key=lambda b: (b["facts"]["seed"], b["facts"]["offset"]))
+    from step4_sweep import measure, merge_batch  # beside this script (on sys.path when it runs)
+
+    command = f"python benchmarks/ridge.py --n {args.n} --seed {args.seed} --offset {args.offset}"
+    batch = measure(args.n, args.seed, args.offset, configurations(), command, args.cache)
+    data = merge_batch(args.out, batch)
     data["pooled"] = pooled(data)
     args.out.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     print(table(data))

@@ -28,3 +28,11 @@ def test_editing_table_is_generated_from_its_json():
     mod = _bench("editing")
     body = mod.markdown(mod.DEFAULT_OUT) + "\n\n" + mod.ratios(mod.DEFAULT_OUT)
     assert _block(mod.DOC, mod.BEGIN, mod.END) == body.strip("\n")
+
+
+def test_method_tables_are_generated_from_their_json():
+    """docs/method.md's step-4 sweeps (λ, null space) quote their committed JSON files."""
+    for name in ("ridge", "nullspace"):
+        mod = _bench(name)
+        assert mod.DEFAULT_OUT.exists(), f"{mod.DEFAULT_OUT} is quoted by {mod.DOC} but missing"
+        assert _block(mod.DOC, mod.BEGIN, mod.END) == mod.table(json.loads(mod.DEFAULT_OUT.read_text()))

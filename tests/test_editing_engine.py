@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from nmkevc.editing import (
     EditHparams,
     EditResult,
+    NullspaceRule,
     compute_edit,
     key_second_moment,
     nullspace_projector,
@@ -81,7 +82,7 @@ def test_edit_raises_target_probability_and_restores_weights(sharp, method):
     proj = None
     if method == "alphaedit":
         sigma, _ = key_second_moment(model, tok, CORPUS, layers)
-        proj = {k: nullspace_projector(v, keep_fraction=0.7)[0] for k, v in sigma.items()}
+        proj = {k: nullspace_projector(v, NullspaceRule(keep_fraction=0.7))[0] for k, v in sigma.items()}
     before = snapshot(model)
     model.train()
     grads = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -190,7 +191,7 @@ def test_nullspace_projector(llama):
     evals = torch.linalg.eigvalsh(s.double())
     assert float(evals[40] - evals[39]) > 1e-9 * float(evals[-1])
     thr = float((evals[39] + evals[40]) / 2)
-    p, kept = nullspace_projector(s, threshold=thr)
+    p, kept = nullspace_projector(s, NullspaceRule(threshold=thr))
     assert kept == 40
     assert p.dtype == torch.float32
     torch.testing.assert_close(p @ p, p, atol=1e-5, rtol=1e-4)
@@ -199,8 +200,16 @@ def test_nullspace_projector(llama):
     # P removes the preserved keys' dominant directions
     top = torch.linalg.eigh(s).eigenvectors[:, -1].float()
     assert float((p @ top).norm()) < 1e-4
-    p2, kept2 = nullspace_projector(s, keep_fraction=0.5)
+    p2, kept2 = nullspace_projector(s, NullspaceRule(keep_fraction=0.5))
     assert kept2 == s.shape[0] // 2 and abs(float(torch.trace(p2)) - kept2) < 1e-3
+    # the energy rule: the smallest directions carrying at most that share of trace Σ, so the
+    # preserved keys' energy left in the null space, tr(P Σ) / tr Σ, is at most the share
+    for share in (0.01, 0.2):
+        p3, kept3 = nullspace_projector(s, NullspaceRule(energy=share))
+        inside = float(torch.trace(p3.double() @ s.double()) / torch.trace(s.double()))
+        assert inside <= share + 1e-6
+        assert float(evals.clamp(min=0)[: kept3 + 1].sum() / evals.clamp(min=0).sum()) > share  # one more would not fit
+    assert nullspace_projector(s, NullspaceRule(energy=0.01))[1] < nullspace_projector(s, NullspaceRule(energy=0.2))[1]
 
 
 def test_z_of_a_request_does_not_depend_on_its_batch(sharp):

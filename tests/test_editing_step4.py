@@ -12,6 +12,7 @@ from test_editing_update import REQS, apply, dense_u, keys_and_h, load_with_proj
 
 from nmkevc.editing import EditHparams
 from nmkevc.editing.covariance import nullspace_projector
+from nmkevc.editing.hparams import NullspaceRule
 from nmkevc.editing.methods import FactorInputs, get_method
 from nmkevc.editing.update import masked_nullspace_factor, masked_projected_factor, nullspace_factor
 from nmkevc.errors import EditRequestError
@@ -119,10 +120,10 @@ def test_projected_update_keeps_the_preserved_keys_that_zeroed_rows_disturb():
     k0, sigma = _preserved(g, d_ff)
     keys = torch.randn(d_ff, n, generator=g, dtype=torch.float64)
     mask = torch.rand(d_ff, generator=g) < 0.55
-    threshold = 1e-2
-    p, _ = nullspace_projector(sigma, threshold)
+    rule = NullspaceRule(threshold=1e-2)
+    p, _ = nullspace_projector(sigma, rule)
     published = nullspace_factor(keys, p, None, 0.5) * mask[:, None]
-    u, lam, kept = masked_projected_factor(keys, sigma, None, mask, lambda k, pp: 0.5, threshold, None)
+    u, lam, kept = masked_projected_factor(keys, sigma, None, mask, lambda k, pp: 0.5, rule)
     assert lam == 0.5 and 0 < kept < int(mask.sum())
     assert bool((u[~mask] == 0).all()) and u[mask].abs().sum() > 0
     def leak(x):  # how much a unit of update moves the preserved keys' outputs
@@ -132,11 +133,11 @@ def test_projected_update_keeps_the_preserved_keys_that_zeroed_rows_disturb():
     assert leak(u) < 1.5 * leak(alphaedit) and leak(published) > 20 * leak(alphaedit)
     # it is AlphaEdit's solve on the sub-problem: P_S from Σ_SS, and the whole mask is AlphaEdit itself
     s = torch.nonzero(mask)[:, 0]
-    p_s, _ = nullspace_projector(sigma[s][:, s], threshold)
+    p_s, _ = nullspace_projector(sigma[s][:, s], rule)
     torch.testing.assert_close(u[s], nullspace_factor(keys[s], p_s, None, 0.5))
     full = torch.ones(d_ff, dtype=torch.bool)
     prior = keys[:, :1] @ keys[:, :1].T
-    u_full, _, _ = masked_projected_factor(keys, sigma, prior, full, lambda k, pp: 0.5, threshold, None)
+    u_full, _, _ = masked_projected_factor(keys, sigma, prior, full, lambda k, pp: 0.5, rule)
     torch.testing.assert_close(u_full, nullspace_factor(keys, p.double(), prior, 0.5), rtol=1e-5, atol=1e-8)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from nmkevc.editing import EditHparams, compute_edit, key_second_moment, nullspace_projector
+from nmkevc.editing import EditHparams, NullspaceRule, compute_edit, key_second_moment, nullspace_projector
 from nmkevc.editing.attribution import attribution_scores
 from nmkevc.editing.masking import neuron_mask
 from nmkevc.editing.tokens import templated
@@ -36,7 +36,7 @@ def load_with_projectors(d):
     model = AutoModelForCausalLM.from_pretrained(d).eval()
     tok = AutoTokenizer.from_pretrained(d)
     sigma, _ = key_second_moment(model, tok, CORPUS, [1, 2])
-    proj = {k: nullspace_projector(v, keep_fraction=0.7)[0] for k, v in sigma.items()}
+    proj = {k: nullspace_projector(v, NullspaceRule(keep_fraction=0.7))[0] for k, v in sigma.items()}
     return model, tok, sigma, proj
 
 

@@ -270,6 +270,18 @@ def test_results_block_reports_a_partial_run_as_partial():
     block = results_markdown(run, "results/x")
     assert block.startswith("**Finished: nmke 300/300, alphaedit 300/300 edits**") and "at T = 300" in block
     assert "Further" not in block
+    # a third method that stopped at T = 100 keeps the common table there; the two that went on
+    # are ranked against each other at their shared latest T
+    run.methods.append("memit")
+    run.points.append(_point("memit", 100))
+    block = results_markdown(run, "results/x")
+    later = block.split("Further, each method's latest", 1)[1]
+    assert "| nmke | 300 |" in later and "| alphaedit | 300 |" in later and "| memit |" not in later
+    assert "At T = 300, highest retention of the first batch: nmke, alphaedit" in later
+    assert "highest specificity: nmke (0.780)" in later
+    run.methods.remove("memit")
+    run.points.pop()
+    block = results_markdown(run, "results/x")
     alpha_row = next(line for line in block.splitlines() if line.startswith("| alphaedit |"))
     assert "-0.020 ✓" in alpha_row
     assert "No lifelong run" in results_markdown(None, "results/x", "lifelong run")

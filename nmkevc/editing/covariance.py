@@ -15,6 +15,7 @@ from ..errors import NmkevcError
 from ..models.adapters import adapter_for
 from ..models.tokens import encode
 from .hooks import first_input, frozen_eval, hooks, run_until, stop_after
+from .hparams import NullspaceRule
 
 
 @torch.no_grad()
@@ -84,20 +85,12 @@ def key_second_moment(
     return {layer: acc[layer] / state["n"] for layer in layers}, state["n"]
 
 
-def nullspace_projector(
-    sigma: torch.Tensor,
-    threshold: float = 2e-2,
-    keep_fraction: float | None = None,
-) -> tuple[torch.Tensor, int]:
-    """P = Û Ûᵀ (float32) over the eigenvectors of Σ with eigenvalue < threshold, or over the
-    `keep_fraction` share of smallest-eigenvalue directions; returns (P, directions kept)."""
+def nullspace_projector(sigma: torch.Tensor, rule: NullspaceRule) -> tuple[torch.Tensor, int]:
+    """P = Û Ûᵀ (float32) over the eigenvectors of Σ that `rule` picks; returns (P, directions kept)."""
     if sigma.dim() != 2 or sigma.shape[0] != sigma.shape[1]:
         raise NmkevcError(f"key second moment must be square, got shape {tuple(sigma.shape)}")
     s = sigma.double()
     evals, evecs = torch.linalg.eigh((s + s.T) / 2)  # ascending
-    if keep_fraction is not None:
-        n_kept = int(round(float(keep_fraction) * s.shape[0]))
-    else:
-        n_kept = int((evals < threshold).sum())
+    n_kept = rule.count(evals)
     basis = evecs[:, :n_kept]
     return (basis @ basis.T).float(), n_kept

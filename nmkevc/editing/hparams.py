@@ -25,6 +25,35 @@ RIDGE_RELATIVE_DEFAULT = 0.1
 MEMIT_LAMBDA0_DEFAULT = 1000.0
 
 
+@dataclass(frozen=True)
+class NullspaceRule:
+    """Which eigenvectors of Σ = E[k kᵀ] count as the preserved keys' null space, as one record
+    so that the projector, its cache key and the diagnosis all pick the same directions.
+
+    - `threshold`: eigenvalue < threshold (the published rule). Absolute, so what it keeps
+      depends on the model's key scale: on SmolLM2-135M it keeps 72-89% of the directions,
+      carrying 25-56% of trace Σ (docs/results.md, the lifelong diagnosis).
+    - `keep_fraction`: the smallest-eigenvalue `keep_fraction` share of the directions.
+    - `energy`: the smallest-eigenvalue directions whose eigenvalues sum to at most
+      `energy` · trace Σ: the share of the preserved keys' energy an update may still move.
+      Tighter is not safer: on SmolLM2 a small share forces a larger update along the few
+      directions left and disturbs generic text more (benchmarks/nullspace.py, docs/method.md).
+    """
+
+    threshold: float = 2e-2
+    keep_fraction: float | None = None
+    energy: float | None = None
+
+    def count(self, evals) -> int:
+        """How many of `evals` (Σ's eigenvalues, ascending; a torch tensor) span the null space."""
+        if self.energy is not None:
+            e = evals.double().clamp(min=0)
+            return int((e.cumsum(0) <= self.energy * float(e.sum())).sum())
+        if self.keep_fraction is not None:
+            return int(round(float(self.keep_fraction) * evals.shape[0]))
+        return int((evals < self.threshold).sum())
+
+
 @dataclass
 class EditHparams:
     """Defaults are the NMKE authors' (docs/method.md, table and "The formulae") unless a comment
@@ -84,8 +113,13 @@ class EditHparams:
     #: each template group, then the two groups ("{}" alone; the prefixed ones) weigh 1/2 each (the
     #: reference code); "templates" = plain mean over all templates (the bare prompt weighs 1/T)
     key_average: str = "groups"
-    nullspace_threshold: float = 2e-2  # keep eigenvectors of Σ with eigenvalue < this
-    nullspace_keep_fraction: float | None = None  # alternative: keep this share of directions
+    #: which eigenvectors of Σ span the preserved keys' null space (`NullspaceRule`): eigenvalue
+    #: < `nullspace_threshold` (AlphaEdit's and NMKE's code), or, when set, the smallest
+    #: `nullspace_keep_fraction` share of directions, or the smallest-eigenvalue directions that
+    #: carry at most `nullspace_energy` of trace Σ (relative to the model's key scale)
+    nullspace_threshold: float = 2e-2
+    nullspace_keep_fraction: float | None = None
+    nullspace_energy: float | None = None
 
     # -- context templates -------------------------------------------------------------------
     context_n_tokens: int = 10
@@ -150,9 +184,12 @@ class EditHparams:
             bad(f"mask_bounds must be (lo, hi) with 0 < lo ≤ hi ≤ 1, got {self.mask_bounds}")
         if len(self.mask_exponents) != 2 or any(not e > 0 for e in self.mask_exponents):
             bad(f"mask_exponents must be two positive numbers, got {self.mask_exponents}")
-        kf = self.nullspace_keep_fraction
-        if kf is not None and not (isinstance(kf, (int, float)) and 0 <= kf <= 1):
-            bad(f"nullspace_keep_fraction must lie in [0, 1], got {kf!r}")
+        for name in ("nullspace_keep_fraction", "nullspace_energy"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not (isinstance(v, (int, float)) and 0 <= v <= 1)):
+                bad(f"{name} must lie in [0, 1], got {v!r}")
+        if self.nullspace_keep_fraction is not None and self.nullspace_energy is not None:
+            bad("set at most one of nullspace_keep_fraction and nullspace_energy")
         if self.kl_prompt.count("{}") != 1:
             bad("kl_prompt must contain '{}' exactly once")
         if not self.context_prefixes:
@@ -168,6 +205,10 @@ class EditHparams:
         d["mask_exponents"] = list(self.mask_exponents)
         d["context_prefixes"] = list(self.context_prefixes)
         return d
+
+    @property
+    def nullspace(self) -> NullspaceRule:
+        return NullspaceRule(self.nullspace_threshold, self.nullspace_keep_fraction, self.nullspace_energy)
 
     def updated(self, **changes) -> EditHparams:
         """A validated copy with `changes` applied (unknown keys refused, as `from_json` does)."""
@@ -208,6 +249,8 @@ LEGACY = {
     "prompt_start": "tokenizer",
     "key_average": "templates",
     "context_count": "sampled",
+    # the null space by the absolute eigenvalue threshold alone
+    "nullspace_energy": None,
 }
 
 CHOICES = {

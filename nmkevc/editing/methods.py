@@ -94,8 +94,7 @@ def _projected(inputs: FactorInputs, hp) -> Factor:
     if inputs.second_moment is None:
         raise EditRequestError("the projected masked update needs the key second moment of every edited layer")
     u, lam, kept = masked_projected_factor(inputs.keys, inputs.second_moment, inputs.prior_cov, inputs.mask,
-                                           lambda k, p: _ridge(k, p, hp), hp.nullspace_threshold,
-                                           hp.nullspace_keep_fraction)
+                                           lambda k, p: _ridge(k, p, hp), hp.nullspace)
     return Factor(u, {"ridge": lam, "mask_nullspace_kept": kept})
 
 

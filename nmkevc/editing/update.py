@@ -18,6 +18,7 @@ import torch
 from ..models.adapters import ArchAdapter
 from ..models.tokens import Batch
 from .hooks import first_input, hidden_of, hooks, run_until, stop_after
+from .hparams import NullspaceRule
 
 
 @dataclass(frozen=True)
@@ -121,8 +122,7 @@ def masked_projected_factor(
     prior_cov: torch.Tensor | None,
     mask: torch.Tensor,
     ridge: Callable[[torch.Tensor, torch.Tensor], float],
-    threshold: float,
-    keep_fraction: float | None,
+    rule: NullspaceRule,
 ) -> tuple[torch.Tensor, float, int]:
     """The projected masked update: AlphaEdit's solve on the mask's rows S alone, with the
     null-space projector P_S of the preserved keys *restricted to S* (from Σ_SS, by the rule
@@ -138,7 +138,7 @@ def masked_projected_factor(
     from .covariance import nullspace_projector
 
     sel = torch.nonzero(mask, as_tuple=False)[:, 0]
-    p_s, kept = nullspace_projector(second_moment.double()[sel][:, sel], threshold, keep_fraction)
+    p_s, kept = nullspace_projector(second_moment.double()[sel][:, sel], rule)
     k_s = keys.double()[sel]
     lam = ridge(k_s, p_s)
     c_s = None if prior_cov is None else prior_cov.double()[sel][:, sel]

@@ -160,17 +160,14 @@ def results_markdown(run: LifelongRun | None, link_dir: str, what: str = "lifelo
     latest = {m: pts[-1] for m in run.methods
               if (pts := [p for p in run.points_of(m) if p.efficacy is not None]) and m in points
               and pts[-1].edits > points[m].edits}
-    best = []
-    for metric, label in (("retention", "retention of the first batch"), ("specificity", "specificity")):
-        vals = {m: getattr(p, metric) for m, p in points.items() if getattr(p, metric) is not None}
-        if len(vals) > 1 and same_t:
-            top = max(vals.values())
-            best.append(f"highest {label}: {', '.join(m for m, v in vals.items() if v == top)} ({top:.3f})")
-    if best:
-        lines += ["", "At this T, " + "; ".join(best) + "."]
+    if same_t and (best := _best_line(points)):
+        lines += ["", f"At this T, {best}."]
     if latest:
-        lines += ["", "Further, each method's latest fully evaluated point (methods at different T do not compare "
-                  "with each other):", "", *header, *[_goal_row(m, p) for m, p in latest.items()]]
+        lines += ["", "Further, each method's latest fully evaluated point (compare rows only at the same T):",
+                  "", *header, *[_goal_row(m, p) for m, p in latest.items()]]
+        t_max = max(p.edits for p in latest.values())
+        if best := _best_line({m: p for m, p in latest.items() if p.edits == t_max}):
+            lines += ["", f"At T = {t_max}, {best}."]
     lines += ["", f"Unedited model: perplexity {_f(base_ppl, '.2f')} on the held-out text, fluency "
               f"{_f(base_flu, '.2f')}{_fluency_note(run)}. Unedited specificity is measured on the same "
               "neighbourhood prompts as the edited models' (those of the first T facts)."]
@@ -179,6 +176,19 @@ def results_markdown(run: LifelongRun | None, link_dir: str, what: str = "lifelo
               f"data: [results.json]({link_dir}/results.json)."]
     lines += _provenance_lines(run)
     return "\n".join(lines)
+
+
+def _best_line(points: dict[str, BatchPoint]) -> str:
+    """Which of several methods at one T leads on retention, specificity and perplexity ('' for fewer than two)."""
+    best = []
+    for metric, label, pick, fmt in (("retention", "highest retention of the first batch", max, ".3f"),
+                                     ("specificity", "highest specificity", max, ".3f"),
+                                     ("perplexity_change", "smallest perplexity change", min, "+.2%")):
+        vals = {m: getattr(p, metric) for m, p in points.items() if getattr(p, metric) is not None}
+        if len(vals) > 1:
+            top = pick(vals.values())
+            best.append(f"{label}: {', '.join(m for m, v in vals.items() if v == top)} ({top:{fmt}})")
+    return "; ".join(best)
 
 
 def _goal_row(method: str, p: BatchPoint) -> str:

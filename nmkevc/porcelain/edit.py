@@ -78,9 +78,8 @@ def _projectors(repo: Repo, sigmas: dict[int, torch.Tensor], stats_ids: dict[int
 
     out, kept = {}, {}
     for layer, sigma in sigmas.items():
-        key = ("projector", stats_ids[layer], hp.nullspace_threshold, hp.nullspace_keep_fraction)
-        out[layer], kept[layer] = repo.caches.derived(key, lambda s=sigma: nullspace_projector(
-            s, threshold=hp.nullspace_threshold, keep_fraction=hp.nullspace_keep_fraction))
+        key = ("projector", stats_ids[layer], hp.nullspace)
+        out[layer], kept[layer] = repo.caches.derived(key, lambda s=sigma: nullspace_projector(s, hp.nullspace))
     return out, kept
 
 

@@ -88,7 +88,7 @@ class BaseCaches:
     # -- values derived from stored objects, kept for this repository object's lifetime --------
     def derived(self, key: tuple, compute: Callable[[], object]) -> object:
         """compute() once per key (which must name every input, e.g. a stats object id and
-        the threshold): the null-space projectors of a lifelong run are decomposed once."""
+        the null-space rule): the null-space projectors of a lifelong run are decomposed once."""
         if key not in self._derived:
             self._derived[key] = compute()
         return self._derived[key]
