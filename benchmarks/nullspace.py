@@ -21,8 +21,6 @@ configuration:
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,36 +128,11 @@ def table(data: dict) -> str:
     return "\n".join(lines)
 
 
-def write_markdown(data: dict) -> None:
-    from nmkevc.evaluation.lifelong_report import replace_block
-
-    DOC.write_text(replace_block(DOC.read_text(), BEGIN, END, table(data)))
-
-
 def main() -> None:
-    import datetime
+    from step4_sweep import SweepScript, cli  # beside this script (on sys.path when it runs)
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=100, help="dev facts in the batch")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--offset", type=int, default=0, help="skip this many dev facts (another batch)")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--cache", type=Path, default=None, help="keep Step 1-3 results here and reuse them on a rerun")
-    ap.add_argument("--markdown", action="store_true", help="only regenerate the table in docs/method.md")
-    args = ap.parse_args()
-    if args.markdown:
-        write_markdown(json.loads(args.out.read_text()))
-        return
-    from step4_sweep import measure, merge_batch  # beside this script (on sys.path when it runs)
-
-    command = f"python benchmarks/nullspace.py --n {args.n} --seed {args.seed} --offset {args.offset}"
-    batch = measure(args.n, args.seed, args.offset, configurations(), command, args.cache, held_out_figures)
-    batch["date"] = datetime.date.today().isoformat()
-    data = merge_batch(args.out, batch)
-    args.out.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    if args.out == DEFAULT_OUT:
-        write_markdown(data)
-    print(table(data))
+    cli(SweepScript("benchmarks/nullspace.py", 100, DEFAULT_OUT, DOC, BEGIN, END, configurations, table,
+                    extra=held_out_figures, finish=None), __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

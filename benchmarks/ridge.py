@@ -20,8 +20,6 @@ The machine's load average is recorded before and after, since it may be shared.
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,6 +73,10 @@ def pooled(data: dict) -> list[dict]:
     return out
 
 
+def _add_pooled(data: dict) -> None:
+    data["pooled"] = pooled(data)
+
+
 def table(data: dict) -> str:
     batches = data["batches"]
     n = sum(b["facts"]["n"] for b in batches)
@@ -103,34 +105,12 @@ def table(data: dict) -> str:
     return "\n".join(lines)
 
 
-def write_markdown(data: dict) -> None:
-    from nmkevc.evaluation.lifelong_report import replace_block
-
-    DOC.write_text(replace_block(DOC.read_text(), BEGIN, END, table(data)))
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=10, help="dev facts in the batch")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--offset", type=int, default=0,
-                    help="skip this many dev facts (another batch: --offset 10); batches are merged into --out")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--cache", type=Path, default=None,
-                    help="keep Step 1-3 results here (a file) and reuse them on a rerun")
-    ap.add_argument("--markdown", action="store_true", help="only regenerate the table in docs/method.md")
-    args = ap.parse_args()
-    if args.markdown:
-        write_markdown(json.loads(args.out.read_text()))
-        return
-    from step4_sweep import measure, merge_batch  # beside this script (on sys.path when it runs)
+    from step4_sweep import SweepScript, cli  # beside this script (on sys.path when it runs)
 
-    command = f"python benchmarks/ridge.py --n {args.n} --seed {args.seed} --offset {args.offset}"
-    batch = measure(args.n, args.seed, args.offset, configurations(), command, args.cache)
-    data = merge_batch(args.out, batch)
-    data["pooled"] = pooled(data)
-    args.out.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    print(table(data))
+    cli(SweepScript("benchmarks/ridge.py", 10, DEFAULT_OUT, DOC, BEGIN, END, configurations, table,
+                    extra=None, finish=_add_pooled), __doc__.splitlines()[0])
+
 
 if __name__ == "__main__":
     main()

@@ -10,6 +10,8 @@ the countryinfo DEV split is used: the test split is kept for reported results.
 
 from __future__ import annotations
 
+import argparse
+import datetime
 import json
 import os
 import platform
@@ -17,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -187,3 +190,54 @@ def merge_batch(path: Path, batch: dict) -> dict:
     data["batches"] = [b for b in data["batches"] if key(b) != key(batch)] + [batch]
     data["batches"].sort(key=lambda b: (b["facts"]["seed"], b["facts"]["offset"]))
     return data
+
+
+@dataclass(frozen=True)
+class SweepScript:
+    """What one sweep script adds to the shared measurement, so that both scripts share one
+    command line and one measure → merge → write → table flow."""
+
+    script: str  # its path from the repository root, for the recorded command
+    default_n: int
+    out: Path  # its JSON file; the doc's table is regenerated when the run writes here
+    doc: Path
+    begin: str  # the doc's generated-table markers
+    end: str
+    configurations: Callable[[], list[dict]]
+    table: Callable[[dict], str]
+    extra: Callable[..., Callable[[dict], dict]] | None = None  # as `measure`'s
+    finish: Callable[[dict], None] | None = None  # adds figures derived from all batches to the data
+
+    def write_markdown(self, data: dict) -> None:
+        from nmkevc.evaluation.lifelong_report import replace_block
+
+        self.doc.write_text(replace_block(self.doc.read_text(), self.begin, self.end, self.table(data)))
+
+
+def cli(sweep: SweepScript, description: str, argv: list[str] | None = None) -> None:
+    """The sweep scripts' shared command line: measure one batch and merge it into --out, or
+    (--markdown) only regenerate the doc's table from --out."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--n", type=int, default=sweep.default_n, help="dev facts in the batch")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--offset", type=int, default=0,
+                    help="skip this many dev facts (another batch); batches are merged into --out")
+    ap.add_argument("--out", type=Path, default=sweep.out)
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="keep Step 1-3 results here (a file) and reuse them on a rerun")
+    ap.add_argument("--markdown", action="store_true", help=f"only regenerate the table in {sweep.doc.name}")
+    args = ap.parse_args(argv)
+    if args.markdown:
+        sweep.write_markdown(json.loads(args.out.read_text()))
+        return
+    command = f"python {sweep.script} --n {args.n} --seed {args.seed} --offset {args.offset}"
+    batch = measure(args.n, args.seed, args.offset, sweep.configurations(), command, args.cache, sweep.extra)
+    batch["date"] = datetime.date.today().isoformat()
+    data = merge_batch(args.out, batch)
+    if sweep.finish is not None:
+        sweep.finish(data)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    if args.out.resolve() == sweep.out.resolve():
+        sweep.write_markdown(data)
+    print(sweep.table(data))

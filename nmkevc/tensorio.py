@@ -9,12 +9,15 @@ at a time so a large model never has to sit in memory twice.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Union
 
 if TYPE_CHECKING:  # tensors arrive from callers; reading a header needs no torch
+    import numpy
     import torch
 
 #: torch dtype name → (safetensors code, bytes per element). Keyed by name so that this
@@ -31,17 +34,20 @@ DTYPE_CODES: dict[str, tuple[str, int]] = {
     "uint8": ("U8", 1),
     "bool": ("BOOL", 1),
 }
+_CODE_NAMES = {code: name for name, (code, _) in DTYPE_CODES.items()}
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    """"float32" for torch.float32."""
+def dtype_name(dtype: torch.dtype | str) -> str:
+    """"float32" for torch.float32 (and for "float32")."""
     return str(dtype).removeprefix("torch.")
 
 
 @dataclass(frozen=True)
 class TensorSpec:
+    """A tensor's name, dtype (by name, "float32": no torch needed to describe a file) and shape."""
+
     name: str
-    dtype: torch.dtype
+    dtype: str
     shape: tuple[int, ...]
 
     @property
@@ -91,7 +97,7 @@ def tensor_bytes(t: torch.Tensor) -> bytes:
 def dumps(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
     """Canonical safetensors bytes: tensors in name order, sorted JSON header."""
     names = sorted(tensors)
-    specs = [TensorSpec(n, tensors[n].dtype, tuple(tensors[n].shape)) for n in names]
+    specs = [TensorSpec(n, dtype_name(tensors[n].dtype), tuple(tensors[n].shape)) for n in names]
     parts = [_header(specs, metadata)]
     parts.extend(tensor_bytes(tensors[n]) for n in names)
     return b"".join(parts)
@@ -111,22 +117,114 @@ def loads(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return load(data), metadata
 
 
+@dataclass(frozen=True)
+class ByteRange:
+    """A tensor's bytes where they lie in a file: an export copies them file to file (in the
+    kernel where it can) instead of reading them into a tensor and writing that out."""
+
+    path: Path
+    offset: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a safetensors header says: each tensor's spec and where its bytes start (from the
+    beginning of the file), the metadata, and how long the file must be."""
+
+    tensors: dict[str, tuple[TensorSpec, int]]
+    metadata: dict[str, str]
+    size: int
+
+
+def read_layout(fh: BinaryIO) -> Layout:
+    """The layout of the safetensors file open in `fh` (read without torch); ValueError for a
+    header that is truncated, not JSON, or describes bytes its dtype and shape do not fill."""
+    raw = fh.read(8)
+    if len(raw) < 8:
+        raise ValueError("truncated safetensors header")
+    (n,) = struct.unpack("<Q", raw)
+    body = fh.read(n)
+    if len(body) < n:
+        raise ValueError("truncated safetensors header")
+    try:
+        header = json.loads(body)
+    except ValueError:
+        raise ValueError("safetensors header is not JSON") from None
+    if not isinstance(header, dict):
+        raise ValueError("safetensors header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    start = 8 + n
+    tensors: dict[str, tuple[TensorSpec, int]] = {}
+    end = 0
+    for name, entry in header.items():
+        try:
+            dtype = _CODE_NAMES[entry["dtype"]]
+            shape = tuple(int(x) for x in entry["shape"])
+            begin, stop = (int(x) for x in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"tensor {name!r}: unsupported dtype or malformed header entry") from None
+        spec = TensorSpec(name, dtype, shape)
+        if begin < 0 or stop - begin != spec.nbytes:
+            raise ValueError(f"tensor {name!r}: its data offsets do not match its dtype and shape")
+        tensors[name] = (spec, start + begin)
+        end = max(end, stop)
+    return Layout(tensors, metadata, start + end)
+
+
+def copy_range(src: ByteRange, fd: int) -> None:
+    """Append src's bytes to the file open as `fd` (at its current position)."""
+    with open(src.path, "rb") as fin:
+        offset, left = src.offset, src.nbytes
+        try:
+            while left:
+                n = os.copy_file_range(fin.fileno(), fd, left, offset)
+                if n == 0:
+                    raise ValueError(f"{src.path} ends before its header says")
+                offset, left = offset + n, left - n
+        except (AttributeError, OSError):  # not Linux, an old kernel, or a file system that refuses
+            fin.seek(offset)
+            while left:
+                chunk = fin.read(min(left, 1 << 24))
+                if not chunk:
+                    raise ValueError(f"{src.path} ends before its header says") from None
+                os.write(fd, chunk)
+                left -= len(chunk)
+
+
+#: What an export writes for one tensor: its bytes (a buffer) or where to copy them from.
+Part = Union[ByteRange, bytes, bytearray, memoryview, "numpy.ndarray"]
+
+
 def write_streaming(
-    fh: BinaryIO,
+    fd: int,
     specs: list[TensorSpec],
-    produce: Callable[[TensorSpec], torch.Tensor],
+    produce: Callable[[TensorSpec], Part],
     metadata: dict[str, str] | None = None,
     on_tensor: Callable[[TensorSpec], None] | None = None,
 ) -> None:
-    """Write a safetensors file tensor by tensor; `produce` returns each tensor when asked."""
-    fh.write(_header(specs, metadata))
+    """Write a safetensors file to `fd` tensor by tensor; `produce` returns each tensor's bytes
+    (or the range of a file that holds them) when asked."""
+    _write_all(fd, _header(specs, metadata))
     for spec in specs:
-        t = produce(spec)
-        if t.dtype != spec.dtype or tuple(t.shape) != spec.shape:
-            raise ValueError(f"tensor {spec.name} does not match its declared dtype/shape")
-        fh.write(tensor_buffer(t))
+        part = produce(spec)
+        if isinstance(part, ByteRange):
+            if part.nbytes != spec.nbytes:
+                raise ValueError(f"tensor {spec.name} does not match its declared dtype/shape")
+            copy_range(part, fd)
+        else:
+            view = memoryview(part).cast("B")
+            if view.nbytes != spec.nbytes:
+                raise ValueError(f"tensor {spec.name} does not match its declared dtype/shape")
+            _write_all(fd, view)
         if on_tensor is not None:
             on_tensor(spec)
+
+
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data).cast("B")
+    while view.nbytes:
+        view = view[os.write(fd, view) :]
 
 
 def shard_specs(specs: Iterable[TensorSpec], max_bytes: int) -> list[list[TensorSpec]]:

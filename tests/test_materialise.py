@@ -181,3 +181,18 @@ def test_fresh_model_of_a_long_history_is_the_reference_sum_cached_or_not(repo):
     assert model_bytes(Repository.open(repo.dir)) == want  # from the cache
     # moving the live model afterwards rewrites what changed, exactly
     assert model_bytes(cold, commits[-2]) == ref(commits[-2])
+
+
+def test_export_of_a_cached_state_needs_no_torch_and_writes_the_same_bytes(repo, tmp_path):
+    # a long history's second export reads the materialised cache and copies the rest of the
+    # base file to file: the fresh process never imports torch, and the file is the same
+    _history(repo, MIN_DELTAS + 1)
+    repo.export("HEAD", tmp_path / "cold")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-c", _BLOCK, "-C", str(repo.root), "export", "HEAD", str(tmp_path / "warm")],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in (tmp_path / "cold").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "warm").iterdir())
+    for name in names:
+        assert (tmp_path / "cold" / name).read_bytes() == (tmp_path / "warm" / name).read_bytes(), name

@@ -18,6 +18,7 @@ def _sweep():
     try:
         spec = importlib.util.spec_from_file_location("step4_sweep", ROOT / "benchmarks" / "step4_sweep.py")
         mod = importlib.util.module_from_spec(spec)
+        sys.modules["step4_sweep"] = mod  # as an import would (its dataclasses look themselves up there)
         spec.loader.exec_module(mod)
         return mod
     finally:

@@ -124,3 +124,64 @@ def test_tensorio_canonical_and_readable(tmp_path):
     assert meta == {"k": "v"} and torch.equal(back["b"], t["b"]) and torch.equal(back["a"], t["a"])
     (tmp_path / "x.safetensors").write_bytes(raw)
     assert torch.equal(load_file(tmp_path / "x.safetensors")["b"], t["b"])
+
+
+def _two_tensor_file(tmp_path):
+    t = {"w": torch.arange(12, dtype=torch.float32).reshape(3, 4), "b": torch.arange(5, dtype=torch.bfloat16)}
+    path = tmp_path / "src.safetensors"
+    path.write_bytes(tensorio.dumps(t, {"format": "pt"}))
+    return t, path
+
+
+def test_layout_is_read_without_torch_and_locates_every_tensor(tmp_path):
+    t, path = _two_tensor_file(tmp_path)
+    with open(path, "rb") as fh:
+        layout = tensorio.read_layout(fh)
+    assert layout.metadata == {"format": "pt"} and layout.size == path.stat().st_size
+    data = path.read_bytes()
+    for name, tensor in t.items():
+        spec, offset = layout.tensors[name]
+        assert spec == tensorio.TensorSpec(name, tensorio.dtype_name(tensor.dtype), tuple(tensor.shape))
+        assert data[offset : offset + spec.nbytes] == tensorio.tensor_bytes(tensor)
+
+
+@pytest.mark.parametrize("damage", ["short", "not-json", "offsets", "dtype"])
+def test_layout_rejects_a_damaged_header(damage):
+    import io
+    import json
+    import struct
+
+    entry = {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}
+    if damage == "offsets":
+        entry["data_offsets"] = [0, 12]
+    if damage == "dtype":
+        entry["dtype"] = "F8_E4M3"
+    body = b"{nope" if damage == "not-json" else json.dumps({"w": entry}).encode()
+    raw = struct.pack("<Q", len(body)) + body
+    if damage == "short":
+        raw = raw[:-2]
+    with pytest.raises(ValueError):
+        tensorio.read_layout(io.BytesIO(raw))
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_streaming_writes_buffers_and_file_ranges_alike(tmp_path, monkeypatch, kernel_copy):
+    # the same file whether a tensor's bytes come as a buffer or as a range copied from another file
+    t, src = _two_tensor_file(tmp_path)
+    if not kernel_copy:  # a file system (or OS) without copy_file_range: the read/write fallback
+        def refuse(*a, **k):
+            raise OSError(18, "cross-device")
+
+        monkeypatch.setattr(tensorio.os, "copy_file_range", refuse)
+    with open(src, "rb") as fh:
+        layout = tensorio.read_layout(fh)
+    specs = [layout.tensors[n][0] for n in sorted(t)]
+    out = tmp_path / "out.safetensors"
+    with open(out, "wb", buffering=0) as fh:
+        tensorio.write_streaming(fh.fileno(), specs,
+                                 lambda s: tensorio.ByteRange(src, layout.tensors[s.name][1], s.nbytes)
+                                 if s.name == "w" else tensorio.tensor_buffer(t[s.name]),
+                                 metadata={"format": "pt"})
+    assert out.read_bytes() == src.read_bytes()
+    with open(tmp_path / "bad.safetensors", "wb", buffering=0) as fh, pytest.raises(ValueError):
+        tensorio.write_streaming(fh.fileno(), specs, lambda s: b"\0" * (s.nbytes - 1))

@@ -8,39 +8,25 @@ either direction and re-checkouts always give the same model.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+import heapq
+from collections.abc import Callable, Hashable
 
 from ..errors import CorruptObjectError
 from .commit import Commit
 
-if TYPE_CHECKING:
-    import networkx as nx
-
 
 class CommitGraph:
-    """Commits are immutable, so a loaded commit and its edges never go stale."""
+    """Commits are immutable, so a loaded commit and its edges never go stale.
+
+    Plain dictionaries and two short walks (ancestors, a keyed topological sort) instead of a
+    graph library: every command that reads the effective set, export included, starts
+    without importing one."""
 
     def __init__(self, load: Callable[[str], Commit]):
         self._load = load
         self.commits: dict[str, Commit] = {}
-        self._graph: nx.DiGraph | None = None
         #: effective sets already resolved (a pure function of immutable commits)
         self._active: dict[str, tuple[str, ...]] = {}
-
-    @property
-    def graph(self) -> nx.DiGraph:
-        """The loaded commits as a networkx graph, edges parent -> child. Built on first
-        use: walking refs and first parents (checkout, log) needs no networkx import."""
-        if self._graph is None:
-            import networkx as nx
-
-            g = nx.DiGraph()
-            for oid, c in self.commits.items():
-                g.add_node(oid)
-                g.add_edges_from((p, oid) for p in c.parents)
-            self._graph = g
-        return self._graph
 
     def commit(self, oid: str) -> Commit:
         self.ensure(oid)
@@ -55,18 +41,19 @@ class CommitGraph:
                 continue
             c = self._load(cur)
             self.commits[cur] = c
-            if self._graph is not None:
-                self._graph.add_node(cur)
-                self._graph.add_edges_from((p, cur) for p in c.parents)
             for p in c.parents:
                 if p not in self.commits:
                     stack.append(p)
 
     def ancestors(self, oid: str, inclusive: bool = True) -> set[str]:
         self.ensure(oid)
-        import networkx as nx
-
-        out = nx.ancestors(self.graph, oid)
+        out: set[str] = set()
+        stack = list(self.commits[oid].parents)
+        while stack:
+            cur = stack.pop()
+            if cur not in out:
+                out.add(cur)
+                stack.extend(self.commits[cur].parents)
         if inclusive:
             out.add(oid)
         return out
@@ -77,27 +64,43 @@ class CommitGraph:
 
     def canonical_order(self, nodes: set[str]) -> list[str]:
         """Topological order of a set of commits, ties broken by commit id."""
-        import networkx as nx
-
-        sub = self.graph.subgraph(nodes)
-        return list(nx.lexicographical_topological_sort(sub, key=lambda n: n))
+        return self._sorted(nodes, lambda n: n, parents_first=True)
 
     def newest_first(self, nodes: set[str]) -> list[str]:
         """Children before parents; among ready commits the newest first (git's date order)."""
-        import networkx as nx
-
-        sub = self.graph.subgraph(nodes).reverse(copy=False)
-        return list(
-            nx.lexicographical_topological_sort(sub, key=lambda n: (-self.commits[n].time, n))
-        )
+        return self._sorted(nodes, lambda n: (-self.commits[n].time, n), parents_first=False)
 
     def merge_bases(self, a: str, b: str) -> list[str]:
         """Best common ancestors (those not ancestors of another common ancestor)."""
-        import networkx as nx
-
         common = self.ancestors(a) & self.ancestors(b)
-        best = {c for c in common if not any(c in nx.ancestors(self.graph, o) for o in common if o != c)}
-        return sorted(best)
+        below: set[str] = set()  # common ancestors of another common ancestor
+        for c in common:
+            if c not in below:
+                below |= self.ancestors(c, inclusive=False)
+        return sorted(common - below)
+
+    def _sorted(self, nodes: set[str], key: Callable[[str], Hashable], parents_first: bool) -> list[str]:
+        """Kahn's topological sort of `nodes` (edges within them only) that always takes the
+        ready commit of smallest key, so the order depends on the graph alone."""
+        edges: dict[str, list[str]] = {n: [] for n in nodes}  # node -> the nodes it must precede
+        waiting = dict.fromkeys(nodes, 0)
+        for n in nodes:
+            for p in self.commits[n].parents:
+                if p in nodes:
+                    first, then = (p, n) if parents_first else (n, p)
+                    edges[first].append(then)
+                    waiting[then] += 1
+        ready = [(key(n), n) for n, w in waiting.items() if w == 0]
+        heapq.heapify(ready)
+        out = []
+        while ready:
+            _, n = heapq.heappop(ready)
+            out.append(n)
+            for m in edges[n]:
+                waiting[m] -= 1
+                if waiting[m] == 0:
+                    heapq.heappush(ready, (key(m), m))
+        return out
 
     def active(self, oid: str) -> list[str]:
         """The effective set of `oid` in canonical order."""

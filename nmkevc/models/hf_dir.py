@@ -15,10 +15,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from ..errors import NmkevcError
-from ..tensorio import TensorSpec, write_streaming
+from ..tensorio import Part, TensorSpec, write_streaming
 from .weights import AUX_FILES, BaseWeights
 
 #: The file beside the weights that says where they came from.
@@ -47,13 +45,13 @@ def check_export_target(out: Path) -> None:
 def write_model_files(
     weights: BaseWeights,
     directory: Path,
-    produce: Callable[[TensorSpec], torch.Tensor],
+    produce: Callable[[TensorSpec], Part],
     provenance: dict,
     progress: Callable[[int, int], None] | None = None,
 ) -> int:
-    """Write every tensor of `weights` as `produce` gives it, the base's config, tokenizer
-    and index files, and the provenance into `directory`, each file fsynced; returns the
-    bytes of weights written."""
+    """Write every tensor of `weights` as `produce` gives it (its bytes, or the range of a file
+    to copy them from), the base's config, tokenizer and index files, and the provenance into
+    `directory`, each file fsynced; returns the bytes of weights written."""
     directory = Path(directory)
     model_dir = weights.model_dir
     total = len(weights.specs())
@@ -67,9 +65,8 @@ def write_model_files(
     written = 0
     for fname, names in sorted(weights.files().items()):
         specs = [weights.spec(n) for n in names]
-        with open(directory / fname, "wb") as fh:
-            write_streaming(fh, specs, produce, metadata={"format": "pt"}, on_tensor=tick)
-            fh.flush()
+        with open(directory / fname, "wb", buffering=0) as fh:
+            write_streaming(fh.fileno(), specs, produce, metadata={"format": "pt"}, on_tensor=tick)
             os.fsync(fh.fileno())
         written += (directory / fname).stat().st_size
     copies = [model_dir / name for name in AUX_FILES if (model_dir / name).is_file()]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from safetensors import safe_open
 
 from ..errors import BaseMismatchError, NmkevcError
-from ..tensorio import TensorSpec
+from ..tensorio import ByteRange, TensorSpec, read_layout
 
 if TYPE_CHECKING:
     import torch
@@ -65,16 +65,25 @@ class BaseWeights:
         self._where: dict[str, Path] = {}
         self._specs: list[TensorSpec] = []
         self._spec_by_name: dict[str, TensorSpec] = {}
+        self._offset: dict[str, int] = {}
         self._handles: dict[Path, object] = {}
-        for f in safetensors_files(self.model_dir):
-            with safe_open(f, framework="pt") as h:
-                for name in h.keys():  # noqa: SIM118 - safe_open has no __iter__
-                    sl = h.get_slice(name)
-                    dtype = _dtype(sl.get_dtype())
-                    self._where[name] = f
-                    spec = TensorSpec(name, dtype, tuple(sl.get_shape()))
-                    self._specs.append(spec)
-                    self._spec_by_name[name] = spec
+        for f in safetensors_files(self.model_dir):  # headers read directly: no torch to list a model
+            try:
+                with open(f, "rb") as fh:
+                    layout = read_layout(fh)
+                size = f.stat().st_size
+            except OSError as e:
+                raise NmkevcError(f"cannot read {f}: {e.strerror or e}") from None
+            except ValueError as e:
+                raise NmkevcError(f"{f} is not a usable safetensors file: {e}") from None
+            if size < layout.size:
+                raise NmkevcError(f"{f} is truncated ({size} bytes, its header describes {layout.size})")
+            for name in sorted(layout.tensors):  # the order safetensors' own reader lists them in
+                spec, offset = layout.tensors[name]
+                self._where[name] = f
+                self._specs.append(spec)
+                self._spec_by_name[name] = spec
+                self._offset[name] = offset
 
     def specs(self) -> list[TensorSpec]:
         return list(self._specs)
@@ -101,26 +110,16 @@ class BaseWeights:
             self._handles[f] = h
         return h.get_tensor(name)
 
+    def byte_range(self, name: str) -> ByteRange:
+        """Where the tensor's bytes lie in its file (export copies them without reading them)."""
+        name = self.resolve(name)
+        return ByteRange(self._where[name], self._offset[name], self._spec_by_name[name].nbytes)
+
     def files(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
         for name, f in self._where.items():
             out.setdefault(f.name, []).append(name)
         return out
-
-
-_DTYPE_NAMES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
-}
-
-
-def _dtype(code: str) -> torch.dtype:
-    import torch  # here, not at the top: modules that only name files load without torch
-
-    try:
-        return getattr(torch, _DTYPE_NAMES[code])
-    except KeyError:
-        raise NmkevcError(f"unsupported tensor dtype {code} in base weights") from None
 
 
 def tensor_sha256(t: torch.Tensor) -> str:

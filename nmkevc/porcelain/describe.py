@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-
-from ..deltas.compose import summed_out_in
-from ..deltas.delta import WeightDelta
 from ..history.commit import Commit
 from ..history.lanes import GraphRow, layout
 from ..repo.repository import Repo
+
+if TYPE_CHECKING:  # log, show and export's provenance need no torch; diff loads it
+    from ..deltas.delta import WeightDelta
 
 
 @dataclass
@@ -137,6 +137,10 @@ class DiffReport:
 
 
 def diff(repo: Repo, rev_a: str, rev_b: str) -> DiffReport:
+    import torch
+
+    from ..deltas.compose import summed_out_in
+
     a, b = repo.resolve(rev_a), repo.resolve(rev_b)
     eff_a, eff_b = repo.effective(a), repo.effective(b)
     sa, sb = set(eff_a), set(eff_b)

@@ -1,7 +1,8 @@
 """Export: the model at a commit as a standard Hugging Face directory.
 
-Untouched tensors are streamed from the memory-mapped base; only edited weights are
-computed. The directory layout is the model layer's (models.hf_dir); staging it beside
+Untouched tensors are copied file to file from the base (no tensor is built for them);
+only edited weights are computed, or read from the materialised cache, which needs no
+torch at all. The directory layout is the model layer's (models.hf_dir); staging it beside
 the target and renaming it into place, so a killed export leaves nothing gc cannot
 find, is the repository's (Repo.staging_dir).
 """
@@ -40,11 +41,12 @@ def export(repo: Repo, rev: str, out_dir: str | Path,
     cid = repo.resolve(rev)
     c = repo.commit(cid)
     weights = BaseWeights(repo.base_dir(c.base), adapter_for(repo.manifest(c.base).config))
-    edited = {weights.resolve(name): t for name, t in repo.materialise(c.base, repo.effective(cid), weights).items()}
+    edited = {weights.resolve(name): buf
+              for name, buf in repo.materialised_buffers(c.base, repo.effective(cid), weights).items()}
 
     def produce(spec: TensorSpec):
-        t = edited.get(spec.name)
-        return weights.get(spec.name) if t is None else t
+        buf = edited.get(spec.name)
+        return weights.byte_range(spec.name) if buf is None else buf
 
     provenance = {
         "tool": "nmkevc",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,11 +37,12 @@ _DIR = "materialised"
 _SUFFIX = ".safetensors"
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
+def _digest(buffers: dict[str, object]) -> str:
+    """Over each tensor's name and bytes (any buffer: a tensor's, or a slice of the file)."""
     h = hashlib.sha256()
-    for name in sorted(tensors):
+    for name in sorted(buffers):
         h.update(name.encode("utf-8") + b"\0")
-        h.update(tensorio.tensor_bytes(tensors[name]))
+        h.update(buffers[name])
     return h.hexdigest()
 
 
@@ -53,24 +55,39 @@ class MaterialisedCache:
     def path(self, key: str) -> Path:
         return self.dir / f"{key}{_SUFFIX}"
 
-    def get(self, key: str) -> dict[str, torch.Tensor] | None:
-        """The tensors stored for `key`, or None when absent, for another key, or damaged."""
+    def get_raw(self, key: str) -> dict[str, tuple[tensorio.TensorSpec, memoryview]] | None:
+        """{name: (spec, bytes)} stored for `key`, read without torch (so an export of a cached
+        state starts fast), or None when absent, for another key, or damaged."""
         try:
-            data = self.path(key).read_bytes()
-            tensors, metadata = tensorio.loads(data)
-            meta = json.loads(metadata["nmkevc"])
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+            data = bytearray(self.path(key).read_bytes())
+            layout = tensorio.read_layout(io.BytesIO(data))
+            meta = json.loads(layout.metadata["nmkevc"])
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-        except Exception:  # whatever a damaged file makes the reader raise: a miss, not a crash
+        if len(data) < layout.size or not isinstance(meta, dict) or meta.get("state") != key:
             return None
-        if not isinstance(meta, dict) or meta.get("state") != key or meta.get("sha256") != _digest(tensors):
+        view = memoryview(data)
+        raw = {name: (spec, view[offset : offset + spec.nbytes]) for name, (spec, offset) in layout.tensors.items()}
+        if meta.get("sha256") != _digest({name: buf for name, (_, buf) in raw.items()}):
             return None
-        return tensors
+        return raw
+
+    def get(self, key: str) -> dict[str, torch.Tensor] | None:
+        """The tensors stored for `key` (sharing the bytes read), or None as `get_raw`."""
+        raw = self.get_raw(key)
+        if raw is None:
+            return None
+        import torch
+
+        return {name: (torch.frombuffer(buf, dtype=getattr(torch, spec.dtype)) if spec.nbytes
+                       else torch.empty(0, dtype=getattr(torch, spec.dtype))).reshape(spec.shape)
+                for name, (spec, buf) in raw.items()}
 
     def put(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
         """Store the tensors of state `key` (best effort: a cache that cannot be written is
         simply not there next time), then drop the oldest states beyond KEEP."""
-        meta = json.dumps({"state": key, "sha256": _digest(tensors)}, sort_keys=True)
+        meta = json.dumps({"state": key, "sha256": _digest({n: tensorio.tensor_buffer(t) for n, t in tensors.items()})},
+                          sort_keys=True)
         with contextlib.suppress(OSError):
             self.dir.mkdir(parents=True, exist_ok=True)
             atomic_write(self.path(key), tensorio.dumps(tensors, {"nmkevc": meta}), what="cache")

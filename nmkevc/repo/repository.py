@@ -36,6 +36,7 @@ from ..storage.objects import canonical_json, decode
 from ..storage.refs import HEADS, Head, ReflogEntry, RefStore, check_ref_name
 from ..storage.store import ObjectStore
 from ..storage.temps import claimed_tempdir, make_init_dir, reap_claims, reap_init_dirs, remove_stale_temps
+from ..tensorio import dtype_name, tensor_buffer
 from .caches import BaseCaches
 from .layout import REPO_DIR, RepoConfig, find_repo_dir, make_layout
 from .materialised import MIN_DELTAS, MaterialisedCache
@@ -307,7 +308,7 @@ class Repo:
         materialised cache and read back from there (checked against the base's specs)."""
         key = self.state_key(base_id, commits, extra)
         cached = self.materialised.get(key)
-        if cached is not None and all(_fits(weights, name, t) for name, t in cached.items()):
+        if cached is not None and all(_fits(weights, name, dtype_name(t.dtype), t.shape) for name, t in cached.items()):
             return cached
         from ..deltas.compose import apply_to_weight
 
@@ -317,6 +318,15 @@ class Repo:
         if len(self.delta_ids(commits, extra)) >= MIN_DELTAS:
             self.materialised.put(key, out)
         return out
+
+    def materialised_buffers(self, base_id: str, commits: list[str], weights: BaseWeights) -> dict[str, object]:
+        """{weight name: its bytes} of `materialise`, where a cached state is read without
+        loading torch at all: an export of a long, cached history then costs little more
+        than copying the base's file."""
+        raw = self.materialised.get_raw(self.state_key(base_id, commits))
+        if raw is not None and all(_fits(weights, name, spec.dtype, spec.shape) for name, (spec, _) in raw.items()):
+            return {name: buf for name, (_, buf) in raw.items()}
+        return {name: tensor_buffer(t) for name, t in self.materialise(base_id, commits, weights).items()}
 
     def keys_cov(self, commits: list[str], weight_names: list[str],
                  extra: Sequence[str] = ()) -> dict[str, torch.Tensor]:
@@ -485,13 +495,13 @@ def default_author() -> str:
         return "unknown"
 
 
-def _fits(weights: BaseWeights, name: str, t: torch.Tensor) -> bool:
+def _fits(weights: BaseWeights, name: str, dtype: str, shape) -> bool:
     """A cached tensor stands for a weight of this base only with its name, dtype and shape."""
     try:
         spec = weights.spec(name)
     except (NmkevcError, KeyError):
         return False
-    return spec.dtype == t.dtype and tuple(spec.shape) == tuple(t.shape)
+    return spec.dtype == dtype and tuple(spec.shape) == tuple(shape)
 
 
 def _manifest_difference(want: BaseManifest, found: BaseManifest) -> str:
