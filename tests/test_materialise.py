@@ -196,3 +196,15 @@ def test_export_of_a_cached_state_needs_no_torch_and_writes_the_same_bytes(repo,
     assert names == sorted(p.name for p in (tmp_path / "warm").iterdir())
     for name in names:
         assert (tmp_path / "cold" / name).read_bytes() == (tmp_path / "warm" / name).read_bytes(), name
+
+
+def test_an_edit_on_a_long_history_leaves_its_state_cached(repo, tmp_path):
+    # the edit's checks ran on the committed state: its weights go to the cache, and the first
+    # export reads them back (the same bytes as the reference sum, without recomputing)
+    _history(repo, MIN_DELTAS)
+    repo.edit(EditRequest("France", "The capital of {} is", "Rome"), method="memit", stats_tokens=200,
+              z_lr=0.5, z_steps=5, z_clamp=4.0, z_weight_decay=0.0, ridge=1e-4, ridge_relative=False, layers=[1, 2])
+    plumbing = repo.plumbing
+    key = plumbing.state_key(repo.commit().base, repo.effective("HEAD"))
+    assert plumbing.materialised.get(key) is not None
+    assert _export_tensors(Repository.open(repo.dir), "HEAD", tmp_path / "out") == _reference_tensors(repo, "HEAD")

@@ -213,6 +213,7 @@ def edit(
             info=info,
         )
         cid = repo.advance_head(c, f"edit: {c.summary}")
+        repo.keep_live_state(cid)  # the checks left the model at cid: the next export starts from it
     layers = [
         {"layer": w.layer, "neurons": int(w.idx.numel()), "d_ff": w.d_ff, **w.info} for w in delta.weights
     ]

@@ -328,6 +328,27 @@ class Repo:
             return {name: buf for name, (_, buf) in raw.items()}
         return {name: tensor_buffer(t) for name, t in self.materialise(base_id, commits, weights).items()}
 
+    def keep_live_state(self, cid: str) -> bool:
+        """Put the live model's edited weights into the materialised cache when it holds cid's
+        state (as it does right after an edit's checks), so the first export or fresh load of
+        a long history reads them instead of recomputing every delta. Only where the model
+        runs at the base's dtype (its weights are then exactly `materialise`'s sums); best
+        effort, as the cache itself. True when a state was stored."""
+        live, base_id = self._live, self.commit(cid).base
+        commits = self.effective(cid)
+        key = self.state_key(base_id, commits)
+        if live is None or self._live_base != base_id or live.state_key != key \
+                or len(self.delta_ids(commits)) < MIN_DELTAS or self.materialised.path(key).exists():
+            return False
+        out = {}
+        for name in self.plan_of(commits):
+            t = live.parameter(name).detach()
+            if dtype_name(t.dtype) != live.weights.spec(name).dtype:
+                return False
+            out[name] = t.cpu()
+        self.materialised.put(key, out)
+        return True
+
     def keys_cov(self, commits: list[str], weight_names: list[str],
                  extra: Sequence[str] = ()) -> dict[str, torch.Tensor]:
         """C_l = Σ K Kᵀ over the keys stored with the deltas of an effective set."""
