@@ -12,8 +12,8 @@ from test_editing_update import REQS, apply, dense_u, keys_and_h, load_with_proj
 
 from nmkevc.editing import EditHparams
 from nmkevc.editing.covariance import nullspace_projector
-from nmkevc.editing.hparams import NullspaceRule
 from nmkevc.editing.methods import FactorInputs, get_method
+from nmkevc.editing.nullspace import NullspaceRule
 from nmkevc.editing.update import masked_nullspace_factor, masked_projected_factor, nullspace_factor
 from nmkevc.errors import EditRequestError
 

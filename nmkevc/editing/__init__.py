@@ -17,7 +17,7 @@ _EXPORTS = {
     "LayerUpdate": ".engine",
     "compute_edit": ".engine",
     "EditHparams": ".hparams",
-    "NullspaceRule": ".hparams",
+    "NullspaceRule": ".nullspace",
     "entropy_ratios": ".masking",
     "neuron_mask": ".masking",
     "EditMethod": ".methods",

@@ -15,7 +15,7 @@ from ..errors import NmkevcError
 from ..models.adapters import adapter_for
 from ..models.tokens import encode
 from .hooks import first_input, frozen_eval, hooks, run_until, stop_after
-from .hparams import NullspaceRule
+from .nullspace import NullspaceRule
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ import torch
 from ..models.adapters import ArchAdapter
 from ..models.tokens import Batch
 from .hooks import first_input, hidden_of, hooks, run_until, stop_after
-from .hparams import NullspaceRule
+from .nullspace import NullspaceRule
 
 
 @dataclass(frozen=True)
