@@ -165,7 +165,7 @@ def read_layout(fh: BinaryIO) -> Layout:
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"tensor {name!r}: unsupported dtype or malformed header entry") from None
         spec = TensorSpec(name, dtype, shape)
-        if begin < 0 or stop - begin != spec.nbytes:
+        if begin < 0 or any(d < 0 for d in shape) or stop - begin != spec.nbytes:
             raise ValueError(f"tensor {name!r}: its data offsets do not match its dtype and shape")
         tensors[name] = (spec, start + begin)
         end = max(end, stop)

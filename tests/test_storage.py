@@ -145,7 +145,7 @@ def test_layout_is_read_without_torch_and_locates_every_tensor(tmp_path):
         assert data[offset : offset + spec.nbytes] == tensorio.tensor_bytes(tensor)
 
 
-@pytest.mark.parametrize("damage", ["short", "not-json", "offsets", "dtype"])
+@pytest.mark.parametrize("damage", ["short", "not-json", "offsets", "dtype", "negative"])
 def test_layout_rejects_a_damaged_header(damage):
     import io
     import json
@@ -156,6 +156,8 @@ def test_layout_rejects_a_damaged_header(damage):
         entry["data_offsets"] = [0, 12]
     if damage == "dtype":
         entry["dtype"] = "F8_E4M3"
+    if damage == "negative":  # a negative size whose offsets run backwards by as much
+        entry.update(shape=[-1], data_offsets=[8, 4])
     body = b"{nope" if damage == "not-json" else json.dumps({"w": entry}).encode()
     raw = struct.pack("<Q", len(body)) + body
     if damage == "short":
