@@ -8,6 +8,7 @@ at a time so a large model never has to sit in memory twice.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import struct
@@ -107,14 +108,8 @@ def loads(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read safetensors bytes (ours or anyone's) into tensors and metadata."""
     from safetensors.torch import load
 
-    if len(data) < 8:
-        raise ValueError("truncated safetensors payload")
-    (n,) = struct.unpack("<Q", data[:8])
-    if 8 + n > len(data):
-        raise ValueError("truncated safetensors header")
-    header = json.loads(data[8 : 8 + n])
-    metadata = header.get("__metadata__") or {}
-    return load(data), metadata
+    header, _ = _read_header(io.BytesIO(data))
+    return load(data), header.get("__metadata__") or {}
 
 
 @dataclass(frozen=True)
@@ -137,9 +132,8 @@ class Layout:
     size: int
 
 
-def read_layout(fh: BinaryIO) -> Layout:
-    """The layout of the safetensors file open in `fh` (read without torch); ValueError for a
-    header that is truncated, not JSON, or describes bytes its dtype and shape do not fill."""
+def _read_header(fh: BinaryIO) -> tuple[dict, int]:
+    """The JSON header of the safetensors bytes in `fh`, and where their data section starts."""
     raw = fh.read(8)
     if len(raw) < 8:
         raise ValueError("truncated safetensors header")
@@ -153,8 +147,14 @@ def read_layout(fh: BinaryIO) -> Layout:
         raise ValueError("safetensors header is not JSON") from None
     if not isinstance(header, dict):
         raise ValueError("safetensors header is not a JSON object")
+    return header, 8 + n
+
+
+def read_layout(fh: BinaryIO) -> Layout:
+    """The layout of the safetensors file open in `fh` (read without torch); ValueError for a
+    header that is truncated, not JSON, or describes bytes its dtype and shape do not fill."""
+    header, start = _read_header(fh)
     metadata = header.pop("__metadata__", None) or {}
-    start = 8 + n
     tensors: dict[str, tuple[TensorSpec, int]] = {}
     end = 0
     for name, entry in header.items():

@@ -73,10 +73,13 @@ class MaterialisedCache:
         return raw
 
     def get(self, key: str) -> dict[str, torch.Tensor] | None:
-        """The tensors stored for `key` (sharing the bytes read), or None as `get_raw`."""
+        """The tensors stored for `key`, or None as `get_raw`."""
         raw = self.get_raw(key)
-        if raw is None:
-            return None
+        return None if raw is None else self.tensors(raw)
+
+    @staticmethod
+    def tensors(raw: dict[str, tuple[tensorio.TensorSpec, memoryview]]) -> dict[str, torch.Tensor]:
+        """`get_raw`'s bytes as tensors (sharing the bytes read, no copy)."""
         import torch
 
         return {name: (torch.frombuffer(buf, dtype=getattr(torch, spec.dtype)) if spec.nbytes

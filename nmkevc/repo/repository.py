@@ -36,7 +36,7 @@ from ..storage.objects import canonical_json, decode
 from ..storage.refs import HEADS, Head, ReflogEntry, RefStore, check_ref_name
 from ..storage.store import ObjectStore
 from ..storage.temps import claimed_tempdir, make_init_dir, reap_claims, reap_init_dirs, remove_stale_temps
-from ..tensorio import dtype_name, tensor_buffer
+from ..tensorio import TensorSpec, dtype_name, tensor_buffer
 from .caches import BaseCaches
 from .layout import REPO_DIR, RepoConfig, find_repo_dir, make_layout
 from .materialised import MIN_DELTAS, MaterialisedCache
@@ -307,9 +307,30 @@ class Repo:
         edits, as `apply_to_weight` computes it; a long history's result is kept in the
         materialised cache and read back from there (checked against the base's specs)."""
         key = self.state_key(base_id, commits, extra)
-        cached = self.materialised.get(key)
-        if cached is not None and all(_fits(weights, name, dtype_name(t.dtype), t.shape) for name, t in cached.items()):
-            return cached
+        cached = self._cached_state(key, weights)
+        if cached is not None:
+            return MaterialisedCache.tensors(cached)
+        return self._compute_state(key, base_id, commits, weights, extra)
+
+    def materialised_buffers(self, base_id: str, commits: list[str], weights: BaseWeights) -> dict[str, object]:
+        """{weight name: its bytes} of `materialise`, where a cached state is read without
+        loading torch at all (an export of a long, cached history starts in well under a
+        second: docs/benchmarks.md)."""
+        key = self.state_key(base_id, commits)
+        cached = self._cached_state(key, weights)
+        if cached is not None:
+            return {name: buf for name, (_, buf) in cached.items()}
+        return {name: tensor_buffer(t) for name, t in self._compute_state(key, base_id, commits, weights).items()}
+
+    def _cached_state(self, key: str, weights: BaseWeights) -> dict | None:
+        """The cache's {name: (spec, bytes)} for `key`, if every tensor fits this base's weight."""
+        raw = self.materialised.get_raw(key)
+        if raw is None or not all(_fits(weights, name, spec) for name, (spec, _) in raw.items()):
+            return None
+        return raw
+
+    def _compute_state(self, key: str, base_id: str, commits: list[str], weights: BaseWeights,
+                       extra: Sequence[str] = ()) -> dict[str, torch.Tensor]:
         from ..deltas.compose import apply_to_weight
 
         plan = self.plan_of(commits, extra)
@@ -318,15 +339,6 @@ class Repo:
         if len(self.delta_ids(commits, extra)) >= MIN_DELTAS:
             self.materialised.put(key, out)
         return out
-
-    def materialised_buffers(self, base_id: str, commits: list[str], weights: BaseWeights) -> dict[str, object]:
-        """{weight name: its bytes} of `materialise`, where a cached state is read without
-        loading torch at all: an export of a long, cached history then costs little more
-        than copying the base's file."""
-        raw = self.materialised.get_raw(self.state_key(base_id, commits))
-        if raw is not None and all(_fits(weights, name, spec.dtype, spec.shape) for name, (spec, _) in raw.items()):
-            return {name: buf for name, (_, buf) in raw.items()}
-        return {name: tensor_buffer(t) for name, t in self.materialise(base_id, commits, weights).items()}
 
     def keep_live_state(self, cid: str) -> bool:
         """Put the live model's edited weights into the materialised cache when it holds cid's
@@ -516,13 +528,13 @@ def default_author() -> str:
         return "unknown"
 
 
-def _fits(weights: BaseWeights, name: str, dtype: str, shape) -> bool:
+def _fits(weights: BaseWeights, name: str, spec: TensorSpec) -> bool:
     """A cached tensor stands for a weight of this base only with its name, dtype and shape."""
     try:
-        spec = weights.spec(name)
+        want = weights.spec(name)
     except (NmkevcError, KeyError):
         return False
-    return spec.dtype == dtype and tuple(spec.shape) == tuple(shape)
+    return want.dtype == spec.dtype and tuple(want.shape) == tuple(spec.shape)
 
 
 def _manifest_difference(want: BaseManifest, found: BaseManifest) -> str:
