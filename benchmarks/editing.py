@@ -127,8 +127,16 @@ def edit_case(repo_dir: str, n: int, method: str, stats_tokens: int) -> dict:
     stored = json.loads((Path(repo_dir).parent / "requests.json").read_text())
     reqs = [EditRequest.from_json(d) for d in stored[:n]]
     load0 = load_avg()
+    if ":" in method:  # an arm with settings, e.g. nmke:z_precision=bfloat16 (trees that know parse_arm)
+        from nmkevc.editing import EditHparams
+        from nmkevc.editing.hparams import parse_arm
+
+        name, settings = parse_arm(method)
+        kwargs = {"hparams": EditHparams(method=name, **settings)}
+    else:
+        kwargs = {"method": method}
     t1 = time.time()
-    out = repo.edit(reqs, method=method, stats_tokens=stats_tokens)
+    out = repo.edit(reqs, stats_tokens=stats_tokens, **kwargs)
     secs = time.time() - t1
     timings = out.info["editor"].get("timings", {})
     return {
@@ -138,6 +146,7 @@ def edit_case(repo_dir: str, n: int, method: str, stats_tokens: int) -> dict:
         "peak_mib": round(peak_mib()), "stored_bytes": out.stored_bytes,
         "bytes_per_edit": round(out.stored_bytes / n),
         "efficacy": sum(bool(c["efficacy"]) for c in out.checks) / n,
+        "p_after": round(sum(c["p_after"] for c in out.checks) / n, 4),
         "mask_fraction": round(sum(x["neurons"] / x["d_ff"] for x in out.layers) / len(out.layers), 3),
         "z_steps_mean": round(sum(out.info["editor"].get("z_steps", [0])) / n, 1),
         "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
@@ -177,6 +186,8 @@ def summarise(runs: list[dict]) -> dict:
         out["timings"] = {k: round(statistics.median(r["timings"].get(k, 0.0) for r in runs), 2)
                           for k in first["timings"]}
         out["efficacy"] = round(statistics.median(r["efficacy"] for r in runs), 3)
+        if all("p_after" in r for r in runs):
+            out["p_after"] = round(statistics.median(r["p_after"] for r in runs), 4)
     out["peak_mib"] = max(r["peak_mib"] for r in runs)
     out["load"] = [[r["load_before"], r["load_after"]] for r in runs]
     out["all_seconds"] = [r["seconds"] for r in runs]
@@ -302,6 +313,15 @@ def ratios(path: Path) -> str:
                        f"{old['maths_seconds'] / r['maths_seconds']:.1f}× faster after than before "
                        f"({old['maths_seconds']:.1f} s → {r['maths_seconds']:.1f} s), z "
                        f"{old['timings']['z'] / r['timings']['z']:.1f}×" + _per_step(old, r) + ".")
+    for (label, method, n), r in sorted(by.items()):
+        plain = by.get((label, method.split(":")[0], n))
+        if ":" in method and plain is not None:
+            size = "1 fact" if n == 1 else f"batch of {n}"
+            out.append(f"- {label}, {size}: {method} against {plain['method']}: edit maths {r['maths_seconds']:.1f} s "
+                       f"against {plain['maths_seconds']:.1f} s, z {r['timings']['z']:.1f} s against "
+                       f"{plain['timings']['z']:.1f} s ({plain['timings']['z'] / r['timings']['z']:.2f}×), efficacy "
+                       f"{r['efficacy']:.2f} against {plain['efficacy']:.2f}, P(new) after the edit "
+                       f"{r.get('p_after', float('nan')):.3f} against {plain.get('p_after', float('nan')):.3f}.")
     for r in rows:
         base = by.get((r["label"], r["method"], r["n"]))
         if r.get("dtype", "float32") != "float32" and base is not None:
