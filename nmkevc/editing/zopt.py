@@ -42,8 +42,10 @@ from .hparams import EditHparams
 from .tokens import fill, templated
 
 #: the suffix tokens (rows × positions re-run per step) of one pack: bounds the autograd
-#: graph held at once (memory) while keeping matrix products large enough to be efficient
-PACK_TOKENS = 1024
+#: graph held at once (memory) while keeping matrix products large enough to be efficient.
+#: On SmolLM2, batch of 100: a z step took the same time within the machine's noise at 256,
+#: 512 and 1024, and held 2.2, 2.8 and 3.3 GiB at its peak (docs/benchmarks.md)
+PACK_TOKENS = 256
 #: a pack's fixed cost per step, in re-run tokens: rows join a pack unless that costs more
 PACK_OVERHEAD = 16
 #: rebuild a pack once fewer than this share of its rows belongs to active requests
@@ -321,6 +323,7 @@ class UpperRunner:
             out = self.model.base_model(**inputs)
         final = out.last_hidden_state if hasattr(out, "last_hidden_state") else hidden_of(out)
         if cache is not None:
+            prefix = self._upper_only(prefix)
             _restore(cache, prefix)
         calls = [(m, *got["calls"][j]) for j, m in enumerate(self.upper)]
         return Pack(rows=idx, offset=offset, h=got["h"], final=final.detach(), calls=calls, cache=cache,
@@ -352,6 +355,12 @@ class UpperRunner:
             else:
                 out.append(pack)
         return out
+
+    def _upper_only(self, prefix: list) -> list:
+        """The prefix without the keys and values of the layers at and below l_m, which are
+        never re-run (a quarter of the cache on SmolLM2 edited at layers 3..7)."""
+        return [kv if j > self.layer else tuple(t.new_empty((*t.shape[:-2], 0, t.shape[-1])) for t in kv)
+                for j, kv in enumerate(prefix)]
 
     def _new_cache(self):
         if self.cache_kw is None:
