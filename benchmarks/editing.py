@@ -284,7 +284,9 @@ def readme_sentence(path: Path) -> str:
     if hundred is not None:
         text += (f"; a batch of 100 facts takes {hundred['seconds']:.0f} s "
                  f"({hundred['maths_seconds'] / 100:.1f} s of maths per fact)")
-    return text + ". Medians of repeated runs, from `benchmarks/editing.py` ([docs/figures/editing.json]" \
+    runs = max(r["runs"] for r in (one, hundred) if r is not None)
+    how = "Medians of repeated runs" if runs > 1 else "One run of each case"
+    return text + f". {how}, from `benchmarks/editing.py` ([docs/figures/editing.json]" \
         "(docs/figures/editing.json))."
 
 

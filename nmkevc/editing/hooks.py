@@ -82,8 +82,8 @@ def frozen_eval(model: nn.Module) -> Iterator[None]:
 def attention_kernel(model: nn.Module, dtype: torch.dtype | None = None) -> Iterator[None]:
     """Scaled dot-product attention through its plain (math) kernel when it runs in half
     precision (`dtype`, else the model's own) on the CPU, where the fused kernel's backward is
-    the slow part of a z step (4.3 of 10.3 s per step of a batch of 100 in bfloat16 on
-    SmolLM2, against 0.5 s for the math kernel's); elsewhere torch's own choice."""
+    the largest single cost of a z step (short queries over a cached prefix; profiled on
+    SmolLM2, docs/method.md); elsewhere torch's own choice."""
     p = next(model.parameters(), None)
     dtype = dtype or (p.dtype if p is not None else None)
     if p is None or p.device.type != "cpu" or dtype not in (torch.bfloat16, torch.float16):

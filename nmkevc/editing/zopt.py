@@ -42,9 +42,8 @@ from .hparams import EditHparams
 from .tokens import fill, templated
 
 #: the suffix tokens (rows × positions re-run per step) of one pack: bounds the autograd
-#: graph held at once (memory) while keeping matrix products large enough to be efficient.
-#: On SmolLM2, batch of 100: a z step took the same time within the machine's noise at 256,
-#: 512 and 1024, and held 2.2, 2.8 and 3.3 GiB at its peak (docs/benchmarks.md)
+#: graph held at once (memory) while keeping matrix products large enough to be efficient
+#: (a batch of 100 on SmolLM2: docs/benchmarks.md, the batch-of-100 rows before and after)
 PACK_TOKENS = 256
 #: a pack's fixed cost per step, in re-run tokens: rows join a pack unless that costs more
 PACK_OVERHEAD = 16

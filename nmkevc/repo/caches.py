@@ -132,8 +132,8 @@ class BaseCaches:
     def find_projector(self, key: ProjectorKey) -> tuple[torch.Tensor, int] | None:
         """(P, directions kept) stored under key, or None when absent or damaged (decomposed again).
 
-        Stored because Σ_l's eigendecomposition is most of what a one-fact edit spends
-        outside the engine (0.7 s per layer on SmolLM2), in every new process."""
+        Stored because Σ_l's eigendecomposition (d_ff × d_ff, per layer) was most of what a
+        one-fact edit spent outside the engine, in every new process."""
         try:
             oid = self._refs.read(key.ref)
             if oid is None:
