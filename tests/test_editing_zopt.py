@@ -198,3 +198,43 @@ def test_kl_is_read_at_the_subjects_last_token(sharp):
     assert torch.equal(new.kl_pos, new.batch.subject_pos[new.kl])
     assert torch.equal(old.kl_pos, old.batch.last[old.kl])
     assert bool((new.kl_pos < old.kl_pos).all())  # "{subject} is a": the subject is not the last token
+
+
+def test_bfloat16_products_keep_h_and_leave_the_model_alone(sharp):
+    """z_precision=bfloat16: the loop's matrix products run in bfloat16, but h (so z − δ) is
+    the model's own float32 h (up to the order of float32 sums: the rewrite rows run in packs of
+    their own), δ reaches about the loss the float32 loop reaches,
+    and the model itself is untouched (same values and dtypes; a tied head stays tied)."""
+    from nmkevc.editing.zopt import replay_model
+
+    model, tok = sharp
+    ad = adapter_for(model)
+    head, emb = ad.lm_head_module(model), model.get_input_embeddings()
+    tied = head.weight is emb.weight
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ref = optimise_z(model, tok, ad, REQUESTS, TEMPLATES, 1, EditHparams(layers=[1], **HP))
+    low = optimise_z(model, tok, ad, REQUESTS, TEMPLATES, 1, EditHparams(layers=[1], **HP, z_precision="bfloat16"))
+    torch.testing.assert_close(low.h, ref.h, rtol=1e-5, atol=1e-6)
+    assert torch.equal(low.z, low.h + low.delta)
+    # the loss follows the float32 loop's step by step, to bfloat16's precision
+    assert low.history == pytest.approx(ref.history, rel=0.02)
+    assert low.nll == pytest.approx(ref.nll, rel=0.02)
+    assert not torch.equal(low.delta, ref.delta)  # the products really ran in bfloat16
+    for n, p in model.named_parameters():
+        assert p.dtype == torch.float32 and torch.equal(p, before[n]), n
+    assert (ad.lm_head_module(model).weight is model.get_input_embeddings().weight) == tied
+    # the copy: weight matrices and the (untied) head in bfloat16, embeddings and norms shared
+    fast, dtype = replay_model(model, ad, "bfloat16")
+    assert dtype == torch.bfloat16 and fast is not model
+    assert fast.get_input_embeddings().weight is emb.weight
+    assert ad.lm_head_module(fast).weight.dtype == torch.bfloat16
+    assert ad.weight(fast, 1).dtype == torch.bfloat16
+    assert ad.final_norm_module(fast).weight is ad.final_norm_module(model).weight
+    assert replay_model(model, ad, "model") == (model, None)
+
+
+def test_z_precision_is_checked_and_old_commits_keep_theirs():
+    with pytest.raises(Exception, match="z_precision"):
+        EditHparams(z_precision="float8")
+    assert EditHparams.from_json({"method": "nmke"}).z_precision == "model"
+    assert EditHparams().z_precision == "model"

@@ -265,6 +265,36 @@ def test_damaged_derived_objects_rebuilt(hostile, capsys):
 
 
 @llama_only
+def test_projectors_stored_once_and_damage_recomputed(hostile, monkeypatch):
+    """Σ_l's eigendecomposition is stored the first time (refs/projectors/) and read back by
+    an edit in a later process; a damaged projector is decomposed again, or dropped by fsck."""
+    import nmkevc.editing.covariance as covariance
+
+    hostile.edit(EditRequest("France", "The capital of {} is", "Rome"), layers=[1, 2], stats_tokens=200)
+    refs = sorted((hostile.dir / "refs" / "projectors").iterdir())
+    assert len(refs) == 2
+    ids = [r.read_text().strip() for r in refs]
+
+    def refuse(*_a, **_k):
+        raise AssertionError("decomposed again although stored")
+
+    with monkeypatch.context() as m:
+        m.setattr(covariance, "nullspace_projector", refuse)
+        Repository.open(hostile.dir).edit(EditRequest("Spain", "The capital of {} is", "Oslo"),
+                                          layers=[1, 2], stats_tokens=200)
+    _damage(hostile.plumbing.store.path(ids[0]))
+    rep = Repository.open(hostile.dir).fsck()
+    assert not rep.ok and rep.repairable == 1 and "refs/projectors/" in rep.problems[0]
+    Repository.open(hostile.dir).edit(EditRequest("Italy", "The capital of {} is", "Bern"),
+                                      layers=[1, 2], stats_tokens=200)
+    assert hostile.plumbing.store.intact(ids[0])  # same Σ, same rule: the same bytes again
+    _damage(hostile.plumbing.store.path(ids[1]))
+    rep = Repository.open(hostile.dir).fsck(repair=True)
+    assert rep.ok and len(rep.repaired) == 1 and "dropped damaged" in rep.repaired[0]
+    assert Repository.open(hostile.dir).fsck().ok
+
+
+@llama_only
 def test_base_changed_in_place_caught_by_full_check(hostile, base_dir, capsys):
     """A byte changed with size, mtime and inode kept slips past the fast path (which
     trusts the stat key); fsck --full rehashes, reports it, and from then on the base

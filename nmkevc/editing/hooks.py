@@ -78,6 +78,23 @@ def frozen_eval(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+@contextmanager
+def attention_kernel(model: nn.Module, dtype: torch.dtype | None = None) -> Iterator[None]:
+    """Scaled dot-product attention through its plain (math) kernel when it runs in half
+    precision (`dtype`, else the model's own) on the CPU, where the fused kernel's backward is
+    the largest single cost of a z step (short queries over a cached prefix; profiled on
+    SmolLM2, docs/method.md); elsewhere torch's own choice."""
+    p = next(model.parameters(), None)
+    dtype = dtype or (p.dtype if p is not None else None)
+    if p is None or p.device.type != "cpu" or dtype not in (torch.bfloat16, torch.float16):
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):
+        yield
+
+
 class StopForward(Exception):
     """Raised by a hook to end a forward pass early (everything needed has been read)."""
 

@@ -46,6 +46,11 @@ class EditHparams:
     #: decay = z_weight_decay · ||δ||^p / ||h||²: "norm" p = 1 (the reference code), "squared" p = 2
     z_decay_form: str = "norm"
     z_clamp: float = 0.75  # ||δ|| ≤ z_clamp · ||h||
+    #: the precision Step 1's Adam loop runs in: "model" (the model's own dtype: the reference)
+    #: or "bfloat16" (a bfloat16 copy of a float32 model replays the layers; h, z, the keys and
+    #: the solve stay in the model's dtype). Beyond the paper: a CPU speed option whose effect
+    #: on the edits is measured in docs/benchmarks.md.
+    z_precision: str = "model"
     kl_prompt: str = "{} is a"
     #: where the KL term reads the next-token distribution of kl_prompt: "subject" (the subject's
     #: last token, the reference code) or "last" (the prompt's last token)
@@ -223,6 +228,8 @@ LEGACY = {
     "context_count": "sampled",
     # the null space by the absolute eigenvalue threshold alone
     "nullspace_energy": None,
+    # Step 1 in the model's own dtype
+    "z_precision": "model",
 }
 
 CHOICES = {
@@ -231,6 +238,7 @@ CHOICES = {
     "kl_position": ("subject", "last"),
     "key_average": ("groups", "templates"),
     "context_count": ("total", "sampled"),
+    "z_precision": ("model", "bfloat16"),
 }
 
 

@@ -21,7 +21,13 @@ from ..history.commit import Commit
 from ..models.live import ModelState
 from ..repo.repository import Repo, default_author
 from ..version import __version__
-from .edit_inputs import DEFAULT_STATS_TOKENS, context_templates, second_moments, templates_key
+from .edit_inputs import (
+    DEFAULT_STATS_TOKENS,
+    context_templates,
+    nullspace_projectors,
+    second_moments,
+    templates_key,
+)
 from .inputs import context_of, prompt_tokens, token_count
 
 #: Tokens kept free in front of a rewrite prompt for the context templates (a short
@@ -69,18 +75,6 @@ def check_edit_input(repo: Repo, requests: Sequence[EditRequest], stats_tokens: 
                     f"request {i} ({r.subject[:40]!r}): {what} and target are {n} tokens; the model's "
                     f"context of {ctx} tokens leaves room for {limit}"
                 )
-
-
-def _projectors(repo: Repo, sigmas: dict[int, torch.Tensor], stats_ids: dict[int, str],
-                hp) -> tuple[dict[int, torch.Tensor], dict[int, int]]:
-    """P_l per layer; each eigendecomposition is done once per repository object."""
-    from ..editing.covariance import nullspace_projector
-
-    out, kept = {}, {}
-    for layer, sigma in sigmas.items():
-        key = ("projector", stats_ids[layer], hp.nullspace)
-        out[layer], kept[layer] = repo.caches.derived(key, lambda s=sigma: nullspace_projector(s, hp.nullspace))
-    return out, kept
 
 
 def _stage(progress: Progress, name: str) -> Callable[[int, int], None] | None:
@@ -143,7 +137,7 @@ def compute_delta(
     method = get_method(hp.method)
     projectors, kept = (None, {})
     if method.uses_projector:
-        projectors, kept = _projectors(repo, sigmas, stats_ids, hp)
+        projectors, kept = nullspace_projectors(repo, sigmas, stats_ids, hp.nullspace)
     names = {adapter.weight_name(x): x for x in layers}
     prior = {names[n]: c for n, c in repo.keys_cov(commits, list(names), extra).items()}
     state = repo.model_of(base_id, commits, extra)

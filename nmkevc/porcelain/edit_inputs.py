@@ -1,6 +1,7 @@
-"""What an edit needs from the unedited base: its key statistics Σ_l and context templates.
+"""What an edit needs from the unedited base: its key statistics Σ_l, their null-space
+projectors and the context templates.
 
-Both are found in the repository's caches or computed once from the base model, which
+All are found in the repository's caches or computed once from the base model, which
 the repository loads apart from the live one, so preparing an edit never moves the model
 of HEAD. Where they are kept and under which keys is the repository's rule (repo.caches);
 how they are computed is the editing engine's.
@@ -9,11 +10,12 @@ how they are computed is the editing engine's.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 
 import torch
 
 from ..corpus import Corpus
-from ..repo.caches import StatsKey, TemplatesKey
+from ..repo.caches import ProjectorKey, StatsKey, TemplatesKey
 from ..repo.repository import Repo
 
 DEFAULT_STATS_TOKENS = 20_000
@@ -37,6 +39,28 @@ def context_templates(repo: Repo, key: TemplatesKey) -> list[str]:
                                            prefixes=key.prefixes, count=key.count, start=key.start)
     repo.caches.put_templates(key, templates)
     return templates
+
+
+def nullspace_projectors(repo: Repo, sigmas: dict[int, torch.Tensor], stats_ids: dict[int, str],
+                         rule) -> tuple[dict[int, torch.Tensor], dict[int, int]]:
+    """P_l per layer under a `NullspaceRule`, with the directions each keeps: stored in the
+    repository (refs/projectors/) the first time Σ_l is decomposed under the rule, and held
+    by the repository object once read."""
+    from ..editing.covariance import nullspace_projector
+
+    def load(key: ProjectorKey, sigma: torch.Tensor) -> tuple[torch.Tensor, int]:
+        found = repo.caches.find_projector(key)
+        if found is not None:
+            return found
+        projector, n = nullspace_projector(sigma, rule)
+        repo.caches.put_projector(key, projector, n)
+        return projector, n
+
+    out, kept = {}, {}
+    for layer, sigma in sigmas.items():
+        key = ProjectorKey(stats_ids[layer], asdict(rule))
+        out[layer], kept[layer] = repo.caches.derived(("projector", key.ref), lambda k=key, s=sigma: load(k, s))
+    return out, kept
 
 
 def recorded_templates(repo: Repo, commits) -> dict[str, TemplatesKey]:

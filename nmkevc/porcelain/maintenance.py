@@ -9,7 +9,7 @@ from ..errors import NmkevcError
 from ..history.commit import Commit
 from ..models.manifest import BaseManifest
 from ..repo.caches import TemplatesKey
-from ..repo.namespaces import CONTEXT, STATS
+from ..repo.namespaces import CONTEXT, PROJECTORS, STATS
 from ..repo.repository import Repo
 from .changes import check_delta_against_base
 from .edit_inputs import context_templates, rebuild_stats, recorded_stats, recorded_templates
@@ -38,7 +38,7 @@ class FsckReport:
 
 
 #: Ref namespaces whose objects are derived from the base and rebuilt on demand.
-DERIVED_REFS = (STATS, CONTEXT)
+DERIVED_REFS = (STATS, CONTEXT, PROJECTORS)
 
 
 def fsck(repo: Repo, repair: bool = False, full: bool = False) -> FsckReport:

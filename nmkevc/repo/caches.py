@@ -1,8 +1,8 @@
-"""The repository's caches of a base: key statistics and context templates.
+"""The repository's caches of a base: key statistics, context templates and null-space projectors.
 
-Both are derived from the unedited base (and a corpus), never from history: computed
+All are derived from the unedited base (and a corpus), never from history: computed
 once, stored as content-addressed objects and found again through a ref of their own
-namespace (refs/stats/, refs/context/). They are gc roots like every ref, and a
+namespace (refs/stats/, refs/context/, refs/projectors/). They are gc roots like every ref, and a
 rebuildable cache rather than history: deleting them costs recomputation, not data.
 """
 
@@ -19,7 +19,7 @@ from ..errors import NmkevcError
 from ..storage.objects import canonical_json
 from ..storage.refs import RefStore
 from ..storage.store import ObjectStore
-from .namespaces import CONTEXT, STATS
+from .namespaces import CONTEXT, PROJECTORS, STATS
 
 if TYPE_CHECKING:
     import torch
@@ -77,6 +77,22 @@ class TemplatesKey:
         return CONTEXT + self.base + "-" + hashlib.sha256(canonical_json(self.rule())).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class ProjectorKey:
+    """What a stored null-space projector depends on: the Σ_l object it decomposes and the
+    rule that picks the null directions (a `NullspaceRule` as JSON)."""
+
+    stats: str
+    rule: dict
+
+    def to_json(self) -> dict:
+        return {"stats": self.stats, "rule": self.rule}
+
+    @property
+    def ref(self) -> str:
+        return PROJECTORS + hashlib.sha256(canonical_json(self.to_json())).hexdigest()[:40]
+
+
 class BaseCaches:
     """Find / put by key; what to compute on a miss is the caller's business (editing)."""
 
@@ -110,6 +126,30 @@ class BaseCaches:
         meta = {"nmkevc": json.dumps({**key.to_json(), "count": count}, sort_keys=True)}
         oid = self._store.put(STATS_KIND, tensorio.dumps({"sigma": sigma.float().contiguous()}, meta))
         self._refs.set(key.ref, oid, "stats")
+        return oid
+
+    # -- null-space projectors P_l ------------------------------------------------------------
+    def find_projector(self, key: ProjectorKey) -> tuple[torch.Tensor, int] | None:
+        """(P, directions kept) stored under key, or None when absent or damaged (decomposed again).
+
+        Stored because Σ_l's eigendecomposition (d_ff × d_ff, per layer) was most of what a
+        one-fact edit spent outside the engine, in every new process."""
+        try:
+            oid = self._refs.read(key.ref)
+            if oid is None:
+                return None
+            tensors, meta = tensorio.loads(self._store.get(oid, STATS_KIND))
+            info = json.loads(meta["nmkevc"])
+            if info.get("stats") != key.stats or info.get("rule") != key.rule:
+                return None
+            return tensors["projector"], int(info["kept"])
+        except (NmkevcError, KeyError, ValueError, TypeError):
+            return None
+
+    def put_projector(self, key: ProjectorKey, projector: torch.Tensor, kept: int) -> str:
+        meta = {"nmkevc": json.dumps({**key.to_json(), "kept": kept}, sort_keys=True)}
+        oid = self._store.put(STATS_KIND, tensorio.dumps({"projector": projector.contiguous()}, meta))
+        self._refs.set(key.ref, oid, "null-space projector")
         return oid
 
     # -- context templates -------------------------------------------------------------------

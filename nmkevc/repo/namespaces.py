@@ -1,8 +1,8 @@
 """The repository's ref namespaces: which prefix holds what, and how its names are checked.
 
 Branches and tags are history; refs/remotes/ holds the branches last seen on each remote;
-refs/stats/ and refs/context/ name the rebuildable caches
-of a base (see `caches`). Every ref under refs/ is a gc root, whatever its namespace.
+refs/stats/, refs/context/ and refs/projectors/ name the
+rebuildable caches of a base (see `caches`). Every ref under refs/ is a gc root, whatever its namespace.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from ..storage.refs import HEADS, TAGS, RefStore, check_ref_name, is_valid_ref_n
 
 STATS = "refs/stats/"
 CONTEXT = "refs/context/"
+#: Null-space projectors derived from a Σ_l and a rule: local only, never sent to a remote.
+PROJECTORS = "refs/projectors/"
 #: Remote-tracking branches, refs/remotes/<remote>/<branch>: moved only by fetch and push.
 REMOTES = "refs/remotes/"
 #: The prefix under which every ref (and so every gc root) lives.
