@@ -46,10 +46,10 @@ class EditHparams:
     #: decay = z_weight_decay · ||δ||^p / ||h||²: "norm" p = 1 (the reference code), "squared" p = 2
     z_decay_form: str = "norm"
     z_clamp: float = 0.75  # ||δ|| ≤ z_clamp · ||h||
-    #: the precision Step 1's Adam loop runs in: "model" (the model's own dtype: the reference)
-    #: or "bfloat16" (a bfloat16 copy of a float32 model replays the layers; h, z, the keys and
-    #: the solve stay in the model's dtype). Beyond the paper: a CPU speed option whose effect
-    #: on the edits is measured in docs/benchmarks.md.
+    #: the precision of Step 1's Adam loop: "model" (the model's own dtype: the reference) or
+    #: "bfloat16" (its matrix products in bfloat16 over bf16 copies of the weight matrices; the
+    #: residual stream, losses, h and everything after Step 1 stay in the model's dtype). Beyond
+    #: the paper: a CPU speed option whose effect on the edits is measured in docs/benchmarks.md.
     z_precision: str = "model"
     kl_prompt: str = "{} is a"
     #: where the KL term reads the next-token distribution of kl_prompt: "subject" (the subject's

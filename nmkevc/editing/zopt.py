@@ -37,7 +37,7 @@ from ..errors import NmkevcError
 from ..facts import EditRequest
 from ..models.adapters import ArchAdapter
 from ..models.tokens import Batch, encode, target_ids
-from .hooks import attention_kernel, hidden_of, hooks
+from .hooks import attention_kernel, hidden_of, hooks, run_until, stop_after
 from .hparams import EditHparams
 from .tokens import fill, templated
 
@@ -98,11 +98,8 @@ def optimise_z(
     share the batch."""
     rows = build_rows(tokenizer, requests, templates, hp)
     fast, dtype = replay_model(model, adapter, hp.z_precision)
-    h = None
-    if fast is not model:  # z = h + δ with the model's own h: the replay's precision stays in δ
-        exact = UpperRunner(model, adapter, layer)
-        h = _rewrite_hidden([exact.prepare(rows.batch, idx)
-                             for idx in plan_packs(rows.batch, pack_tokens, rows=rows.rewrite.tolist())], rows)
+    # z = h + δ with the model's own h: the replay's precision stays in δ
+    h = None if fast is model else _layer_output(model, adapter, rows, layer)
     autocast = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
     with attention_kernel(fast, dtype), autocast:
         return _optimise(fast, adapter, rows, layer, hp, progress, pack_tokens, h)
@@ -432,6 +429,22 @@ def _rewrite_hidden(packs: list[Pack], rows: ZRows) -> torch.Tensor:
             if row == int(rows.rewrite[req]):
                 h[req] = pack.h[j, int(rows.batch.subject_pos[row] - pack.offset[j])].float()
     return h
+
+
+@torch.no_grad()
+def _layer_output(model, adapter: ArchAdapter, rows: ZRows, layer: int) -> torch.Tensor:
+    """h (n × d_model) as `_rewrite_hidden` reads it, from one forward of the rewrite rows cut
+    short after l_m (for a replay that runs at another precision than the model)."""
+    sub = _select(rows.batch, rows.rewrite)
+    got = {}
+
+    def grab(_m, _a, out):
+        got["h"] = hidden_of(out)[torch.arange(sub.input_ids.shape[0]), sub.subject_pos].float()
+
+    block = adapter.layer(model, layer)
+    with hooks(post={block: grab}), stop_after(block):
+        run_until(model, sub)
+    return got["h"]
 
 
 def _kl_reference(runner: UpperRunner, packs: list[Pack], rows: ZRows) -> torch.Tensor:

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..corpus import Corpus
 from ..repo.caches import ProjectorKey, StatsKey, TemplatesKey
 from ..repo.repository import Repo
+
+if TYPE_CHECKING:
+    from ..editing.nullspace import NullspaceRule
 
 DEFAULT_STATS_TOKENS = 20_000
 
@@ -42,7 +46,7 @@ def context_templates(repo: Repo, key: TemplatesKey) -> list[str]:
 
 
 def nullspace_projectors(repo: Repo, sigmas: dict[int, torch.Tensor], stats_ids: dict[int, str],
-                         rule) -> tuple[dict[int, torch.Tensor], dict[int, int]]:
+                         rule: NullspaceRule) -> tuple[dict[int, torch.Tensor], dict[int, int]]:
     """P_l per layer under a `NullspaceRule`, with the directions each keeps: stored in the
     repository (refs/projectors/) the first time Σ_l is decomposed under the rule, and held
     by the repository object once read."""
