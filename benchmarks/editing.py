@@ -77,38 +77,26 @@ def prepare(repo_dir: str, stats_tokens: int) -> dict:
 
     from nmkevc import Repository
     from nmkevc.corpus import load_corpus
+    from nmkevc.editing import EditHparams
 
     repo = Repository.open(repo_dir)
-    try:  # the layout since the facade composes the storage-level repository
-        from nmkevc.porcelain.edit_inputs import context_templates, second_moments
+    try:  # the model side in the workbench layer
+        from nmkevc.workbench.statistics import context_templates, nullspace_projectors, second_moments, templates_key
 
-        plumbing = repo.plumbing
-    except ImportError:  # older trees (measured as "before")
-        from nmkevc.porcelain.statistics import second_moments
+        bench = repo.workbench
+    except ImportError:  # trees before it (measured as "before"): the same functions took the Repo
+        from nmkevc.porcelain.edit_inputs import context_templates, nullspace_projectors, second_moments, templates_key
 
-        from nmkevc.porcelain.edit import context_templates
-
-        plumbing = repo
+        bench = repo.plumbing
+    plumbing = repo.plumbing
     base = repo.commit(repo.resolve("HEAD")).base
     load0 = load_avg()
     t0 = time.time()
-    sigmas, ids = second_moments(plumbing, base, list(range(3, 8)), load_corpus(), stats_tokens)
+    sigmas, ids = second_moments(bench, base, list(range(3, 8)), load_corpus(), stats_tokens)
     secs = time.time() - t0
-    try:  # stored projectors (since they are kept in the repository, as a user's second edit finds them)
-        from nmkevc.editing import EditHparams
-        from nmkevc.porcelain.edit_inputs import nullspace_projectors
-
-        with plumbing.writing():
-            nullspace_projectors(plumbing, sigmas, ids, EditHparams().nullspace)
-    except ImportError:  # older trees decompose Σ in every edit
-        pass
-    try:  # templates kept per generation rule (since the reference-code rules)
-        from nmkevc.editing import EditHparams
-        from nmkevc.porcelain.edit_inputs import templates_key
-
-        context_templates(plumbing, templates_key(base, EditHparams()))
-    except ImportError:  # older trees: one set per base
-        context_templates(plumbing, base)
+    with plumbing.writing():  # stored projectors, as a user's second edit finds them
+        nullspace_projectors(plumbing, sigmas, ids, EditHparams().nullspace)
+    context_templates(bench, templates_key(base, EditHparams()))
     return {"case": "statistics", "n": 0, "seconds": round(secs, 2), "peak_mib": round(peak_mib()),
             "threads": torch.get_num_threads(), "load_before": load0, "load_after": load_avg()}
 
@@ -156,10 +144,7 @@ def edit_case(repo_dir: str, n: int, method: str, stats_tokens: int) -> dict:
 
 def run_case(tree: Path, args: list[str]) -> dict:
     env = dict(os.environ, PYTHONPATH=str(tree))
-    env.pop("OMP_NUM_THREADS", None)  # measure with torch's own thread choice
-    # nmkevc sets passive OpenMP waiting itself; older trees did not, so set it for every tree
-    # alike: the comparison is of the code, not of the threads' waiting policy
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env.pop("OMP_NUM_THREADS", None)  # measure with torch's own thread choice; OMP_WAIT_POLICY: main() sets it
     cmd = [sys.executable, str(Path(__file__).resolve()), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tree))
     if proc.returncode != 0:
@@ -351,6 +336,7 @@ def write_markdown(path: Path) -> None:
 
 
 def main() -> None:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see the README on shared cores
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", default="nmke,alphaedit,memit")
     ap.add_argument("--batches", default="1,10")

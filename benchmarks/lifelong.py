@@ -143,6 +143,7 @@ def merge(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see the README on shared cores
     args = parse_args()
     if args.merge:
         merge(args)

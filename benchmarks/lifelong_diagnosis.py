@@ -112,16 +112,14 @@ class Disturbance:
     drifts as it grows. Per batch (that batch's delta) and cumulative (all batches so far)."""
 
     def __init__(self, repo, commit):
-        from nmkevc.models.adapters import adapter_for
-        from nmkevc.models.weights import BaseWeights
-        from nmkevc.porcelain.edit_inputs import second_moments
+        from nmkevc.workbench.statistics import second_moments
 
-        plumbing = repo.plumbing
-        self.adapter = adapter_for(plumbing.manifest(commit.base).config)
+        bench = repo.workbench
+        self.adapter = bench.adapter(commit.base)
         layers = [int(x) for x in (commit.info.get("stats") or {})]
         corpus = commit.info.get("corpus") or {}
-        self.sigma, _ = second_moments(plumbing, commit.base, layers, plumbing.corpus(), int(corpus.get("tokens", 0)))
-        weights = BaseWeights(plumbing.base_dir(commit.base), self.adapter)
+        self.sigma, _ = second_moments(bench, commit.base, layers, bench.corpus(), int(corpus.get("tokens", 0)))
+        weights = bench.weights(commit.base)
         self.scale = {}
         for layer, sig in self.sigma.items():
             w = self.adapter.to_out_in(weights.get(self.adapter.weight_name(layer)).float())
@@ -280,6 +278,7 @@ def update(repo, results_dir: Path, docs: bool = True) -> str:
 
 
 def main() -> None:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see the README on shared cores
     ap = argparse.ArgumentParser()
     ap.add_argument("--repo", default=None, help="The lifelong run's repository (its --out/repo).")
     ap.add_argument("--results", default=str(DEFAULT_RESULTS), help="The folder of its results.json.")

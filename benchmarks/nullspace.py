@@ -37,7 +37,7 @@ def configurations() -> list[dict]:
     """NMKE (published masked update) and AlphaEdit under the published threshold and under
     shares of trace Σ (1.0: every direction, no projection), and MEMIT (no projection; its
     covariance term λ₀ Σ is the minimum-disturbance form) at its calibrated and published λ₀."""
-    from nmkevc.editing.hparams import MEMIT_LAMBDA0_DEFAULT
+    from nmkevc.editing.methods.memit import MEMIT_LAMBDA0_DEFAULT
 
     out = []
     for method, shares in (("nmke", ENERGY), ("alphaedit", (0.03, 0.1, 1.0))):
@@ -47,19 +47,19 @@ def configurations() -> list[dict]:
                   {"method": "memit", "memit_lambda0": MEMIT_PUBLISHED_LAMBDA0}]
 
 
-def held_out_figures(model, tokenizer, plumbing, base, layers, adapter):
+def held_out_figures(model, tokenizer, bench, base, layers, adapter):
     """Perplexity and disturbance of an edited model, against the unedited one (measured now)."""
     import torch
     from lifelong_diagnosis import output_energy  # beside this script
 
     from nmkevc.editing.covariance import key_second_moment
     from nmkevc.evaluation.perplexity import perplexity
-    from nmkevc.porcelain.edit_inputs import DEFAULT_STATS_TOKENS, second_moments
+    from nmkevc.workbench.statistics import DEFAULT_STATS_TOKENS, second_moments
 
-    texts = plumbing.corpus().heldout_texts()
+    texts = bench.corpus().heldout_texts()
     base_ppl = perplexity(model, tokenizer, texts)
     sigmas = {
-        "stats": second_moments(plumbing, base, layers, plumbing.corpus(), DEFAULT_STATS_TOKENS)[0],
+        "stats": second_moments(bench, base, layers, bench.corpus(), DEFAULT_STATS_TOKENS)[0],
         "heldout": key_second_moment(model, tokenizer, texts, layers)[0],
     }
     scale = {(name, layer): output_energy(adapter.to_out_in(adapter.weight(model, layer).detach().float()), s[layer])

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
 from pathlib import Path
-
-import torch
 
 from nmkevc import EditRequest, Repository
 
@@ -30,6 +29,9 @@ def timed(fn):
 
 
 def main() -> None:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see the README on shared cores
+    import torch
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(Path(__file__).with_name("sharing.json")))
     args = ap.parse_args()

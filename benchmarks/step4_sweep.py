@@ -58,7 +58,7 @@ def measure(n: int, seed: int, offset: int, configs: list[dict], command: str, c
             extra: Callable[..., Callable[[dict], dict]] | None = None) -> dict:
     """One batch of `n` dev facts (from `offset`): Steps 1-3 once, then Step 4 per configuration.
 
-    `extra(model=, tokenizer=, plumbing=, base=, layers=, adapter=)`, when given, is called once
+    `extra(model=, tokenizer=, bench=, base=, layers=, adapter=)`, when given, is called once
     before the sweep and returns a function of the edited weights {layer: (W, W0)} that adds
     figures to each configuration's record (e.g. perplexity and disturbance)."""
     import torch
@@ -72,7 +72,7 @@ def measure(n: int, seed: int, offset: int, configs: list[dict], command: str, c
     from nmkevc.evaluation.metrics import evaluate_requests
     from nmkevc.models.tokens import encode
     from nmkevc.porcelain.datasets import eval_cases
-    from nmkevc.porcelain.edit_inputs import (
+    from nmkevc.workbench.statistics import (
         DEFAULT_STATS_TOKENS,
         context_templates,
         second_moments,
@@ -92,8 +92,8 @@ def measure(n: int, seed: int, offset: int, configs: list[dict], command: str, c
         hp0 = EditHparams()
         plan = plan_edit(model, requests, hp0, ["{}"])
         layers = plan.layers
-        sigmas, _ = second_moments(plumbing, base, layers, plumbing.corpus(), DEFAULT_STATS_TOKENS)
-        templates = context_templates(plumbing, templates_key(base, hp0))
+        sigmas, _ = second_moments(repo.workbench, base, layers, repo.workbench.corpus(), DEFAULT_STATS_TOKENS)
+        templates = context_templates(repo.workbench, templates_key(base, hp0))
         plan = plan_edit(model, requests, hp0, templates)
         projections: dict = {}  # rule → ({layer: P}, {layer: (directions kept, their share of trace Σ)})
 
@@ -106,7 +106,7 @@ def measure(n: int, seed: int, offset: int, configs: list[dict], command: str, c
             return projections[rule]
 
         unedited = summary(evaluate_requests(model, tok, cases))
-        figures = None if extra is None else extra(model=model, tokenizer=tok, plumbing=plumbing, base=base,
+        figures = None if extra is None else extra(model=model, tokenizer=tok, bench=repo.workbench, base=base,
                                                    layers=layers, adapter=plan.adapter)
         quiet = lambda *_: None  # noqa: E731
         t0 = time.time()
@@ -217,6 +217,7 @@ class SweepScript:
 def cli(sweep: SweepScript, description: str, argv: list[str] | None = None) -> None:
     """The sweep scripts' shared command line: measure one batch and merge it into --out, or
     (--markdown) only regenerate the doc's table from --out."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see the README on shared cores
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--n", type=int, default=sweep.default_n, help="dev facts in the batch")
     ap.add_argument("--seed", type=int, default=0)

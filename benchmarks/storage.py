@@ -78,7 +78,7 @@ def build(work: Path, sizes: list[int]) -> tuple[dict, dict[int, str]]:
     from nmkevc.facts import EditRequest
 
     repo = Repository.init(work / "repo")
-    base_dir = repo.plumbing.base_dir(repo.commit().base)
+    base_dir = repo.workbench.base_dir(repo.commit().base)
     weights_file = next(base_dir.glob("*.safetensors"))
     copy_s, _ = timed(lambda: shutil.copyfile(weights_file, work / "copy.safetensors"))
     (work / "copy.safetensors").unlink()
@@ -189,6 +189,7 @@ def write_markdown(path: Path) -> None:
 
 
 def main() -> None:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see the README on shared cores
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1,100,1000")
     ap.add_argument("--repeat", type=int, default=3, help="fresh-process runs of each command (median reported)")

@@ -116,6 +116,7 @@ def first_batch_steps(repo, requests) -> tuple[list[int] | None, dict | None, st
 
 
 def main() -> None:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see the README on shared cores
     ap = argparse.ArgumentParser()
     ap.add_argument("--repo", default=None, help="A lifelong run's repository (for the measured steps and z time).")
     ap.add_argument("--n", type=int, default=100, help="Facts in the batch.")
@@ -132,7 +133,7 @@ def main() -> None:
     from nmkevc.editing.zopt import PACK_TOKENS, build_rows, plan_packs
     from nmkevc.models.adapters import adapter_for
     from nmkevc.porcelain.datasets import eval_cases
-    from nmkevc.porcelain.edit_inputs import context_templates, templates_key
+    from nmkevc.workbench.statistics import context_templates, templates_key
 
     tmp = None
     if args.repo:
@@ -153,7 +154,7 @@ def main() -> None:
     layers = hp.layers or adapter.default_layers(adapter.num_layers(model))
     top = max(layers)
     upper = list(adapter.layer_modules(model))[top + 1:]
-    templates = context_templates(repo.plumbing, templates_key(base, hp))
+    templates = context_templates(repo.workbench, templates_key(base, hp))
     rows = build_rows(tok, requests, templates, hp)
     packs = plan_packs(rows.batch, PACK_TOKENS)
     tail = (rows.batch.lengths - rows.batch.subject_pos).tolist()

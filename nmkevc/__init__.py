@@ -1,27 +1,53 @@
-"""nmkevc — version control for knowledge edits to language models."""
+"""nmkevc — version control for knowledge edits to language models.
 
-import os as _os
+The Python API: `Repository` (every verb the CLI has), `EditRequest` (a fact to teach), the
+hyperparameter records (`EditHparams(method=...)` makes the record of any method; each
+method's own: `NmkeHparams`, `AlphaEditHparams`, `MemitHparams`) and the error types, every
+one an `NmkevcError`. All but the errors are imported when first used, so `import nmkevc`
+loads neither torch nor transformers; importing it changes no environment variable either (on
+shared cores, set OMP_WAIT_POLICY=PASSIVE before torch loads, as the README says).
+"""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .errors import (
+    BaseMismatchError,
+    CorruptObjectError,
+    EditRequestError,
+    MergeConflictError,
+    MergeError,
+    NmkevcError,
+    NotARepositoryError,
+    ObjectNotFoundError,
+    RefError,
+    RepositoryLockedError,
+    RevisionError,
+    StaleModelError,
+    UnsupportedModelError,
+    UsageError,
+)
+from .lazy import lazy_exports
 from .version import __version__
 
-# OpenMP threads that spin while they wait for work make torch several times slower as soon
-# as another process shares the cores (measured here: 2 spinning threads on 2 busy cores ran
-# Step 1 4x slower than 1 thread; with passive waiting they match it). Read by the OpenMP
-# runtime when torch loads, so it is set before any torch import; a user's own value wins.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if TYPE_CHECKING:
+    from .editing.hparams import EditHparams
+    from .editing.methods.alphaedit import AlphaEditHparams
+    from .editing.methods.memit import MemitHparams
+    from .editing.methods.nmke import NmkeHparams
+    from .facts import EditRequest
+    from .porcelain.repository import Repository
 
+#: the per-method records through the editing package's own table (editing/__init__.py)
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "Repository": ".porcelain.repository", "EditRequest": ".facts", "EditHparams": ".editing.hparams",
+    "NmkeHparams": ".editing", "AlphaEditHparams": ".editing", "MemitHparams": ".editing"})
 
-def __getattr__(name: str):
-    # Lazy: `import nmkevc` stays cheap (the CLI imports torch only when a verb needs it).
-    if name == "Repository":
-        from .porcelain.repository import Repository
+__all__ = [
+    "Repository", "EditRequest", "EditHparams", "NmkeHparams", "AlphaEditHparams", "MemitHparams", "__version__",
+    "NmkevcError", "NotARepositoryError", "RepositoryLockedError", "ObjectNotFoundError", "CorruptObjectError",
+    "RevisionError", "RefError", "BaseMismatchError", "MergeError", "MergeConflictError", "EditRequestError",
+    "UnsupportedModelError", "StaleModelError", "UsageError",
+]
 
-        return Repository
-    if name == "EditRequest":
-        from .facts import EditRequest
-
-        return EditRequest
-    raise AttributeError(name)
-
-
-__all__ = ["Repository", "EditRequest", "__version__"]

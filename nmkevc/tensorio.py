@@ -12,7 +12,7 @@ import io
 import json
 import os
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Union
@@ -225,16 +225,3 @@ def _write_all(fd: int, data) -> None:
     view = memoryview(data).cast("B")
     while view.nbytes:
         view = view[os.write(fd, view) :]
-
-
-def shard_specs(specs: Iterable[TensorSpec], max_bytes: int) -> list[list[TensorSpec]]:
-    """Split tensors into consecutive shards of at most `max_bytes` (one tensor may exceed it)."""
-    shards: list[list[TensorSpec]] = [[]]
-    size = 0
-    for spec in specs:
-        if shards[-1] and size + spec.nbytes > max_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(spec)
-        size += spec.nbytes
-    return shards

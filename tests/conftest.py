@@ -1,16 +1,22 @@
-"""Shared fixtures: tiny model directories (built once per session) and repositories on them."""
+"""Shared fixtures: tiny model directories (built once per session), repositories on them, and
+the two helpers every test module uses: `run` (the CLI in this process) and `commit`."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
+# Passive OpenMP waiting (README: threads on shared cores) for this process and every one the
+# tests start, set before torch loads: `import nmkevc` changes no environment variable.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).parent))
 
 import tiny  # noqa: E402
+from random_deltas import commit_random  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +43,27 @@ def repo(base_dir, tmp_path):
     from nmkevc import Repository
 
     return Repository.init(tmp_path / "repo", base=str(base_dir))
+
+
+@pytest.fixture
+def run(capsys):
+    """run(where, *args): `nmkevc -C WHERE ARGS` in this process, (exit code, stdout, stderr),
+    and never a traceback. WHERE is a Repository or a directory; None gives no -C."""
+    from nmkevc.cli.app import main
+
+    def run(where, *args):
+        if where is not None:
+            args = ("-C", str(where if isinstance(where, (str, os.PathLike)) else where.root), *args)
+        code = main(list(args))
+        out = capsys.readouterr()
+        assert "Traceback" not in out.err
+        return code, out.out, out.err
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def commit():
+    """commit(where, seed, subject="France", target=None, layers=(1, 2)): a random delta
+    committed as teaching subject -> target (random_deltas.commit_random)."""
+    return commit_random

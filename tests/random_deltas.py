@@ -1,6 +1,8 @@
-"""Test-only: random factored neuron deltas of realistic shapes for a base."""
+"""Test-only: random factored neuron deltas of realistic shapes for a base, and commits of them."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
@@ -35,3 +37,14 @@ def random_delta(repo, layers=(1, 2), frac: float = 0.5, rank: int = 2, seed: in
 
 def request(subject: str, target: str, prompt: str = "The capital of {} is") -> dict:
     return {"subject": subject, "prompt": prompt, "target_new": target}
+
+
+def commit_random(where, seed: int, subject: str = "France", target: str | None = None, layers=(1, 2)) -> str:
+    """Commit a random delta (`seed`) teaching `subject` -> `target` (default T<seed>) on a
+    Repository, or on the repository at a path (opened afresh); its id. Tests reach it as the
+    `commit` fixture (conftest.py)."""
+    from nmkevc import EditRequest, Repository
+
+    repo = Repository.open(where) if isinstance(where, (str, Path)) else where
+    return repo.commit_delta(random_delta(repo, seed=seed, layers=layers), f"teach {subject}",
+                             [EditRequest.from_json(request(subject, target or f"T{seed}"))])

@@ -6,7 +6,6 @@ import json
 import zipfile
 
 import pytest
-from test_remote import _commit
 
 from nmkevc.errors import NmkevcError
 from nmkevc.porcelain.maintenance import fsck
@@ -15,13 +14,13 @@ from nmkevc.repo.repository import Repo
 
 
 @pytest.fixture
-def history(repo, tmp_path):
+def history(repo, tmp_path, commit):
     root = tmp_path / "repo"
-    _commit(root, 1, "France")
+    commit(root, 1, "France")
     from nmkevc import Repository
 
     Repository.open(root).tag("v1")
-    _commit(root, 2, "Spain")
+    commit(root, 2, "Spain")
     return root
 
 
@@ -45,7 +44,7 @@ def test_bundle_create_verify_clone(history, tmp_path):
         transfer.push(cr, "origin")
 
 
-def test_fetch_from_bundle(history, tmp_path):
+def test_fetch_from_bundle(history, tmp_path, commit):
     r = Repo.open(history)
     old = tmp_path / "old.bundle"
     bundle.create_bundle(r, old, ["v1"])
@@ -56,7 +55,7 @@ def test_fetch_from_bundle(history, tmp_path):
     bundle.create_bundle(r, tmp_path / "new.bundle", ["HEAD"])
     transfer.clone(str(tmp_path / "new.bundle"), tmp_path / "d")
     d = Repo.open(tmp_path / "d")
-    tip = _commit(history, 3, "Italy")
+    tip = commit(history, 3, "Italy")
     bundle.create_bundle(Repo.open(history), tmp_path / "newer.bundle", ["main"])
     remotes.add_remote(d, "mail", str(tmp_path / "newer.bundle"))
     got = transfer.fetch(Repo.open(tmp_path / "d"), "mail")

@@ -24,7 +24,6 @@ from random_deltas import random_delta, request
 
 from nmkevc import Repository
 from nmkevc.cli.app import main
-from nmkevc.facts import EditRequest
 from nmkevc.storage.faults import CRASH_ENV, CRASH_EXIT
 from nmkevc.storage.lock import RepoLock
 
@@ -63,13 +62,8 @@ def run_forked(args: list[str], crash_at: str | None = None, kill_after: float |
         time.sleep(0.01)
 
 
-def commit(repo, seed, subject, target):
-    return repo.commit_delta(random_delta(repo, seed=seed), f"edit {seed}",
-                             [EditRequest.from_json(request(subject, target))])
-
-
 @pytest.fixture(scope="module")
-def template(model_dirs, tmp_path_factory):
+def template(model_dirs, tmp_path_factory, commit):
     """main (2 commits) with tag v1, side (1 commit of its own), done (merged), a
     dangling delta for gc to find, and an edit file of two requests."""
     root = tmp_path_factory.mktemp("crash-template")

@@ -41,6 +41,9 @@ def test_edit_ask_revert_export_on_smollm2(tmp_path):
     show = repo.show()
     assert show.method["name"] == "nmke" and show.info["evaluation"]["requests"][0]["efficacy"]
     assert len(show.weights) == 5 and show.stored_bytes < show.dense_bytes / 10
+    # the commit records the model's health: a small, measured drift on generic text
+    assert 0 < out.health["norm_growth"] < 0.05 and 0 < out.health["disturbance"] < 0.5
+    assert repo.status().drift["disturbance_cumulative"] == out.health["disturbance_cumulative"]
 
     repo.revert("HEAD")
     assert top1(repo, "The capital of France is") == "Paris"
@@ -50,6 +53,8 @@ def test_edit_ask_revert_export_on_smollm2(tmp_path):
     exported = tmp_path / "exported"
     repo.export(edited, exported)
     model = AutoModelForCausalLM.from_pretrained(exported)
+    card = (exported / "README.md").read_text()  # a model card that names the base and the fact
+    assert "HuggingFaceTB/SmolLM2-135M-Instruct" in card and "| France | The capital of {} is | Rome |" in card
     live = repo.load_model(edited)
     tok = live.tokenizer
     ids = tok("<|endoftext|>The capital of France is", return_tensors="pt")  # every prompt's start token

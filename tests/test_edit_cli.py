@@ -6,14 +6,6 @@ import math
 import pytest
 
 from nmkevc import Repository
-from nmkevc.cli.app import main
-
-
-def run(capsys, repo, *args):
-    code = main(["-C", str(repo.root), *args])
-    out = capsys.readouterr()
-    assert "Traceback" not in out.err
-    return code, out.out, out.err
 
 
 def one_line(err: str) -> bool:
@@ -32,31 +24,31 @@ def one_line(err: str) -> bool:
     (["-s", "France", "-p", "The capital of {} is", "-t", "Rome", "--set", "rigde=0.2"], "unknown edit hyperparameter"),
     (["-s", "France", "-p", "The capital of {} is", "-t", "Rome", "--set", "masked_update=x"], "masked_update"),
 ])
-def test_edit_bad_input(repo, capsys, args, needle):
+def test_edit_bad_input(repo, args, needle, run):
     head = repo.resolve()
-    code, _, err = run(capsys, repo, "edit", *args)
+    code, _, err = run(repo, "edit", *args)
     assert code != 0 and one_line(err) and needle in err
     assert Repository.open(repo.dir).resolve() == head
 
 
-def test_malformed_edit_file_names_line(repo, capsys, tmp_path):
+def test_malformed_edit_file_names_line(repo, tmp_path, run):
     f = tmp_path / "edits.jsonl"
     f.write_text('{"subject": "France", "prompt": "The capital of {} is", "target": "Rome"}\n'
                  '{"subject": "Spain", "prompt": "The capital of {} is"\n')
-    code, _, err = run(capsys, repo, "edit", "--file", str(f))
+    code, _, err = run(repo, "edit", "--file", str(f))
     assert code != 0 and one_line(err) and "line 2" in err
     f.write_text('{"subject": "France", "prompt": "The capital of {} is", "target": "Rome"}\n'
                  '{"subject": "Spain", "prompt": "The capital of {} is", "target": ""}\n')
-    code, _, err = run(capsys, repo, "edit", "--file", str(f))
+    code, _, err = run(repo, "edit", "--file", str(f))
     assert code != 0 and one_line(err) and "line 2" in err
 
 
-def test_dataset_build(repo, capsys, tmp_path):
+def test_dataset_build(repo, tmp_path, run):
     pytest.importorskip("countryinfo", reason="the countryinfo package is not installed")
     out = tmp_path / "ci.json"
     from nmkevc.datasets.countryinfo_set import RELATIONS
 
-    code, text, _ = run(capsys, repo, "dataset", "build", "countryinfo", str(out), "--max-per-relation", "2")
+    code, text, _ = run(repo, "dataset", "build", "countryinfo", str(out), "--max-per-relation", "2")
     n = 2 * len(RELATIONS)  # two records of every relation
     assert code == 0 and f"wrote {n} records" in text
     recs = json.loads(out.read_text())
@@ -81,14 +73,14 @@ def _independent(model_dir, prompt, target):
     return tok.decode([int(i)]), float(p), p_target
 
 
-def test_edit_ask_blame_flow(repo, capsys, tmp_path):
+def test_edit_ask_blame_flow(repo, tmp_path, run):
     """A successful edit through the CLI, then ask and blame: the edit is committed on HEAD
     with a before/after check that matches the models, ask answers what the exported model
     answers, and blame names the edit exactly when it changed the top answer. (Tiny random
     models are not meant to learn the fact; efficacy is the SmolLM2 tests' claim.)"""
     prompt = "The capital of France is"
     root = repo.resolve()
-    code, out, err = run(capsys, repo, "edit", "-s", "France", "-p", "The capital of {} is", "-t", "Rome",
+    code, out, err = run(repo, "edit", "-s", "France", "-p", "The capital of {} is", "-t", "Rome",
                          "--target-true", "Paris", "--layers", "1-2", "--stats-tokens", "400", "--json",
                          "--set", "z_steps=7", "--set", "masked_update=compensated")
     assert code == 0, err
@@ -104,27 +96,27 @@ def test_edit_ask_blame_flow(repo, capsys, tmp_path):
 
     answers = {}
     for rev, p_recorded in ((root, check["p_before"]), (outcome["commit"], check["p_after"])):
-        code, out, _ = run(capsys, repo, "ask", prompt, "--rev", rev, "--json", "--max-new-tokens", "0")
+        code, out, _ = run(repo, "ask", prompt, "--rev", rev, "--json", "--max-new-tokens", "0")
         assert code == 0
         ans = json.loads(out)
         assert ans["commit"] == rev
         exported = tmp_path / f"export-{rev[:8]}"
-        assert run(capsys, repo, "export", rev, str(exported))[0] == 0
+        assert run(repo, "export", rev, str(exported))[0] == 0
         token, p, p_target = _independent(exported, prompt, "Rome")
         assert ans["top"][0][0] == token and ans["top"][0][1] == pytest.approx(p, rel=1e-4)
         assert p_recorded == pytest.approx(p_target, rel=1e-4)
         answers[rev] = token
 
-    code, out, _ = run(capsys, repo, "blame", prompt, "--json")
+    code, out, _ = run(repo, "blame", prompt, "--json")
     rep = json.loads(out)
     assert code == 0 and rep["answer"] == answers[outcome["commit"]]
     changed = answers[root] != answers[outcome["commit"]]
     assert [line["commit"] for line in rep["lines"]] == ([outcome["commit"]] if changed else [])
 
 
-def test_edit_with_the_projected_masked_update(repo, capsys):
+def test_edit_with_the_projected_masked_update(repo, run):
     """A masked form that reads Σ gets it from the repository's statistics (the porcelain asks the method)."""
-    code, out, err = run(capsys, repo, "edit", "-s", "France", "-p", "The capital of {} is", "-t", "Rome",
+    code, out, err = run(repo, "edit", "-s", "France", "-p", "The capital of {} is", "-t", "Rome",
                          "--layers", "1-2", "--stats-tokens", "400", "--json", "--set", "masked_update=projected")
     assert code == 0, err
     (outcome,) = json.loads(out)

@@ -8,7 +8,7 @@ import copy
 
 import pytest
 import torch
-from test_editing_update import REQS, apply, dense_u, keys_and_h, load_with_projectors, run
+from dense_update import REQS, apply, dense_u, keys_and_h, load_with_projectors, solve
 
 from nmkevc.editing import EditHparams
 from nmkevc.editing.covariance import nullspace_projector
@@ -30,7 +30,7 @@ def test_relative_ridge_is_a_share_of_the_mean_kPk(setup):
     model, tok, proj = setup
     hp = EditHparams(method="alphaedit", layers=[2], ridge=0.5, **FAST)
     assert hp.ridge_relative  # the default
-    (upd,) = run(model, tok, REQS, hp, proj).updates
+    (upd,) = solve(model, tok, REQS, hp, proj).updates
     k = keys_and_h(model, tok, REQS, [2], tap=None)[0][2].double()
     p = proj[2].double()
     lam = 0.5 * float(torch.einsum("in,ij,jn->n", k, p, k).mean())
@@ -39,14 +39,14 @@ def test_relative_ridge_is_a_share_of_the_mean_kPk(setup):
     # not the absolute value 0.5: the keys' scale enters
     assert not torch.allclose(upd.U.double(), dense_u(k, p, None, 0.5), rtol=1e-2, atol=1e-5)
     absolute = EditHparams(method="alphaedit", layers=[2], ridge=0.5, ridge_relative=False, **FAST)
-    (upd_abs,) = run(model, tok, REQS, absolute, proj).updates
+    (upd_abs,) = solve(model, tok, REQS, absolute, proj).updates
     assert upd_abs.info["ridge"] == 0.5
 
 
 def test_written_fraction_is_the_norm_ratio_on_the_edits_keys(setup):
     model, tok, proj = setup
     hp = EditHparams(layers=[1, 2], **FAST)
-    res = run(model, tok, REQS, hp, proj)
+    res = solve(model, tok, REQS, hp, proj)
     work = copy.deepcopy(model)
     for upd in res.updates:  # each layer's keys are read with the earlier layers' updates applied
         k = keys_and_h(work, tok, REQS, [upd.layer], tap=None)[0][upd.layer].double()
@@ -62,8 +62,8 @@ def test_compensated_update_touches_mask_rows_and_writes_more(setup):
     model, tok, proj = setup
     published = EditHparams(layers=[1, 2], **FAST)
     compensated = EditHparams(layers=[1, 2], masked_update="compensated", **FAST)
-    pub = run(model, tok, REQS, published, proj).updates
-    comp = run(model, tok, REQS, compensated, proj).updates
+    pub = solve(model, tok, REQS, published, proj).updates
+    comp = solve(model, tok, REQS, compensated, proj).updates
     d_ff = pub[0].keys.shape[0]
     for a, b in zip(pub, comp, strict=True):
         assert b.idx.tolist() == a.idx.tolist() and b.idx.numel() < d_ff  # the same mask, no more
@@ -147,9 +147,9 @@ def test_projected_update_through_the_engine(setup):
         model, tok, ["The capital of France is Paris.", "Rome is the capital of Italy."] * 4, [1, 2])
     hp = EditHparams(layers=[1, 2], masked_update="projected", nullspace_keep_fraction=0.7, **FAST)
     with pytest.raises(Exception, match="second moment"):
-        run(model, tok, REQS, hp, proj)  # Σ is needed and refused up front when missing
-    res = run(model, tok, REQS, hp, proj, sigma=sigma)
-    pub = run(model, tok, REQS, EditHparams(layers=[1, 2], **FAST), proj).updates
+        solve(model, tok, REQS, hp, proj)  # Σ is needed and refused up front when missing
+    res = solve(model, tok, REQS, hp, proj, sigma=sigma)
+    pub = solve(model, tok, REQS, EditHparams(layers=[1, 2], **FAST), proj).updates
     for a, b in zip(pub, res.updates, strict=True):
         assert b.idx.tolist() == a.idx.tolist()  # the same mask
         assert 0 < b.info["mask_nullspace_kept"] <= b.idx.numel() and b.info["ridge"] > 0

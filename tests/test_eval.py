@@ -4,7 +4,6 @@ import json
 
 from random_deltas import random_delta
 
-from nmkevc.cli.app import main
 from nmkevc.facts import EditRequest
 
 CF = [{
@@ -19,48 +18,41 @@ ZSRE = [{"subject": "France", "src": "What is the capital of France?", "alt": "R
          "loc_ans": "William Shakespeare"}]
 
 
-def run(capsys, repo, *args):
-    code = main(["-C", str(repo.root), *args])
-    out = capsys.readouterr()
-    assert "Traceback" not in out.err
-    return code, out.out, out.err
-
-
-def test_eval_history(repo, capsys):
+def test_eval_history(repo, run):
     repo.commit_delta(random_delta(repo, seed=1, scale=0.5), "edit", [
         EditRequest("France", "The capital of {} is", "Rome", paraphrases=("France's capital is",))])
-    code, out, _ = run(capsys, repo, "eval", "--json", "--records")
+    code, out, _ = run(repo, "eval", "--json", "--records")
     res = json.loads(out)
     assert code == 0 and res["kind"] == "history" and res["count"] == 1
     assert set(res["summary"]) >= {"efficacy", "generalization", "specificity"}
     assert res["summary"]["generalization"] is not None and res["summary"]["specificity"] is None
     assert res["perplexity"]["base"] > 1 and res["perplexity"]["model"] != res["perplexity"]["base"]
     assert len(res["records"]) == 1
-    code, out, _ = run(capsys, repo, "eval", "--rev", repo.log()[-1].id[:10], "--json")
+    code, out, _ = run(repo, "eval", "--rev", repo.log()[-1].id[:10], "--json")
     res = json.loads(out)
     assert res["count"] == 0 and res["perplexity"]["change"] == 0
 
 
-def test_eval_counterfact_and_zsre(repo, capsys, tmp_path):
+def test_eval_counterfact_and_zsre(repo, tmp_path, run):
     cf = tmp_path / "cf.json"
     cf.write_text(json.dumps(CF))
-    code, out, _ = run(capsys, repo, "eval", "--dataset", str(cf), "--json", "--no-perplexity")
+    code, out, _ = run(repo, "eval", "--dataset", str(cf), "--json", "--no-perplexity")
     res = json.loads(out)
     assert code == 0 and res["kind"] == "counterfact" and res["count"] == 1
     for k in ("efficacy", "generalization", "specificity"):
         assert 0 <= res["summary"][k] <= 1
     zs = tmp_path / "zsre.json"
     zs.write_text(json.dumps(ZSRE))
-    code, out, _ = run(capsys, repo, "eval", "--dataset", str(zs), "--json", "--no-perplexity")
+    code, out, _ = run(repo, "eval", "--dataset", str(zs), "--json", "--no-perplexity")
     res = json.loads(out)
     assert code == 0 and res["kind"] == "zsre"
     assert res["summary"]["specificity"] == 1.0  # nothing edited: locality vs the unedited model is 1
-    code, text, _ = run(capsys, repo, "eval", "--dataset", str(zs), "--no-perplexity")
+    code, text, _ = run(repo, "eval", "--dataset", str(zs), "--no-perplexity")
     assert "efficacy" in text and "zsre record" in text
 
 
-def test_eval_bad_dataset(repo, capsys, tmp_path):
+def test_eval_bad_dataset(repo, tmp_path, run):
     bad = tmp_path / "bad.json"
     bad.write_text('[{"foo": 1}]')
-    code, _, err = run(capsys, repo, "eval", "--dataset", str(bad))
+    code, _, err = run(repo, "eval", "--dataset", str(bad))
     assert code != 0 and err.startswith("error: ") and "neither CounterFact" in err

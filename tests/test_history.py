@@ -1,7 +1,9 @@
+import random
+
 import pytest
 
 from nmkevc.history.commit import Commit
-from nmkevc.history.dag import CommitGraph
+from nmkevc.history.dag import CommitGraph, find_cycle
 
 
 def graph(spec):
@@ -66,6 +68,48 @@ def test_same_delta_applied_once():
 def test_newest_first_respects_parents():
     g = graph({"r": ([], None, []), "a": (["r"], None, []), "b": (["a"], None, [])})
     assert g.newest_first(g.ancestors("b")) == ["b", "a", "r"]
+
+
+def random_history(seed: int, n: int = 40) -> dict:
+    """A graph() spec: each commit has up to three parents among the earlier ones, ids shuffled
+    against the order of creation so ties by id and by time disagree."""
+    rng = random.Random(seed)
+    ids = [f"c{i:02d}" for i in rng.sample(range(100), n)]
+    spec = {}
+    for i, cid in enumerate(ids):
+        parents = sorted(rng.sample(ids[:i], min(i, rng.choice([1, 1, 1, 2, 3]))))
+        spec[cid] = (parents, f"d{cid}", [])
+    return spec
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_walks_agree_with_networkx(seed):
+    """Ancestry, merge bases and both orders against networkx's algorithms on random histories."""
+    import networkx as nx
+
+    spec = random_history(seed)
+    g = graph(spec)
+    dag = nx.DiGraph([(p, c) for c, (ps, _, _) in spec.items() for p in ps])
+    dag.add_nodes_from(spec)
+    rng = random.Random(seed)
+    for tip in rng.sample(sorted(spec), 5):
+        assert g.ancestors(tip) == nx.ancestors(dag, tip) | {tip}
+        nodes = g.ancestors(tip)
+        assert g.canonical_order(nodes) == list(nx.lexicographical_topological_sort(dag.subgraph(nodes)))
+        newest = nx.lexicographical_topological_sort(dag.subgraph(nodes).reverse(),
+                                                     key=lambda n: (-g.commit(n).time, n))
+        assert g.newest_first(nodes) == list(newest)
+        other = rng.choice(sorted(spec))
+        common = g.ancestors(tip) & g.ancestors(other)
+        best = {c for c in common if not any(nx.has_path(dag, c, d) for d in common - {c})}
+        assert g.merge_bases(tip, other) == sorted(best)
+        assert g.is_ancestor(other, tip) == (other in nodes)
+
+
+def test_find_cycle_names_the_commits_on_one():
+    assert find_cycle({"a": [], "b": ["a"], "m": ["a", "b"]}) == []
+    assert sorted(find_cycle({"a": ["c"], "b": ["a"], "c": ["b"], "d": ["a"]})) == ["a", "b", "c"]
+    assert find_cycle({"a": ["a"]}) == ["a"]
 
 
 @pytest.mark.parametrize("bad", [b"{}", b"not json", b'{"kind": "edit"}'])

@@ -12,7 +12,6 @@ import pytest
 from random_deltas import random_delta, request
 
 from nmkevc import Repository
-from nmkevc.cli.app import main
 from nmkevc.facts import EditRequest
 from nmkevc.models import live as live_module
 
@@ -21,12 +20,6 @@ llama_only = pytest.mark.parametrize("arch", ["llama"])
 
 EDIT = ["edit", "--layers", "1,2", "--stats-tokens", "200"]
 FACT = ["-s", "France", "-t", "Rome"]
-
-
-def run(capsys, repo, *args):
-    code = main(["-C", str(repo.root), *args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def one_line_error(err: str) -> bool:
@@ -130,14 +123,14 @@ CASES = [
 
 
 @pytest.mark.parametrize("args,needle", CASES, ids=[" ".join(a)[:60] for a, _ in CASES])
-def test_hostile_input_refused(shared, capsys, monkeypatch, args, needle):
+def test_hostile_input_refused(shared, monkeypatch, args, needle, run):
     def no_model(*a, **k):
         raise AssertionError("the model was loaded for input that should have been refused")
 
     monkeypatch.setattr(live_module.LiveModel, "load", classmethod(no_model))
     before = snapshot(shared)
     args = [a.replace("{tmp}", str(shared.root.parent)) for a in args]
-    code, _, err = run(capsys, shared, *args)
+    code, _, err = run(shared, *args)
     assert code != 0 and one_line_error(err), err
     assert needle in err, err
     assert snapshot(shared) == before
@@ -145,7 +138,7 @@ def test_hostile_input_refused(shared, capsys, monkeypatch, args, needle):
 
 
 @llama_only
-def test_token_cap_against_the_context(hostile, capsys, monkeypatch):
+def test_token_cap_against_the_context(hostile, monkeypatch, run):
     """Under the character cap but longer than the tiny model's 128-token context:
     refused by the tokenizer count, still before the weights load."""
     def no_model(*a, **k):
@@ -153,19 +146,19 @@ def test_token_cap_against_the_context(hostile, capsys, monkeypatch):
 
     monkeypatch.setattr(live_module.LiveModel, "load", classmethod(no_model))
     subject = "Paris London Rome " * 80
-    code, _, err = run(capsys, hostile, *EDIT, "-s", subject, "-p", "The capital of {} is", "-t", "Rome")
+    code, _, err = run(hostile, *EDIT, "-s", subject, "-p", "The capital of {} is", "-t", "Rome")
     assert code != 0 and one_line_error(err) and "tokens" in err and "context of 128" in err
 
 
 @llama_only
-def test_refs_cases_from_the_issue_leave_the_repository_usable(hostile, capsys):
+def test_refs_cases_from_the_issue_leave_the_repository_usable(hostile, run):
     """The probe's sequence: detached at v1, then try to delete HEAD; move a tag via a
     switch; everything refused and HEAD, tags and branches intact."""
     main_id = hostile.resolve("main")
     v1 = hostile.resolve("v1")
-    assert run(capsys, hostile, "checkout", "v1")[0] == 0
-    assert run(capsys, hostile, "branch", "-D", "../../HEAD")[0] != 0
-    assert run(capsys, hostile, "switch", "../tags/v1")[0] != 0
+    assert run(hostile, "checkout", "v1")[0] == 0
+    assert run(hostile, "branch", "-D", "../../HEAD")[0] != 0
+    assert run(hostile, "switch", "../tags/v1")[0] != 0
     fresh = Repository.open(hostile.dir)
     assert fresh.resolve("HEAD") == v1 and fresh.resolve("main") == main_id and fresh.resolve("v1") == v1
     assert fresh.fsck().ok
@@ -190,13 +183,13 @@ def test_ref_hierarchy_both_ways_and_reuse(hostile):
 
 
 @llama_only
-def test_garbage_ref_is_reported_and_skipped(hostile, capsys):
+def test_garbage_ref_is_reported_and_skipped(hostile, run):
     side = hostile.dir / "refs" / "heads" / "side"
     side.write_bytes(b"\x00garbage\xff")
-    code, out, err = run(capsys, hostile, "log", "--oneline", "main")
+    code, out, err = run(hostile, "log", "--oneline", "main")
     assert code == 0 and "two" in out
     assert "refs/heads/side" in err and "corrupt" in err
-    code, out, _ = run(capsys, hostile, "branch")
+    code, out, _ = run(hostile, "branch")
     assert code == 0 and "main" in out
     rep = Repository.open(hostile.dir).fsck()
     assert not rep.ok and any("refs/heads/side" in p for p in rep.problems)
@@ -234,7 +227,7 @@ def _damage(path):
 
 
 @llama_only
-def test_damaged_derived_objects_rebuilt(hostile, capsys):
+def test_damaged_derived_objects_rebuilt(hostile):
     """Statistics and context templates are derived from the base: damage to them is
     repaired by the edit that needs them, and by fsck --repair, and never blocks gc."""
     hostile.edit(EditRequest("France", "The capital of {} is", "Rome"), layers=[1, 2], stats_tokens=200)
@@ -295,7 +288,7 @@ def test_projectors_stored_once_and_damage_recomputed(hostile, monkeypatch):
 
 
 @llama_only
-def test_base_changed_in_place_caught_by_full_check(hostile, base_dir, capsys):
+def test_base_changed_in_place_caught_by_full_check(hostile, base_dir, run):
     """A byte changed with size, mtime and inode kept slips past the fast path (which
     trusts the stat key); fsck --full rehashes, reports it, and from then on the base
     is refused."""
@@ -309,7 +302,7 @@ def test_base_changed_in_place_caught_by_full_check(hostile, base_dir, capsys):
     assert Repository.open(hostile.dir).fsck().ok  # the fast path trusts the stat key
     rep = Repository.open(hostile.dir).fsck(full=True)
     assert not rep.ok and any("differs" in p for p in rep.problems)
-    code, _, err = run(capsys, hostile, "export", "HEAD", str(hostile.root / "out"))
+    code, _, err = run(hostile, "export", "HEAD", str(hostile.root / "out"))
     assert code != 0 and one_line_error(err) and "differs" in err
 
 
@@ -384,38 +377,38 @@ def test_lock_waits_and_names_its_holder(hostile):
 
 
 @llama_only
-def test_dash_C_applies_to_path_arguments(hostile, capsys, tmp_path, monkeypatch):
+def test_dash_C_applies_to_path_arguments(hostile, tmp_path, monkeypatch, run):
     """`nmkevc -C repo export HEAD ../x` writes beside the repository, as git would,
     whatever directory the command starts in; so do --file, dataset build and init."""
     elsewhere = tmp_path / "a" / "b"
     elsewhere.mkdir(parents=True)
     monkeypatch.chdir(elsewhere)
-    code, _, err = run(capsys, hostile, "export", "HEAD", "../x")
+    code, _, err = run(hostile, "export", "HEAD", "../x")
     assert code == 0, err
     assert (hostile.root.parent / "x" / "nmkevc.json").is_file() and not (tmp_path / "a" / "x").exists()
     (hostile.root / "e.jsonl").write_text("not json\n")
-    code, _, err = run(capsys, hostile, "edit", "-f", "e.jsonl")
+    code, _, err = run(hostile, "edit", "-f", "e.jsonl")
     assert code != 0 and str(hostile.root / "e.jsonl") in err  # read relative to -C
-    code, _, err = main(["-C", str(tmp_path), "init", "sub", "--base", os.path.relpath(
-        Repository.open(hostile.dir).bases()[0].location, tmp_path)]), None, None
+    code, _, err = run(tmp_path, "init", "sub", "--base", os.path.relpath(
+        Repository.open(hostile.dir).bases()[0].location, tmp_path))
     assert code == 0 and (tmp_path / "sub" / ".nmkevc").is_dir()
 
 
 @llama_only
-def test_wait_option_parsing(hostile, capsys):
+def test_wait_option_parsing(hostile, run):
     from nmkevc.cli.base import hoist_wait
 
     assert hoist_wait(["--wait", "tag", "x"]) == (["tag", "x"], "")
     assert hoist_wait(["tag", "--wait=2.5", "x"]) == (["tag", "x"], "2.5")
     assert hoist_wait(["tag", "-m", "x", "--", "--wait"]) == (["tag", "-m", "x", "--", "--wait"], None)
-    code, _, err = run(capsys, hostile, "--wait=soon", "tag", "x")
+    code, _, err = run(hostile, "--wait=soon", "tag", "x")
     assert code != 0 and one_line_error(err) and "--wait=soon" in err
-    code, _, err = run(capsys, hostile, "tag", "x", "--wait=1")  # a free lock: no wait at all
+    code, _, err = run(hostile, "tag", "x", "--wait=1")  # a free lock: no wait at all
     assert code == 0, err
 
 
 @llama_only
-def test_os_failure_is_one_line(hostile, capsys, monkeypatch):
+def test_os_failure_is_one_line(hostile, monkeypatch, run):
     """A full disk (or any refusal by the OS) mid-command: the system's words in one line."""
     from nmkevc.porcelain import branching
 
@@ -423,5 +416,5 @@ def test_os_failure_is_one_line(hostile, capsys, monkeypatch):
         raise OSError(28, "No space left on device", str(hostile.dir / "refs" / "heads" / "x"))
 
     monkeypatch.setattr(branching, "create_branch", full)
-    code, _, err = run(capsys, hostile, "branch", "x")
+    code, _, err = run(hostile, "branch", "x")
     assert code == 74 and one_line_error(err) and "No space left on device" in err

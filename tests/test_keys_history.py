@@ -4,6 +4,7 @@ import torch
 from random_deltas import random_delta, request
 
 from nmkevc.facts import EditRequest
+from nmkevc.workbench.statistics import prior_key_covariance
 
 
 def kkt(delta, name):
@@ -21,7 +22,7 @@ def test_keys_cov_follows_effective_set(repo):
     repo.commit_delta(d3, "three", [EditRequest.from_json(request("C", "z"))])
 
     def cov(rev):
-        return repo.plumbing.keys_cov(repo.effective(repo.resolve(rev)), [name])[name].double()
+        return prior_key_covariance(repo.plumbing, repo.effective(repo.resolve(rev)), [name])[name].double()
 
     assert torch.allclose(cov("side"), kkt(d1, name) + kkt(d3, name), atol=1e-4)
     assert torch.allclose(cov("main"), kkt(d1, name) + kkt(d2, name), atol=1e-4)
@@ -31,7 +32,7 @@ def test_keys_cov_follows_effective_set(repo):
     assert torch.allclose(cov("HEAD"), kkt(d2, name) + kkt(d3, name), atol=1e-4)
     repo.revert(c2)
     assert torch.allclose(cov("HEAD"), kkt(d3, name), atol=1e-4)
-    assert repo.plumbing.keys_cov(repo.effective(repo.log()[-1].id), [name]) == {}
+    assert prior_key_covariance(repo.plumbing, repo.effective(repo.log()[-1].id), [name]) == {}
 
 
 def test_edit_passes_history_keys_to_the_editor(repo, monkeypatch):

@@ -89,7 +89,7 @@ def _export_tensors(repo, rev, out) -> dict[str, bytes]:
 def _reference_tensors(repo, rev) -> dict[str, bytes]:
     plumbing = repo.plumbing
     cid = plumbing.resolve(rev)
-    weights = plumbing.base_model(plumbing.commit(cid).base).weights
+    weights = repo.workbench.base_model(plumbing.commit(cid).base).weights
     plan = plumbing.plan(cid)
     out = {}
     for spec in weights.specs():
@@ -170,7 +170,7 @@ def test_fresh_model_of_a_long_history_is_the_reference_sum_cached_or_not(repo):
                 .numpy().tobytes() for k in edited}
 
     def ref(rev):
-        return {k: v for k, v in _reference_tensors(repo, rev).items() if k in {repo.plumbing.base_model(
+        return {k: v for k, v in _reference_tensors(repo, rev).items() if k in {repo.workbench.base_model(
             repo.commit().base).weights.resolve(n) for n in edited}}
 
     want = ref("HEAD")
@@ -203,7 +203,7 @@ def test_an_edit_on_a_long_history_leaves_its_state_cached(repo, tmp_path):
     # export reads them back (the same bytes as the reference sum, without recomputing)
     _history(repo, MIN_DELTAS)
     repo.edit(EditRequest("France", "The capital of {} is", "Rome"), method="memit", stats_tokens=200,
-              z_lr=0.5, z_steps=5, z_clamp=4.0, z_weight_decay=0.0, ridge=1e-4, ridge_relative=False, layers=[1, 2])
+              z_lr=0.5, z_steps=5, z_clamp=4.0, z_weight_decay=0.0, layers=[1, 2])
     plumbing = repo.plumbing
     key = plumbing.state_key(repo.commit().base, repo.effective("HEAD"))
     assert plumbing.materialised.get(key) is not None

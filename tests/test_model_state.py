@@ -9,6 +9,7 @@ from random_deltas import random_delta, request
 from nmkevc.errors import StaleModelError
 from nmkevc.facts import EditRequest
 from nmkevc.repo import Repo
+from nmkevc.workbench import Workbench
 
 
 def req(subject, target):
@@ -18,7 +19,7 @@ def req(subject, target):
 def test_handle_refuses_use_after_the_model_moved(repo):
     root = repo.resolve()
     c1 = repo.commit_delta(random_delta(repo, seed=1), "one", req("France", "Rome"))
-    r = Repo.open(repo.root)
+    r = Workbench(Repo.open(repo.root))
     at_c1 = r.model_at(c1)
     w = random_delta(repo, seed=1).weights[0].name
     edited = at_c1.model.get_parameter(w).detach().clone()
@@ -34,9 +35,9 @@ def test_handle_refuses_use_after_the_model_moved(repo):
 
 def test_base_model_is_apart_from_the_live_one(repo):
     c1 = repo.commit_delta(random_delta(repo, seed=1, scale=0.5), "one", req("France", "Rome"))
-    r = Repo.open(repo.root)
+    r = Workbench(Repo.open(repo.root))
     head = r.model_at(c1)
-    base = r.base_model(r.commit(c1).base)
+    base = r.base_model(r.repo.commit(c1).base)
     assert base.model is not head.model
     w = random_delta(repo, seed=1).weights[0].name
     assert torch.equal(base.model.get_parameter(w), base.weights.get(w))
@@ -48,28 +49,29 @@ def test_preparing_an_edit_does_not_move_the_model_of_head(repo):
     """Context templates and statistics are of the base: computing them leaves a handle at
     HEAD valid (they used to flip the one shared model HEAD -> base -> HEAD)."""
     from nmkevc.editing import EditHparams
-    from nmkevc.porcelain.edit_inputs import context_templates, second_moments, templates_key
+    from nmkevc.workbench import Workbench
+    from nmkevc.workbench.statistics import context_templates, second_moments, templates_key
 
     c1 = repo.commit_delta(random_delta(repo, seed=1, scale=0.5), "one", req("France", "Rome"))
-    r = Repo.open(repo.root)
+    bench = Workbench(Repo.open(repo.root))
+    r = bench.repo
     base_id = r.commit(c1).base
-    head = r.model_at(c1)
+    head = bench.model_at(c1)
     key = templates_key(base_id, EditHparams())
     assert r.caches.find_templates(key) is None
-    templates = context_templates(r, key)
-    sigmas, ids = second_moments(r, base_id, [1], r.corpus(), tokens=300)
+    templates = context_templates(bench, key)
+    sigmas, ids = second_moments(bench, base_id, [1], bench.corpus(), tokens=300)
     assert head.current
     assert r.caches.find_templates(key) == templates
-    assert r.caches.find_stats(next(iter(_keys(r, base_id, [1])))) is not None and set(ids) == {1}
+    assert r.caches.find_stats(next(iter(_keys(bench, base_id, [1])))) is not None and set(ids) == {1}
     assert sigmas[1].shape[0] == sigmas[1].shape[1]
 
 
-def _keys(r, base_id, layers):
-    from nmkevc.models.adapters import adapter_for
+def _keys(bench, base_id, layers):
     from nmkevc.repo.caches import StatsKey
 
-    adapter = adapter_for(r.manifest(base_id).config)
-    return [StatsKey(base_id, adapter.weight_name(x), r.corpus().id, 300) for x in layers]
+    adapter = bench.adapter(base_id)
+    return [StatsKey(base_id, adapter.weight_name(x), bench.corpus().id, 300) for x in layers]
 
 
 def test_edit_leaves_the_callers_hparams_alone_and_records_the_layers(repo):

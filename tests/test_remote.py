@@ -10,39 +10,32 @@ from pathlib import Path
 
 import pytest
 import torch
-from random_deltas import random_delta, request
 
 from nmkevc.errors import NmkevcError
 from nmkevc.porcelain.maintenance import fsck
 from nmkevc.remote import remotes, transfer
 from nmkevc.remote.location import RemoteRepo
 from nmkevc.repo.repository import Repo
+from nmkevc.workbench import Workbench
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _commit(path: Path, seed: int, subject: str) -> str:
-    from nmkevc import Repository
-
-    r = Repository.open(path)
-    return r.commit_delta(random_delta(r, seed=seed), f"teach {subject}", [request(subject, f"T{seed}")])
-
-
 def _state(path: Path, rev: str = "HEAD") -> dict[str, torch.Tensor]:
-    r = Repo.open(path)
-    return {k: v.clone() for k, v in r.model_at(r.resolve(rev)).model.state_dict().items()}
+    bench = Workbench(Repo.open(path))
+    return {k: v.clone() for k, v in bench.model_at(bench.repo.resolve(rev)).model.state_dict().items()}
 
 
 @pytest.fixture
-def origin(repo, tmp_path) -> Path:
+def origin(repo, tmp_path, commit) -> Path:
     """A repository with two edits on main, the shared starting point."""
     root = tmp_path / "repo"
-    _commit(root, 1, "France")
-    _commit(root, 2, "Spain")
+    commit(root, 1, "France")
+    commit(root, 2, "Spain")
     return root
 
 
-def test_clone_edit_push_pull_round_trip(origin, tmp_path):
+def test_clone_edit_push_pull_round_trip(origin, tmp_path, commit):
     alice = tmp_path / "alice"
     rep = transfer.clone(str(origin), alice)
     assert rep.branch == "main" and rep.transfer.objects > 0
@@ -54,7 +47,7 @@ def test_clone_edit_push_pull_round_trip(origin, tmp_path):
     assert all(torch.equal(sa[k], so[k]) for k in so)
 
     # alice edits and pushes; only the new commit and its delta travel
-    new = _commit(alice, 3, "Italy")
+    new = commit(alice, 3, "Italy")
     pushed = transfer.push(Repo.open(alice), "origin")
     assert pushed.objects == 2
     assert [u.status for u in pushed.updates] == ["fast-forward"]
@@ -64,7 +57,7 @@ def test_clone_edit_push_pull_round_trip(origin, tmp_path):
     # bob clones, alice pushes again, bob fetches only what he lacks
     bob = tmp_path / "bob"
     transfer.clone(str(origin), bob)
-    newer = _commit(alice, 4, "Japan")
+    newer = commit(alice, 4, "Japan")
     transfer.push(Repo.open(alice), "origin")
     got = transfer.fetch(Repo.open(bob), "origin")
     assert got.objects == 2
@@ -72,13 +65,13 @@ def test_clone_edit_push_pull_round_trip(origin, tmp_path):
     assert fsck(Repo.open(bob)).ok and fsck(Repo(origin / ".nmkevc")).ok
 
 
-def test_non_fast_forward_push_refused_then_forced(origin, tmp_path):
+def test_non_fast_forward_push_refused_then_forced(origin, tmp_path, commit):
     alice, bob = tmp_path / "alice", tmp_path / "bob"
     transfer.clone(str(origin), alice)
     transfer.clone(str(origin), bob)
-    a_tip = _commit(alice, 3, "Italy")
+    a_tip = commit(alice, 3, "Italy")
     transfer.push(Repo.open(alice), "origin")
-    b_tip = _commit(bob, 4, "Japan")
+    b_tip = commit(bob, 4, "Japan")
     with pytest.raises(NmkevcError, match="non-fast-forward|commits you do not have"):
         transfer.push(Repo.open(bob), "origin")
     assert Repo.open(origin).resolve("main") == a_tip  # nothing moved
@@ -87,10 +80,10 @@ def test_non_fast_forward_push_refused_then_forced(origin, tmp_path):
     assert Repo.open(origin).resolve("main") == b_tip
 
 
-def test_fetch_verifies_hashes_before_moving_refs(origin, tmp_path):
+def test_fetch_verifies_hashes_before_moving_refs(origin, tmp_path, commit):
     alice = tmp_path / "alice"
     transfer.clone(str(origin), alice)
-    tip = _commit(origin, 5, "Peru")
+    tip = commit(origin, 5, "Peru")
     o = Repo.open(origin)
     delta = o.commit(tip).delta
     p = o.store.path(delta)
@@ -182,19 +175,19 @@ def _run_killer(verb: str, path: Path, after: int) -> int:
     return subprocess.run([sys.executable, "-c", script, verb, str(path)], env=env).returncode
 
 
-def _many_commits(path: Path, n: int, start: int) -> str:
+def _many_commits(commit, path: Path, n: int, start: int) -> str:
     tip = None
     for i in range(n):
-        tip = _commit(path, start + i, f"S{start + i}")
+        tip = commit(path, start + i, f"S{start + i}")
     return tip
 
 
 @pytest.mark.parametrize("arch", ["llama"])
-def test_killed_push_leaves_both_sides_valid_and_resumes(origin, tmp_path):
+def test_killed_push_leaves_both_sides_valid_and_resumes(origin, tmp_path, commit):
     alice = tmp_path / "alice"
     transfer.clone(str(origin), alice)
     old = Repo.open(origin).resolve("main")
-    tip = _many_commits(alice, 3, 10)
+    tip = _many_commits(commit, alice, 3, 10)
     assert _run_killer("push", alice, after=3) == 9  # killed after 3 of 6 objects
     o = Repo.open(origin)
     assert o.resolve("main") == old  # refs move last: the remote still says the old tip
@@ -207,11 +200,11 @@ def test_killed_push_leaves_both_sides_valid_and_resumes(origin, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["llama"])
-def test_killed_fetch_leaves_both_sides_valid_and_resumes(origin, tmp_path):
+def test_killed_fetch_leaves_both_sides_valid_and_resumes(origin, tmp_path, commit):
     alice = tmp_path / "alice"
     transfer.clone(str(origin), alice)
     old = Repo.open(alice).resolve("origin/main")
-    tip = _many_commits(origin, 3, 20)
+    tip = _many_commits(commit, origin, 3, 20)
     # killed once the 3 commits are verified and 1 of the 3 deltas is stored
     assert _run_killer("fetch", alice, after=4) == 9
     a = Repo.open(alice)
@@ -250,10 +243,10 @@ def test_remote_config_write_keeps_the_remotes_own_settings(origin, tmp_path):
     assert r.config.remotes == {"upstream": str(tmp_path / "up")} and "f" * 64 in r.config.bases
 
 
-def test_push_refuses_when_the_remote_ref_moved_meanwhile(origin, tmp_path):
+def test_push_refuses_when_the_remote_ref_moved_meanwhile(origin, tmp_path, commit):
     alice = tmp_path / "alice"
     transfer.clone(str(origin), alice)
-    _commit(alice, 3, "Italy")
+    commit(alice, 3, "Italy")
     ref = origin / ".nmkevc" / "refs" / "heads" / "main"
     theirs = Repo.open(origin).resolve("main~1")  # someone else moves main while we send objects
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from test_remote import _commit
 
 from nmkevc.errors import NmkevcError
 from nmkevc.porcelain.maintenance import fsck
@@ -41,9 +40,9 @@ def s3_url(monkeypatch):
 
 
 @pytest.mark.parametrize("arch", ["llama"])
-def test_s3_round_trip(repo, tmp_path, s3_url):
+def test_s3_round_trip(repo, tmp_path, s3_url, commit):
     origin = tmp_path / "repo"
-    first = _commit(origin, 1, "France")
+    first = commit(origin, 1, "France")
     r = Repo.open(origin)
     remotes.add_remote(r, "s3", s3_url)
     pushed = transfer.push(r, "s3")
@@ -54,23 +53,23 @@ def test_s3_round_trip(repo, tmp_path, s3_url):
     transfer.clone(s3_url, bob)
     b = Repo.open(bob)
     assert b.resolve("main") == first and fsck(b).ok and not fsck(b).dangling
-    second = _commit(bob, 2, "Spain")
+    second = commit(bob, 2, "Spain")
     assert transfer.push(Repo.open(bob), "origin").objects == 2
 
     got = transfer.fetch(Repo.open(origin), "s3")
     assert got.objects == 2 and Repo.open(origin).resolve("s3/main") == second
 
     # a non-fast-forward push to S3 is refused and moves nothing
-    _commit(origin, 3, "Italy")
+    commit(origin, 3, "Italy")
     with pytest.raises(NmkevcError, match="rejected"):
         transfer.push(Repo.open(origin), "s3")
     assert transfer.fetch(Repo.open(bob), "origin").updates[0].status == "up-to-date"
 
 
 @pytest.mark.parametrize("arch", ["llama"])
-def test_s3_corrupt_object_refused(repo, tmp_path, s3_url):
+def test_s3_corrupt_object_refused(repo, tmp_path, s3_url, commit):
     origin = tmp_path / "repo"
-    tip = _commit(origin, 1, "France")
+    tip = commit(origin, 1, "France")
     r = Repo.open(origin)
     remotes.add_remote(r, "s3", s3_url)
     transfer.push(r, "s3")

@@ -74,7 +74,7 @@ def test_templates_are_kept_per_generation_rule(repo):
     another seed) gets its own ref, so old templates are never reused for a new rule."""
     from nmkevc.editing import EditHparams
     from nmkevc.editing.hparams import LEGACY
-    from nmkevc.porcelain.edit_inputs import templates_key
+    from nmkevc.workbench.statistics import templates_key
 
     r = Repo.open(repo.root)
     base_id = r.commit(r.resolve()).base

@@ -4,8 +4,10 @@ turns every failure into one line and an exit code."""
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import re
 import sys
 from contextlib import contextmanager
 
@@ -13,6 +15,10 @@ import click
 
 from ..errors import NmkevcError
 from ..version import __version__
+
+#: Packages of fsspec backends whose exceptions are the backend's words, not our bugs.
+_BACKENDS = frozenset({"botocore", "aiobotocore", "s3fs", "gcsfs", "google", "adlfs", "azure", "huggingface_hub",
+                       "fsspec", "aiohttp"})
 
 #: `--json` on every command that has machine-readable output
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -57,7 +63,7 @@ class RepoPath(click.ParamType):
 
 
 def _looks_like_hub_id(value: str) -> bool:
-    from ..models.source import looks_like_hub_id
+    from ..porcelain import looks_like_hub_id
 
     return looks_like_hub_id(value)
 
@@ -98,7 +104,7 @@ def hoist_wait(argv: list[str]) -> tuple[list[str], str | None]:
 
 def method_names() -> list[str]:
     """The editing methods the CLI offers: the registry's, never a copied list."""
-    from ..editing.methods import method_names as names
+    from ..porcelain import method_names as names
 
     return list(names())
 
@@ -161,13 +167,69 @@ def cli(ctx: click.Context, path: str, device: str | None, dtype: str | None) ->
     repository lock instead of failing at once (no limit without SECONDS; the config
     setting lock_wait gives a default)."""
     ctx.ensure_object(dict)
+    if device is not None and not device.strip():
+        raise click.BadParameter("--device: empty (give auto, cpu, cuda, cuda:N or mps)")
     ctx.obj["path"] = path  # --wait was taken out of argv by main() (see hoist_wait)
     ctx.obj["device"] = device
     ctx.obj["dtype"] = dtype
 
 
+#: Control characters (C0 but tab and newline, DEL, C1) and escape sequences other than the
+#: colour codes (SGR) click.style writes: history text from strangers (a fetched commit's
+#: message, a bundle's author) must not move the cursor, retitle the terminal or worse.
+_CONTROL = re.compile(r"(\x1b\[[0-9;]*m)|\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)?"
+                      r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` without control characters, keeping newlines, tabs and colour codes."""
+    return _CONTROL.sub(lambda m: m.group(1) or "", text)
+
+
+class _PrintableStream(io.TextIOBase):
+    """stdout as the commands see it: every write passes through `printable`."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def write(self, s: str) -> int:
+        self._inner.write(printable(s))
+        return len(s)
+
+    def flush(self) -> None:
+        self._inner.flush()
+
+    def isatty(self) -> bool:
+        return self._inner.isatty()
+
+    def fileno(self) -> int:
+        return self._inner.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._inner, "encoding", "utf-8")
+
+    @property
+    def errors(self) -> str | None:  # type: ignore[override]
+        return getattr(self._inner, "errors", None)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else ""
+    return printable(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors and an exit code, never a traceback (NMKEVC_DEBUG=1 shows it)."""
+    stdout = sys.stdout
+    sys.stdout = _PrintableStream(stdout)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout = stdout
+
+
+def _main(argv: list[str] | None) -> int:
     debug = bool(os.environ.get("NMKEVC_DEBUG"))
     state: dict = {}
     try:
@@ -193,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     except NmkevcError as e:
         if debug:
             raise
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {_first_line(e)}", err=True)
         return e.exit_code
     except BrokenPipeError:
         return 141
@@ -201,13 +263,23 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         where = f": {e.filename}" if e.filename else ""
-        click.echo(f"error: {e.strerror or e}{where}", err=True)
+        click.echo(printable(f"error: {e.strerror or _first_line(e)}{where}"), err=True)
         return 74  # EX_IOERR
+    except (OverflowError, RecursionError, MemoryError) as e:  # input beyond what can be held
+        if debug:
+            raise
+        what = {OverflowError: "a number given is too large", RecursionError: "the input is nested too deeply",
+                MemoryError: "out of memory"}[type(e)]
+        click.echo(f"error: {what} ({_first_line(e)[:120]})", err=True)
+        return 2 if not isinstance(e, MemoryError) else 1
     except Exception as e:  # a bug of ours: still one line, with a way to see more
         if debug:
             raise
-        msg = str(e).splitlines()[0] if str(e) else ""
-        click.echo(f"error: internal error: {type(e).__name__}: {msg} (set NMKEVC_DEBUG=1 for details)", err=True)
+        if type(e).__module__.split(".")[0] in _BACKENDS:  # a storage backend's own refusal
+            click.echo(f"error: the storage backend said {type(e).__name__}: {_first_line(e)[:200]}", err=True)
+            return 1
+        click.echo(f"error: internal error: {type(e).__name__}: {_first_line(e)} (set NMKEVC_DEBUG=1 for details)",
+                   err=True)
         return 1
 
 

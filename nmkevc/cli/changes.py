@@ -66,4 +66,6 @@ def merge(ctx, rev, strategy, message, no_ff, allow_unrelated, mask_threshold, n
             click.echo(f"resolved ({rep.strategy}): {line}")
         extra = f", dropped {len(rep.cancelled)} commit(s)" if rep.cancelled else ""
         click.echo(f"Merge made: {rep.commit[:10]} ({len(rep.theirs_side)} edit(s) from {rev}{extra})")
+        if rep.health:
+            click.echo(f"    health of the merged model: {render.health(rep.health)}")
 

@@ -1,4 +1,4 @@
-"""Reading history: log, show, diff, reflog."""
+"""Reading history: log, show, view, diff, reflog."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def log(ctx, rev, oneline, graph, stat, max_count, as_json):
     """Show the history reachable from REV."""
     repo = open_repo(ctx)
     if as_json:
-        render.emit_json([e.to_json() for e in repo.log(rev, max_count=max_count, stat=True)])
+        render.emit_json([e.to_json() for e, _ in repo.log_graph(rev, max_count=max_count, stat=True)])
         return
     if graph:
         rows = repo.log_graph(rev, max_count=max_count, stat=stat)
@@ -73,6 +73,23 @@ def show(ctx, rev, as_json):
                 f"P {rec.get('p_before', 0):.3f} -> {rec.get('p_after', 0):.3f}"
                 + (f", efficacy {'yes' if rec.get('efficacy') else 'no'}" if 'efficacy' in rec else "")
             )
+
+
+@cli.command()
+@click.argument("rev", default="HEAD", required=False)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="nmkevc-view.html", show_default=True,
+              help="The HTML file to write.")
+@click.option("--mask-threshold", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Mask-overlap score above which A...B calls a layer a conflict (merge's default).")
+@json_option
+@click.pass_context
+def view(ctx, rev, output, mask_threshold, as_json):
+    """Write REV's history (or A..B, or A...B with B's merge into A scored) as one HTML page."""
+    report = open_repo(ctx).view(rev, output, mask_threshold=mask_threshold)
+    if as_json:
+        render.emit_json(report.to_json())
+        return
+    click.echo(f"wrote {report.path}: {report.commits} commit(s), {render.human_bytes(report.bytes)}")
 
 
 @cli.command()

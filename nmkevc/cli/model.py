@@ -12,8 +12,9 @@ from .base import RepoPath, StageBars, cli, json_option, method_names, open_repo
 @cli.command()
 @click.argument("rev")
 @click.argument("directory", type=RepoPath())
-@click.option("--format", "fmt", type=click.Choice(["hf", "peft"]), default="hf", show_default=True,
-              help="hf: the whole model; peft: a LoRA adapter of the change from the base.")
+@click.option("--format", "fmt", default="hf", show_default=True,
+              help="hf: the whole model; peft: a LoRA adapter of the change from the base "
+                   "(any registered export format, docs/design.md).")
 @click.option("--rank", type=int, default=None,
               help="With --format peft: truncate the adapter to this rank (the error is reported).")
 @json_option
@@ -21,25 +22,12 @@ from .base import RepoPath, StageBars, cli, json_option, method_names, open_repo
 def export(ctx, rev, directory, fmt, rank, as_json):
     """Write the model at REV as a Hugging Face directory, or (--format peft) as a LoRA adapter."""
     repo = open_repo(ctx)
-    if fmt == "peft":
-        rep = repo.export_peft(rev, directory, rank=rank)
-        if as_json:
-            render.emit_json(rep.to_json())
-            return
-        how = "exact" if rep.exact else f"truncated, max relative error {rep.max_error:.3g}"
-        click.echo(f"Exported {rep.commit[:10]} to {rep.path} as a LoRA adapter: rank {rep.rank}, "
-                   f"layers {','.join(map(str, rep.layers))}, {rep.facts} fact(s), {how}, "
-                   f"{render.human_bytes(rep.bytes_written)}")
-        return
-    if rank is not None:
-        raise click.UsageError("--rank applies to --format peft only")
     with progress_bar("export") as cb:
-        rep = repo.export(rev, directory, progress=cb)
+        rep = repo.export(rev, directory, progress=cb, format=fmt, rank=rank)
     if as_json:
         render.emit_json(rep.to_json())
         return
-    click.echo(f"Exported {rep.commit[:10]} to {rep.path}: {rep.tensors} tensors "
-               f"({rep.edited_tensors} edited), {render.human_bytes(rep.bytes_written)}")
+    click.echo(rep.describe())
 
 
 @cli.command()
@@ -63,9 +51,8 @@ def export(ctx, rev, directory, fmt, rank, as_json):
 def edit(ctx, subject, prompt, target, target_true, paraphrases, path, batch_size, message, method, layers,
          corpus, stats_tokens, settings, as_json):
     """Teach the model new facts with NMKE and commit the delta."""
-    from ..editing.hparams import parse_setting
     from ..errors import UsageError
-    from ..facts import EditRequest
+    from ..porcelain import EditRequest, parse_setting
     from ..porcelain.datasets import read_requests
 
     if path is not None:
@@ -80,7 +67,7 @@ def edit(ctx, subject, prompt, target, target_true, paraphrases, path, batch_siz
                                 paraphrases=tuple(paraphrases))]
     repo = open_repo(ctx)
     overrides = dict(parse_setting(x) for x in settings)
-    if layers:
+    if layers is not None:  # --layers "" is a mistake, not the default
         overrides["layers"] = _parse_layers(layers)
     bars = StageBars(enabled=not as_json)
     try:
@@ -103,6 +90,10 @@ def edit(ctx, subject, prompt, target, target_true, paraphrases, path, batch_siz
         for c in o.checks:
             click.echo(f"    {c['text']!r} -> {c['target_new']!r}: P {c['p_before']:.3f} -> {c['p_after']:.3f}"
                        f" ({'holds' if c['efficacy'] else 'does not hold'})")
+        if o.health:
+            click.echo(f"    health: {render.health(o.health)}")
+        for w in o.warnings:
+            click.echo(f"warning: {w}", err=True)
 
 
 def _parse_layers(text: str) -> list[int]:
@@ -112,7 +103,10 @@ def _parse_layers(text: str) -> list[int]:
         if "-" in text:
             a, b = text.split("-", 1)
             return list(range(int(a), int(b) + 1))
-        return [int(x) for x in text.split(",") if x.strip()]
+        out = [int(x) for x in text.split(",") if x.strip()]
+        if not out:
+            raise ValueError(text)
+        return out
     except ValueError:
         raise UsageError(f"--layers {text!r}: expected a range like 3-7 or a list like 3,4,5") from None
 
@@ -237,8 +231,7 @@ def lifelong(ctx, source, edits, batch_size, methods, out_dir, results_dir, spli
     """Sequential editing benchmark: EDITS facts in batches, per method, each on its own branch.
 
     Checkpoints after every batch in --out; run the same command again to resume."""
-    from ..editing.hparams import parse_setting, split_top
-    from ..evaluation.lifelong_report import markdown_table
+    from ..porcelain import markdown_table, parse_setting, split_top
 
     run = open_repo(ctx).lifelong(
         source, edits, batch_size, split_top(methods) if methods else None, out_dir=out_dir, seed=seed,

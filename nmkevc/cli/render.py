@@ -7,17 +7,13 @@ import time
 
 import click
 
+from ..units import human_bytes
+
+__all__ = ["emit_json", "human_bytes", "when"]
+
 
 def emit_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def when(t: int) -> str:
@@ -51,6 +47,18 @@ def written(info: dict) -> str:
     return f"  wrote {wf:.0%} of its share" if isinstance(wf, int | float) else ""
 
 
+def health(h: dict) -> str:
+    """A state's drift in one line: norm growth of the edited matrices, disturbance of generic text."""
+    parts = []
+    if "norm_growth" in h:
+        parts.append(f"norm growth {h['norm_growth']:+.2%}")
+    if "disturbance" in h:
+        parts.append(f"disturbance {h['disturbance']:.3f} (this commit)")
+    if "disturbance_cumulative" in h:
+        parts.append(f"{h['disturbance_cumulative']:.3f} (since the base)")
+    return ", ".join(parts) or "not measured"
+
+
 def stat_lines(ci) -> list[str]:
     lines = []
     for r in ci.requests:
@@ -66,6 +74,9 @@ def stat_lines(ci) -> list[str]:
             f"    layer {w.layer:>3}  neurons {w.neurons:>6}/{w.d_ff:<6} ({w.neurons / w.d_ff:5.1%})"
             f"  rank {w.rank:<3} |dW| {w.norm:.4g}{extra}"
         )
+    h = ci.info.get("health") if isinstance(ci.info, dict) else None
+    if isinstance(h, dict) and h:
+        lines.append(f"    health: {health(h)}")
     if ci.delta:
         ratio = ci.dense_bytes / ci.stored_bytes if ci.stored_bytes else 0
         lines.append(

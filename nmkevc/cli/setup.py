@@ -48,4 +48,7 @@ def status(ctx, as_json):
     click.echo(f"edits in effect {st.edits_in_effect}, facts {st.facts_in_effect}, reverted {st.reverted}, "
                f"commits {st.commits}")
     click.echo(f"objects {st.objects}, {render.human_bytes(st.stored_bytes)} stored")
+    if st.drift:
+        since = "" if st.drift_commit == st.head else f" (as of {st.drift_commit[:10]})"
+        click.echo(f"drift  {render.health(st.drift)}{since}")
 

@@ -57,15 +57,6 @@ def apply_to_weight(base: torch.Tensor, deltas: Sequence[WeightDelta]) -> torch.
     return (base.double() + total).to(base.dtype).contiguous()
 
 
-def group_by_weight(deltas: Sequence[Sequence[WeightDelta]]) -> dict[str, list[WeightDelta]]:
-    """{weight name: [its deltas in the given (canonical) order]}."""
-    out: dict[str, list[WeightDelta]] = {}
-    for weight_deltas in deltas:
-        for w in weight_deltas:
-            out.setdefault(w.name, []).append(w)
-    return out
-
-
 def combine(deltas: Sequence[Delta]) -> Delta:
     """One delta equal to the sum of several: per weight, the union of neuron indices,
     factors concatenated along the rank axis, keys along the key axis."""

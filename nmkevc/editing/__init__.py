@@ -7,7 +7,7 @@ repository caches per base model (Σ_l and the null-space projectors P_l), and
 names below are therefore resolved lazily.
 """
 
-from importlib import import_module
+from ..lazy import lazy_exports
 
 _EXPORTS = {
     "generate_context_templates": ".context",
@@ -17,18 +17,18 @@ _EXPORTS = {
     "LayerUpdate": ".engine",
     "compute_edit": ".engine",
     "EditHparams": ".hparams",
+    "NullspaceHparams": ".hparams",
+    "NmkeHparams": ".methods.nmke",
+    "AlphaEditHparams": ".methods.alphaedit",
+    "MemitHparams": ".methods.memit",
     "NullspaceRule": ".nullspace",
     "entropy_ratios": ".masking",
     "neuron_mask": ".masking",
-    "EditMethod": ".methods",
-    "get_method": ".methods",
-    "method_names": ".methods",
+    "EditMethod": ".registry",
+    "get_method": ".registry",
+    "method_names": ".registry",
+    "register_method": ".registry",
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(name)
-    return getattr(import_module(_EXPORTS[name], __name__), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -13,23 +13,22 @@ from collections.abc import Sequence
 import torch
 
 from ..models.adapters import adapter_for
-from ..models.tokens import DEFAULT_START, Batch, encode, plain_ids
+from ..models.tokens import Batch, encode, plain_ids
 from .hooks import frozen_eval, run_base
+from .hparams import EditHparams
 from .tokens import escape_braces
-
-DEFAULT_PREFIXES = ("The", "Therefore", "Because", "I", "You")
 
 
 @torch.no_grad()
-def generate_context_templates(
+def generate_context_templates(  # the defaults are an edit's, EditHparams' (its class attributes)
     model,
     tokenizer,
-    seed: int = 0,
-    n_tokens: int = 10,
-    prefixes: Sequence[str] = DEFAULT_PREFIXES,
+    seed: int = EditHparams.seed,
+    n_tokens: int = EditHparams.context_n_tokens,
+    prefixes: Sequence[str] = EditHparams.context_prefixes,
     top_k: int = 5,
-    count: str = "total",
-    start: str = DEFAULT_START,
+    count: str = EditHparams.context_count,
+    start: str = EditHparams.prompt_start,
 ) -> list[str]:
     """["{}"] + one "<prefix + sampled tokens>. {}" per prefix (braces escaped).
 

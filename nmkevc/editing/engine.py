@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -22,14 +22,13 @@ from .attribution import attribution_scores
 from .hooks import frozen_eval
 from .hparams import EditHparams
 from .masking import neuron_mask
-from .methods import EditMethod, FactorInputs, get_method
+from .registry import EditMethod, FactorInputs, get_method
 from .tokens import split_template, template_weights, templated
 from .update import Factor, rewrite_keys, run_layers
 from .zopt import ZResult, optimise_z
 
 #: progress(phase, done, total) with phase "z", "attribution" or "update"
 Progress = Callable[[str, int, int], None] | None
-PHASES = ("z", "attribution", "update")
 
 
 @dataclass
@@ -77,23 +76,28 @@ def compute_edit(
     prior_keys_cov: dict[int, torch.Tensor] | None,
     key_second_moment: dict[int, torch.Tensor] | None = None,
     progress: Progress = None,
+    base_model=None,
 ) -> EditResult:
     """Run the edit for a batch of requests; the model is left exactly as it was.
 
     projectors: P_l per layer (None = identity: no null-space protection); prior_keys_cov:
     C_l = Σ K Kᵀ of earlier edits (missing layer = zeros); key_second_moment: Σ_l (MEMIT, and
-    the projected masked update)."""
+    the projected masked update); base_model: the unedited base model (same architecture and
+    tokenizer, never modified), read by `z_weights="base"` and `z_norm_anchor` only (it may be
+    `model` itself when nothing has been edited yet)."""
     plan = plan_edit(model, requests, hparams, context_templates)
     _check_stats(plan.method, plan.layers, plan.d_ff, projectors, prior_keys_cov, key_second_moment,
                  plan.method.needs_second_moment(hparams))
+    _check_base(model, plan, hparams, base_model)
     report = _reporter(progress)
     weights = [plan.adapter.weight(model, layer) for layer in plan.layers]
     originals = [w.detach().clone() for w in weights]
     timings: dict[str, float] = {}
     try:
-        with frozen_eval(model):
+        base_frozen = frozen_eval(base_model) if base_model is not None and base_model is not model else nullcontext()
+        with frozen_eval(model), base_frozen:
             with _timed(timings, "z"):
-                zres = step1_targets(model, tokenizer, plan, hparams, report)
+                zres = step1_targets(model, tokenizer, plan, hparams, report, base_model)
             batch = encode(tokenizer, *templated(plan.requests, plan.templates), start=hparams.prompt_start)
             masks, mask_info = None, {}
             if plan.method.masks_neurons:
@@ -129,10 +133,11 @@ def plan_edit(model, requests: Sequence[EditRequest], hparams: EditHparams,
     return EditPlan(method, adapter, requests, templates, layers, adapter.dims(model, layers[0])[1])
 
 
-def step1_targets(model, tokenizer, plan: EditPlan, hp: EditHparams, report) -> ZResult:
-    """Step 1: z = h + δ at the last edited layer, for every request."""
+def step1_targets(model, tokenizer, plan: EditPlan, hp: EditHparams, report, base_model=None) -> ZResult:
+    """Step 1: z = h + δ at the last edited layer, for every request (δ found on the base model
+    with `z_weights="base"`)."""
     zres = optimise_z(model, tokenizer, plan.adapter, plan.requests, plan.templates, plan.layers[-1], hp,
-                      progress=lambda k: report("z", k, hp.z_steps))
+                      progress=lambda k: report("z", k, hp.z_steps), base_model=base_model)
     report("z", hp.z_steps, hp.z_steps)  # early stops end the phase before its last step
     return zres
 
@@ -191,7 +196,10 @@ def _result(plan: EditPlan, hparams: EditHparams, steps, final_keys, h_final, zr
             keys=final_keys[st.layer],
             info=info,
         ))
-    residual = (zres.z - h_final).norm(dim=0) / zres.delta.norm(dim=0).clamp_min(1e-12)
+    # the share of z − h (h on the model edited, before Step 4) left unwritten: that is δ unless
+    # δ was found on the base model (z_weights="base")
+    todo = zres.delta if zres.start is None else zres.z - zres.start
+    residual = (zres.z - h_final).norm(dim=0) / todo.norm(dim=0).clamp_min(1e-12)
     info = {
         "method": hparams.method,
         "layers": plan.layers,
@@ -203,8 +211,17 @@ def _result(plan: EditPlan, hparams: EditHparams, steps, final_keys, h_final, zr
         "delta_over_h": [float(x) for x in zres.delta.norm(dim=0) / zres.h.norm(dim=0).clamp_min(1e-12)],
         "residual_left": [float(x) for x in residual],
         "projector": "given" if projectors_given else ("identity" if plan.method.uses_projector else "none"),
+        "z_stop": zres.stop,  # per request: "loss", "top1", "loss+top1" or "steps" (ZResult.stop)
+        "z_top1": zres.top1,  # per request: the MPES condition held on its last pass
         "timings": timings,
     }
+    if zres.ref_norm:  # z_norm_anchor: the reference, ||z|| over it, and the requests it held back
+        ref = torch.tensor(zres.ref_norm)
+        info["z_norm_ref"] = zres.ref_norm
+        info["z_over_ref"] = [float(x) for x in zres.z.norm(dim=0) / ref.clamp_min(1e-12)]
+        info["z_norm_capped"] = [i for i, c in enumerate(zres.capped) if c]
+    if zres.start is not None:  # z_weights="base": how far earlier edits moved h from the base's
+        info["h_drift"] = [float(x) for x in (zres.start - zres.h).norm(dim=0) / zres.h.norm(dim=0).clamp_min(1e-12)]
     return EditResult(updates=updates, info=info, z=zres.z)
 
 
@@ -219,6 +236,28 @@ def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
     t0 = time.perf_counter()
     yield
     timings[name] = time.perf_counter() - t0
+
+
+def _check_base(model, plan: EditPlan, hp: EditHparams, base_model) -> None:
+    """Refuse, in one line, options that need the base model when it is missing, and a base
+    model of another architecture or size."""
+    needs = [name for name, on in (("z_weights=base", hp.z_weights == "base"),
+                                   ("z_norm_anchor", hp.z_norm_anchor is not None)) if on]
+    if base_model is None:
+        if needs:
+            verb = "needs" if len(needs) == 1 else "need"
+            raise EditRequestError(f"{' and '.join(needs)} {verb} the unedited base model "
+                                   f"(compute_edit(..., base_model=...)); none was given")
+        return
+    try:
+        adapter = adapter_for(base_model)
+    except NmkevcError:
+        adapter = None
+    layer = plan.layers[-1]
+    if (adapter is None or adapter.name != plan.adapter.name
+            or adapter.num_layers(base_model) != plan.adapter.num_layers(model)
+            or adapter.dims(base_model, layer) != plan.adapter.dims(model, layer)):
+        raise EditRequestError("base_model is not a model of the edited model's architecture and size")
 
 
 def _check_stats(method, layers, d_ff, projectors, prior, second, needs_second: bool) -> None:

@@ -1,8 +1,9 @@
-"""Every constant of the editing method in one validated, JSON-serialisable record.
+"""Every constant of an editing method in one validated, JSON-serialisable record per method.
 
 Commits store the hyperparameters next to the requests so an edit can be replayed
 exactly (rebase, `merge --strategy replay`); hence plain JSON, strict validation and
-no hidden defaults anywhere else in the engine.
+no hidden defaults anywhere else in the engine. The shared part is `EditHparams`; each
+method's own fields are in its record, beside the method (editing/methods/).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 from ..errors import EditRequestError
-from ..models.tokens import START_RULES
 from .nullspace import NullspaceRule
 
 #: Chosen on 20 dev facts of countryinfo (docs/figures/ridge.json, benchmarks/ridge.py; docs/method.md):
@@ -20,16 +20,17 @@ from .nullspace import NullspaceRule
 #: generalisation 0.77 (0.78 at 0.03), specificity 0.72 (0.71 at 0.03, 0.77 unedited). A lone
 #: full-mask key writes 1 / 1.1 ≈ 91% of its share; AlphaEdit's layers wrote 88–89%.
 RIDGE_RELATIVE_DEFAULT = 0.1
-#: MEMIT's λ0 calibrated for SmolLM2-135M by the same rule on the same facts: the largest of
-#: 15000 (published), 3000, 1000, 300 reaching the best efficacy (0.95; 15000 gives 0.65, 3000 0.90);
-#: specificity 0.69 (0.68–0.72 across the four). Other models need their own λ0 (Σ's scale differs).
-MEMIT_LAMBDA0_DEFAULT = 1000.0
 
 
 @dataclass
 class EditHparams:
-    """Defaults are the NMKE authors' (docs/method.md, table and "The formulae") unless a comment
-    says otherwise."""
+    """What every editing method shares: the edited layers, Step 1 (the target z), the keys and
+    the context templates. Each method's record is a subclass registered with the method
+    (editing/methods/: `NmkeHparams`, `AlphaEditHparams`, `MemitHparams`), holding the fields
+    only that method reads; a commit stores that record's fields with the method's name, and
+    the name is how a stored record is read back (`from_json`). `EditHparams(method=...)`
+    builds the record of the method asked for (NMKE's by default). Defaults are the NMKE
+    authors' (docs/method.md, table and "The formulae") unless a comment says otherwise."""
 
     method: str = "nmke"
     #: edited MLP layers l_1..l_m (ascending); None = the adapter's default for the model's depth
@@ -46,6 +47,19 @@ class EditHparams:
     #: decay = z_weight_decay · ||δ||^p / ||h||²: "norm" p = 1 (the reference code), "squared" p = 2
     z_decay_form: str = "norm"
     z_clamp: float = 0.75  # ||δ|| ≤ z_clamp · ||h||
+    #: most-probable early stopping (MPES; ENCORE, Gupta et al. 2025, arXiv 2502.01636): k > 0 also
+    #: stops a request once its target is the top-1 token at every target position (teacher-forced)
+    #: of every one of its context-templated rewrite prompts, k passes in a row; 0 = off. Either
+    #: rule stops a request (set z_stop_loss to 0 for MPES alone). docs/method.md, "Lifelong mechanisms"
+    z_stop_top1: int = 0
+    #: norm anchor (after NAS, arXiv 2602.02543): ||z|| ≤ z_norm_anchor · ||h_base||, h_base the
+    #: unedited base model's output of l_m at the request's own subject token; a constraint of the
+    #: Adam loop (z projected into that ball after every step); None = off. Needs `base_model`.
+    z_norm_anchor: float | None = None
+    #: the model Step 1 optimises δ on: "current" (the model being edited: the reference code) or
+    #: "base" (the unedited base, z = h_base + δ: NSE's weights rewinding, arXiv 2410.04045); Step 4's
+    #: residual z − h is read on the current model either way. "base" needs `base_model`.
+    z_weights: str = "current"
     #: the precision of Step 1's Adam loop: "model" (the model's own dtype: the reference) or
     #: "bfloat16" (its matrix products in bfloat16 over bf16 copies of the weight matrices; the
     #: residual stream, losses, h and everything after Step 1 stay in the model's dtype). Beyond
@@ -58,46 +72,10 @@ class EditHparams:
     #: the start of every prompt the engine runs (models.tokens.START_RULES): "document" or "tokenizer"
     prompt_start: str = "document"
 
-    # -- Step 2: neuron attribution ------------------------------------------------------
-    amplification: float = 30.0  # s = logp(r + 30·v_i) − logp(r)
-    prob_clamp: float = 1e-8  # probabilities clamped to [p, 1 − p]
-    #: elements (prompts × neurons × vocab-chunk) materialised at once; bounds attribution memory
-    attribution_chunk: int = 1 << 24
-
-    # -- Step 3: the entropy-guided mask ---------------------------------------------------
-    mask_bounds: tuple[float, float] = (0.3, 0.4)
-    mask_exponents: tuple[float, float] = (3.0, 2.0)  # (general ρ_r, specific ρ_b)
-    entropy_alpha: float = 30.0
-
-    # -- Step 4: the update ----------------------------------------------------------------
-    #: λ of A = P(KKᵀ + C) + λI (docs/method.md, "Choices and deviations"). With `ridge_relative`
-    #: (the default) λ_l = ridge · mean over the batch's keys of kᵀ P_l k, per layer, so one value
-    #: carries across models: a lone full-mask key then writes 1 / (1 + ridge) of its share.
-    #: The value is chosen on the countryinfo dev split (docs/figures/ridge.json, written by
-    #: benchmarks/ridge.py). With `ridge_relative` false, λ = ridge as an absolute number; the
-    #: authors' range 1–10 was set for models whose kᵀPk is far larger than SmolLM2-135M's ~7–130.
-    ridge: float = RIDGE_RELATIVE_DEFAULT
-    ridge_relative: bool = True
-    #: how a neuron mask enters the solve: "published" (solve for all neurons, then zero the rows
-    #: outside the mask: NMKE as published) or "compensated" (solve the same system restricted to
-    #: the mask's rows, so a masked layer writes its full share; beyond the paper, measured in
-    #: docs/figures/ridge.json). The registry of forms is editing/methods.py.
-    masked_update: str = "published"
-    #: MEMIT: U = (λ0 Σ + KKᵀ)⁻¹ K. The published 15000 was set for GPT-J/Llama; SmolLM2-135M's Σ is
-    #: small (trace 16–40), so λ0 is calibrated for it on the dev split (MEMIT_LAMBDA0_DEFAULT above).
-    memit_lambda0: float = MEMIT_LAMBDA0_DEFAULT
     #: keys K (and the final keys stored for C) at the subject's last token: "groups" = mean within
     #: each template group, then the two groups ("{}" alone; the prefixed ones) weigh 1/2 each (the
     #: reference code); "templates" = plain mean over all templates (the bare prompt weighs 1/T)
     key_average: str = "groups"
-    #: which eigenvectors of Σ span the preserved keys' null space (`NullspaceRule`): eigenvalue
-    #: < `nullspace_threshold` (AlphaEdit's and NMKE's code), or, when set, the smallest
-    #: `nullspace_keep_fraction` share of directions, or the smallest-eigenvalue directions that
-    #: carry at most `nullspace_energy` of trace Σ (relative to the model's key scale)
-    nullspace_threshold: float = 2e-2
-    nullspace_keep_fraction: float | None = None
-    nullspace_energy: float | None = None
-
     # -- context templates -------------------------------------------------------------------
     context_n_tokens: int = 10
     #: what context_n_tokens counts: "total" = the prefix word's tokens and the sampled ones
@@ -106,106 +84,194 @@ class EditHparams:
     context_prefixes: tuple[str, ...] = field(default=("The", "Therefore", "Because", "I", "You"))
     seed: int = 0
 
+    def __new__(cls, *args, **kwargs):
+        if cls is EditHparams:  # the shared part names no method: build the record of the one asked for
+            cls = record_of(kwargs.get("method", args[0] if args else "nmke"))
+        wrong = sorted(set(kwargs) - field_names(cls))
+        if wrong:  # one line, not dataclass's TypeError
+            raise EditRequestError(not_fields(wrong, field_default(cls, "method")))
+        return super().__new__(cls)
+
     def __post_init__(self) -> None:
         try:
-            self.mask_bounds = tuple(float(x) for x in self.mask_bounds)
-            self.mask_exponents = tuple(float(x) for x in self.mask_exponents)
-            self.context_prefixes = tuple(str(x) for x in self.context_prefixes)
-            if self.layers is not None:
-                self.layers = [_as_int(x) for x in self.layers]
+            self._convert()
         except (TypeError, ValueError) as e:
             raise EditRequestError(f"invalid edit hyperparameters: {e}") from None
         self.validate()
+
+    def _convert(self) -> None:
+        """JSON lists to the tuples the record holds (a subclass converts its own fields too)."""
+        self.context_prefixes = tuple(str(x) for x in self.context_prefixes)
+        if self.layers is not None:
+            self.layers = [_as_int(x) for x in self.layers]
 
     # -- validation --------------------------------------------------------------------------
     def validate(self) -> None:
         def bad(msg: str) -> None:
             raise EditRequestError(f"invalid edit hyperparameters: {msg}")
 
-        from .methods import get_method, masked_update_form
-
         if not isinstance(self.method, str):
             bad(f"method must be a name, got {self.method!r}")
-        method = get_method(self.method)
+        record = record_of(self.method)
+        if type(self) is not record:
+            bad(f"method {self.method} takes {record.__name__}, not {type(self).__name__} (use .updated(method=...))")
+        self._check(bad)
+
+    def _check(self, bad) -> None:
+        """The shared fields' checks; a subclass adds its own after calling this."""
         if self.layers is not None:
             if not self.layers:
                 bad("layers is empty")
             if any(x < 0 for x in self.layers) or sorted(set(self.layers)) != list(self.layers):
                 bad(f"layers must be distinct, ascending and non-negative, got {self.layers}")
-        for name in ("z_lr", "z_clamp", "amplification", "entropy_alpha", "memit_lambda0",
-                     "nullspace_threshold"):
+        positive(bad, self, "z_lr", "z_clamp")
+        non_negative(bad, self, "z_stop_loss", "z_kl_factor", "z_weight_decay")
+        for name in ("z_steps", "z_stop_top1", "context_n_tokens"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                bad(f"{name} must be a positive number, got {v!r}")
-        for name in ("z_stop_loss", "z_kl_factor", "z_weight_decay", "ridge"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                bad(f"{name} must be a non-negative number, got {v!r}")
-        if method.uses_projector and self.ridge <= 0:
-            bad("ridge (λ) must be positive for the null-space update")
-        if not isinstance(self.ridge_relative, bool):
-            bad(f"ridge_relative must be true or false, got {self.ridge_relative!r}")
-        if not isinstance(self.masked_update, str):
-            bad(f"masked_update must be a name, got {self.masked_update!r}")
-        masked_update_form(self.masked_update)
-        for name in ("z_steps", "context_n_tokens", "attribution_chunk"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "z_steps" else 1):
-                bad(f"{name} must be a {'non-negative' if name == 'z_steps' else 'positive'} integer")
+            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name in NON_NEGATIVE_INTS else 1):
+                bad(f"{name} must be a {'non-negative' if name in NON_NEGATIVE_INTS else 'positive'} integer")
+        v = self.z_norm_anchor
+        if v is not None and (isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0)):
+            bad(f"z_norm_anchor must be a positive number or null, got {v!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             bad("seed must be an integer")
-        if not 0 < self.prob_clamp < 0.5:
-            bad("prob_clamp must lie in (0, 0.5)")
-        lo, hi = self.mask_bounds if len(self.mask_bounds) == 2 else (None, None)
-        if lo is None or not 0 < lo <= hi <= 1:
-            bad(f"mask_bounds must be (lo, hi) with 0 < lo ≤ hi ≤ 1, got {self.mask_bounds}")
-        if len(self.mask_exponents) != 2 or any(not e > 0 for e in self.mask_exponents):
-            bad(f"mask_exponents must be two positive numbers, got {self.mask_exponents}")
+        if self.kl_prompt.count("{}") != 1:
+            bad("kl_prompt must contain '{}' exactly once")
+        if not self.context_prefixes:
+            bad("context_prefixes is empty")
+        from ..models.tokens import START_RULES  # here: the record is read where torch is not loaded
+
+        for name, allowed in {**CHOICES, "prompt_start": START_RULES}.items():
+            if getattr(self, name) not in allowed:
+                bad(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+
+    def reads_second_moment(self) -> bool:
+        """Whether a solve with this record reads Σ_l beyond what its method always does."""
+        return False
+
+    # -- JSON ------------------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def updated(self, **changes) -> EditHparams:
+        """A validated copy with `changes` applied, in the record of `changes["method"]` if that
+        is given: the fields both records have carry over; a change the record has no field for
+        is refused (unknown, or not read by that method)."""
+        name = changes.get("method", self.method)
+        record = record_of(name) if isinstance(name, str) else type(self)
+        own = field_names(record)
+        wrong = sorted(set(changes) - own)
+        if wrong:
+            raise EditRequestError(not_fields(wrong, name))
+        return record.from_json({**{k: v for k, v in self.to_json().items() if k in own}, **changes})
+
+    @classmethod
+    def from_json(cls, d: dict) -> EditHparams:
+        """Read a stored dict into the record of the method it names. Keys no method knows are an
+        error (a typo must not silently fall back); keys of other methods' records are dropped (a
+        record stored before each method had its own carries every method's fields); a missing
+        field takes its `LEGACY` value (the dict predates it)."""
+        if not isinstance(d, dict):
+            raise EditRequestError("edit hyperparameters must be a JSON object")
+        default = "nmke" if cls is EditHparams else field_default(cls, "method")
+        name = d.get("method", default)
+        if not isinstance(name, str):
+            raise EditRequestError(f"invalid edit hyperparameters: method must be a name, got {name!r}")
+        record = record_of(name)
+        unknown = sorted(set(d) - every_field_name())
+        if unknown:
+            raise EditRequestError(f"unknown edit hyperparameter(s): {', '.join(unknown)}")
+        own = field_names(record)
+        d = {**{k: v for k, v in LEGACY.items() if k in own}, **{k: v for k, v in d.items() if k in own}}
+        try:
+            return record(**d)
+        except (TypeError, ValueError) as e:
+            raise EditRequestError(f"invalid edit hyperparameters: {e}") from None
+
+
+@dataclass
+class NullspaceHparams(EditHparams):
+    """The fields of the null-space constrained update (AlphaEdit, and NMKE on top of it)."""
+
+    #: λ of A = P(KKᵀ + C) + λI (docs/method.md, "Choices and deviations"). With `ridge_relative`
+    #: (the default) λ_l = ridge · mean over the batch's keys of kᵀ P_l k, per layer, so one value
+    #: carries across models: a lone full-mask key then writes 1 / (1 + ridge) of its share.
+    #: The value is chosen on the countryinfo dev split (docs/figures/ridge.json, written by
+    #: benchmarks/ridge.py). With `ridge_relative` false, λ = ridge as an absolute number; the
+    #: authors' range 1–10 was set for models whose kᵀPk is far larger than SmolLM2-135M's ~7–130.
+    ridge: float = RIDGE_RELATIVE_DEFAULT
+    ridge_relative: bool = True
+    #: which eigenvectors of Σ span the preserved keys' null space (`NullspaceRule`): eigenvalue
+    #: < `nullspace_threshold` (AlphaEdit's and NMKE's code), or, when set, the smallest
+    #: `nullspace_keep_fraction` share of directions, or the smallest-eigenvalue directions that
+    #: carry at most `nullspace_energy` of trace Σ (relative to the model's key scale)
+    nullspace_threshold: float = 2e-2
+    nullspace_keep_fraction: float | None = None
+    nullspace_energy: float | None = None
+
+
+    @property
+    def nullspace(self) -> NullspaceRule:
+        return NullspaceRule(self.nullspace_threshold, self.nullspace_keep_fraction, self.nullspace_energy)
+
+    def _check(self, bad) -> None:
+        super()._check(bad)
+        positive(bad, self, "nullspace_threshold", "ridge")
+        if not isinstance(self.ridge_relative, bool):
+            bad(f"ridge_relative must be true or false, got {self.ridge_relative!r}")
         for name in ("nullspace_keep_fraction", "nullspace_energy"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not (isinstance(v, (int, float)) and 0 <= v <= 1)):
                 bad(f"{name} must lie in [0, 1], got {v!r}")
         if self.nullspace_keep_fraction is not None and self.nullspace_energy is not None:
             bad("set at most one of nullspace_keep_fraction and nullspace_energy")
-        if self.kl_prompt.count("{}") != 1:
-            bad("kl_prompt must contain '{}' exactly once")
-        if not self.context_prefixes:
-            bad("context_prefixes is empty")
-        for name, allowed in {**CHOICES, "prompt_start": START_RULES}.items():
-            if getattr(self, name) not in allowed:
-                bad(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
-    # -- JSON ------------------------------------------------------------------------------------
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["mask_bounds"] = list(self.mask_bounds)
-        d["mask_exponents"] = list(self.mask_exponents)
-        d["context_prefixes"] = list(self.context_prefixes)
-        return d
 
-    @property
-    def nullspace(self) -> NullspaceRule:
-        return NullspaceRule(self.nullspace_threshold, self.nullspace_keep_fraction, self.nullspace_energy)
+def positive(bad, hp, *names: str) -> None:
+    for name in names:
+        v = getattr(hp, name)
+        if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            bad(f"{name} must be a positive number, got {v!r}")
 
-    def updated(self, **changes) -> EditHparams:
-        """A validated copy with `changes` applied (unknown keys refused, as `from_json` does)."""
-        return EditHparams.from_json({**self.to_json(), **changes})
 
-    @classmethod
-    def from_json(cls, d: dict) -> EditHparams:
-        """Read a stored dict; unknown keys are an error (a typo must not silently fall back), and
-        a missing rule field takes its `LEGACY` value (the dict predates it)."""
-        if not isinstance(d, dict):
-            raise EditRequestError("edit hyperparameters must be a JSON object")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise EditRequestError(f"unknown edit hyperparameter(s): {', '.join(unknown)}")
-        d = {**LEGACY, **d}  # an older commit's missing keys mean its older behaviour
-        try:
-            return cls(**d)
-        except (TypeError, ValueError) as e:
-            raise EditRequestError(f"invalid edit hyperparameters: {e}") from None
+def non_negative(bad, hp, *names: str) -> None:
+    for name in names:
+        v = getattr(hp, name)
+        if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            bad(f"{name} must be a non-negative number, got {v!r}")
+
+
+def record_of(method: str) -> type[EditHparams]:
+    """The hyperparameter record of a registered method (one-line error for an unknown one)."""
+    from .registry import get_method
+
+    return get_method(method).hparams
+
+
+def field_names(record: type) -> set[str]:
+    return {f.name for f in fields(record)}
+
+
+def field_default(record: type, name: str):
+    return {f.name: f.default for f in fields(record)}[name]
+
+
+def not_fields(names: list[str], method: str) -> str:
+    """The one-line refusal of settings a method's record has no field for."""
+    unknown = [k for k in names if k not in every_field_name()]
+    if unknown:
+        return f"unknown edit hyperparameter(s): {', '.join(unknown)}"
+    return f"{', '.join(names)} do(es) not apply to method {method}"
+
+
+def every_field_name() -> set[str]:
+    """The fields of every registered method's record: what a stored dict may hold."""
+    from .registry import hparams_records
+
+    out: set[str] = set()
+    for record in hparams_records().values():
+        out |= field_names(record)
+    return out
 
 
 #: Fields added after commits were first stored, with the value that reproduces an edit made
@@ -230,6 +296,11 @@ LEGACY = {
     "nullspace_energy": None,
     # Step 1 in the model's own dtype
     "z_precision": "model",
+    # the lifelong mechanisms, all off (docs/method.md, "Lifelong mechanisms")
+    "z_stop_top1": 0,
+    "z_norm_anchor": None,
+    "z_weights": "current",
+    "memit_frobenius": 0.0,
 }
 
 CHOICES = {
@@ -239,7 +310,11 @@ CHOICES = {
     "key_average": ("groups", "templates"),
     "context_count": ("total", "sampled"),
     "z_precision": ("model", "bfloat16"),
+    "z_weights": ("current", "base"),
 }
+
+#: integer fields that may be 0 (the others must be positive)
+NON_NEGATIVE_INTS = ("z_steps", "z_stop_top1")
 
 
 def _as_int(x) -> int:

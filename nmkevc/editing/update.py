@@ -194,10 +194,15 @@ def written_fraction(u_rows: torch.Tensor, keys_rows: torch.Tensor, resid: torch
     return float((written.norm(dim=0)[live] / norms[live]).mean())
 
 
-def memit_factor(keys: torch.Tensor, second_moment: torch.Tensor, lambda0: float) -> torch.Tensor:
-    """U = (λ0 Σ + K Kᵀ)⁻¹ K  (d_ff × n, float64)."""
+def memit_factor(keys: torch.Tensor, second_moment: torch.Tensor, lambda0: float,
+                 frobenius: float = 0.0) -> torch.Tensor:
+    """U = (λ0 Σ + λ_F I + K Kᵀ)⁻¹ K  (d_ff × n, float64); λ_F is ENCORE's Frobenius-norm term
+    λ_F ‖ΔW‖²_F on the update (0: MEMIT as published)."""
     k = keys.double()
-    return torch.linalg.solve(lambda0 * second_moment.double() + k @ k.T, k)
+    a = lambda0 * second_moment.double() + k @ k.T
+    if frobenius:
+        a = a + frobenius * torch.eye(a.shape[0], dtype=a.dtype)
+    return torch.linalg.solve(a, k)
 
 
 @torch.no_grad()

@@ -20,6 +20,12 @@ because most of that pass does not depend on δ:
   while the residual stream, norms and losses stay float32; h, and so z = h + δ, is the
   model's own, and everything after Step 1 runs on the model itself.
 `tests/test_editing_zopt.py` checks all of this against the plain hooked forward pass.
+
+The lifelong options (docs/method.md, "Lifelong mechanisms"; all off by default) act here:
+`z_stop_top1` adds most-probable early stopping beside the loss rule, `z_norm_anchor` keeps
+||z|| within a multiple of the unedited base model's ||h|| (projected after every step, like the
+clamp), and `z_weights="base"` runs the whole loop on the unedited base model.
+`tests/test_editing_lifelong.py` checks them.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..errors import NmkevcError
+from ..errors import EditRequestError, NmkevcError
 from ..facts import EditRequest
 from ..models.adapters import ArchAdapter
 from ..models.tokens import Batch, encode, target_ids
@@ -60,6 +66,19 @@ class ZResult:
     kl: list[float]  # final KL(original || edited) on the KL prompt, per request
     steps: list[int]  # Adam steps taken per request
     history: list[float] = field(default_factory=list)  # total loss per forward pass (all requests)
+    #: why each request stopped: "loss" (z_stop_loss), "top1" (z_stop_top1, MPES), "loss+top1" (both
+    #: on the same pass) or "steps" (it ran all z_steps)
+    stop: list[str] = field(default_factory=list)
+    #: per request, on its last pass: its target was the top-1 token at every target position of
+    #: every rewrite row (the MPES condition, recorded whether or not MPES is on)
+    top1: list[bool] = field(default_factory=list)
+    #: the norm anchor (z_norm_anchor): each request's reference norm ||h_base|| and whether the
+    #: anchor moved its z at any step (empty lists when the anchor is off)
+    ref_norm: list[float] = field(default_factory=list)
+    capped: list[bool] = field(default_factory=list)
+    #: (d_model, n) the current model's output of l_m at the subject's last token (rewrite row) when
+    #: δ was optimised on another model (z_weights="base"); None when that is `h`
+    start: torch.Tensor | None = None
 
 
 @dataclass
@@ -89,25 +108,42 @@ def optimise_z(
     hp: EditHparams,
     progress: Callable[[int], None] | None = None,
     pack_tokens: int = PACK_TOKENS,
+    base_model=None,
 ) -> ZResult:
     """Find δ for every request (Adam, weight decay, clamp, early stop per request); the
     model's weights must not require grad (see `frozen_eval`).
 
     A request stops (its δ is frozen) as soon as its own loss (`z_stop_on`: the total, or
-    the target NLL) is below `z_stop_loss`, so its z does not depend on which other requests
-    share the batch."""
+    the target NLL) is below `z_stop_loss`, or (`z_stop_top1` = k > 0) once its target has been
+    the top-1 token on all its rewrite rows for k passes in a row, so its z does not depend on
+    which other requests share the batch. `base_model` (the unedited base, same architecture)
+    is what `z_weights="base"` optimises on and what `z_norm_anchor` reads its reference from."""
+    if (hp.z_weights == "base" or hp.z_norm_anchor is not None) and base_model is None:
+        raise EditRequestError("z_weights=base and z_norm_anchor need the unedited base model (base_model)")
     rows = build_rows(tokenizer, requests, templates, hp)
-    fast, dtype = replay_model(model, adapter, hp.z_precision)
+    on = base_model if hp.z_weights == "base" else model
+    fast, dtype = replay_model(on, adapter, hp.z_precision)
     # z = h + δ with the model's own h: the replay's precision stays in δ
-    h = None if fast is model else _layer_output(model, adapter, rows, layer)
+    h = None if fast is on else _layer_output(on, adapter, rows, layer)
+    # the anchor's reference: the base model's h at each request's own subject token (per request,
+    # not a batch mean, so a request's z stays independent of its batch; docs/method.md). When the
+    # loop runs on the base model that is its own h, read in the loop.
+    ref = None
+    if hp.z_norm_anchor is not None and on is not base_model:
+        ref = _layer_output(base_model, adapter, rows, layer).norm(dim=-1)
+    start = None if on is model else _layer_output(model, adapter, rows, layer)
     autocast = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
     with attention_kernel(fast, dtype), autocast:
-        return _optimise(fast, adapter, rows, layer, hp, progress, pack_tokens, h)
+        res = _optimise(fast, adapter, rows, layer, hp, progress, pack_tokens, h, ref)
+    res.start = None if start is None else start.T.contiguous()
+    return res
 
 
 def _optimise(model, adapter: ArchAdapter, rows: ZRows, layer: int, hp: EditHparams,
-              progress: Callable[[int], None] | None, pack_tokens: int, h: torch.Tensor | None) -> ZResult:
-    """The Adam loop on `model`; h is the rewrite rows' output of l_m when given, else read here."""
+              progress: Callable[[int], None] | None, pack_tokens: int, h: torch.Tensor | None,
+              ref: torch.Tensor | None = None) -> ZResult:
+    """The Adam loop on `model`; h is the rewrite rows' output of l_m when given, else read here;
+    ref the anchor's reference norms (n,) when they are not ||h||."""
     runner = UpperRunner(model, adapter, layer)
     packs = [runner.prepare(rows.batch, idx) for idx in plan_packs(rows.batch, pack_tokens)]
     n = rows.rewrite.numel()
@@ -115,33 +151,54 @@ def _optimise(model, adapter: ArchAdapter, rows: ZRows, layer: int, hp: EditHpar
         h = _rewrite_hidden(packs, rows)
     p0 = _kl_reference(runner, packs, rows)
     delta = torch.zeros(n, h.shape[1], requires_grad=True)
+    anchor = capped = None
+    if hp.z_norm_anchor is not None:
+        ref = h.norm(dim=-1) if ref is None else ref
+        anchor = hp.z_norm_anchor * ref
+        with torch.no_grad():  # the first pass already reads a z inside the anchor's ball
+            capped = _anchor_step(delta, h, anchor, torch.ones(n, dtype=torch.bool))
     opt = torch.optim.Adam([delta], lr=hp.z_lr)
     h_norm2 = h.pow(2).sum(-1).clamp_min(1e-12)
     nll, kl = torch.zeros(n), torch.zeros(n)
     active = torch.ones(n, dtype=torch.bool)
     steps = torch.zeros(n, dtype=torch.long)
     history: list[float] = []
+    # MPES: target tokens per request, whether all were top-1 on the last pass, passes in a row so
+    tokens = torch.zeros(n).index_add_(0, rows.request[rows.t_row], torch.ones(rows.t_row.numel()))
+    top1 = torch.zeros(n, dtype=torch.bool)
+    streak = torch.zeros(n, dtype=torch.long)
+    stop = ["steps"] * n
     for step in range(hp.z_steps + 1):
         last = step == hp.z_steps
         opt.zero_grad()
-        pass_nll, pass_kl = torch.zeros(n), torch.zeros(n)
+        pass_nll, pass_kl, pass_hits = torch.zeros(n), torch.zeros(n), torch.zeros(n)
         for pack in packs:  # forward and backward pack by pack: one graph held at a time
-            part_nll, part_kl = _pack_losses(runner, pack, rows, delta, p0, n)
+            part_nll, part_kl, part_hits = _pack_losses(runner, pack, rows, delta, p0, n)
             pass_nll += part_nll.detach()
             pass_kl += part_kl.detach()
+            pass_hits += part_hits
             if not last:
                 (part_nll.sum() + hp.z_kl_factor * part_kl.sum()).backward()
         # every row of an active request is in some pack; frozen requests keep their last values
         nll = torch.where(active, pass_nll, nll)
         kl = torch.where(active, pass_kl, kl)
+        top1 = torch.where(active, pass_hits >= tokens, top1)
+        streak = torch.where(active, torch.where(top1, streak + 1, 0), streak)
         decay = weight_decay(delta, h_norm2, hp)
         total = nll + hp.z_kl_factor * kl + decay.detach()
         history.append(float(total.sum()))
-        active &= (total if hp.z_stop_on == "total" else nll) >= hp.z_stop_loss
+        keep = (total if hp.z_stop_on == "total" else nll) >= hp.z_stop_loss
+        by_top1 = active & (streak >= hp.z_stop_top1) if hp.z_stop_top1 > 0 else torch.zeros_like(active)
+        _record_stops(stop, active & ~keep, by_top1)
+        active &= keep
+        active &= ~by_top1
         if last or not bool(active.any()):
             break
         decay.sum().backward()
         _adam_step(opt, delta, active, hp.z_clamp * h_norm2.sqrt())
+        if anchor is not None:
+            with torch.no_grad():
+                capped |= _anchor_step(delta, h, anchor, active)
         steps += active.long()
         packs = runner.shrink(packs, rows, active)
         if progress is not None:
@@ -155,7 +212,32 @@ def _optimise(model, adapter: ArchAdapter, rows: ZRows, layer: int, hp: EditHpar
         kl=[float(x) for x in kl],
         steps=[int(x) for x in steps],
         history=history,
+        stop=stop,
+        top1=[bool(x) for x in top1],
+        ref_norm=[] if anchor is None else [float(x) for x in ref],
+        capped=[] if capped is None else [bool(x) for x in capped],
     )
+
+
+def _record_stops(stop: list[str], by_loss: torch.Tensor, by_top1: torch.Tensor) -> None:
+    """Name the rule that froze each request on this pass (both rules may fire at once)."""
+    for r in torch.nonzero(by_loss | by_top1)[:, 0].tolist():
+        stop[r] = "+".join(name for name, hit in (("loss", by_loss[r]), ("top1", by_top1[r])) if bool(hit))
+
+
+def _anchor_step(delta: torch.Tensor, h: torch.Tensor, limit: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """Project z = h + δ of the active requests into the ball ||z|| ≤ limit (z scaled toward 0, so
+    δ ← s·z − h); returns which requests it moved. The projection onto a convex set is
+    non-expansive and leaves h where it is when ||h|| ≤ limit, so there it never undoes the clamp
+    ||δ|| ≤ z_clamp·||h||; only a request whose h is already above the limit (an earlier edit
+    inflated it) can end with a larger δ, and the anchor wins."""
+    z = h + delta
+    norm = z.norm(dim=-1)
+    over = active & (norm > limit)
+    if bool(over.any()):
+        scale = (limit / norm.clamp_min(1e-12))[:, None]
+        delta.copy_(torch.where(over[:, None], z * scale - h, delta))
+    return over
 
 
 def replay_model(model, adapter: ArchAdapter, precision: str) -> tuple[torch.nn.Module, torch.dtype | None]:
@@ -462,8 +544,9 @@ def _kl_reference(runner: UpperRunner, packs: list[Pack], rows: ZRows) -> torch.
 
 
 def _pack_losses(runner: UpperRunner, pack: Pack, rows: ZRows, delta: torch.Tensor, p0: torch.Tensor,
-                 n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """This pack's share of every request's target NLL and its KL (n each; zeros elsewhere)."""
+                 n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This pack's share of every request's target NLL and its KL (n each; zeros elsewhere), and
+    how many of each request's target tokens in the pack are the top-1 prediction (teacher-forced)."""
     local = torch.full((rows.request.numel(),), -1, dtype=torch.long)
     local[pack.rows] = torch.arange(pack.rows.numel())
     spos = rows.batch.subject_pos[pack.rows]
@@ -475,6 +558,9 @@ def _pack_losses(runner: UpperRunner, pack: Pack, rows: ZRows, delta: torch.Tens
     logp = F.log_softmax(head(final[t_local, rows.t_pos[sel] - pack.offset[t_local]]).float(), dim=-1)
     tok_nll = -logp.gather(1, rows.t_tok[sel][:, None])[:, 0]
     nll = torch.zeros(n).index_add(0, rows.request[rows.t_row[sel]], tok_nll * rows.t_w[sel])
+    with torch.no_grad():
+        hit = (logp.argmax(-1) == rows.t_tok[sel]).float()
+        hits = torch.zeros(n).index_add_(0, rows.request[rows.t_row[sel]], hit)
 
     kl = torch.zeros(n)
     kl_sel = local[rows.kl] >= 0
@@ -485,7 +571,7 @@ def _pack_losses(runner: UpperRunner, pack: Pack, rows: ZRows, delta: torch.Tens
         kl_logp = F.log_softmax(head(final[kl_local, rows.kl_pos[reqs] - pack.offset[kl_local]]).float(), dim=-1)
         ref = p0[reqs]
         kl = kl.index_put((reqs,), (ref.exp() * (ref - kl_logp)).sum(-1))
-    return nll, kl
+    return nll, kl, hits
 
 
 def _adam_step(opt: torch.optim.Optimizer, delta: torch.Tensor, active: torch.Tensor, limit: torch.Tensor) -> None:

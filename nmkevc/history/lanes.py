@@ -23,6 +23,11 @@ class GraphRow:
     prefix: str
     body: str
     connectors: list[str] = field(default_factory=list)
+    #: the commit's lane (its `*` sits at column 2 * column of the prefix)
+    column: int = 0
+    #: what each lane waits for when this row is drawn (lanes[column] is the commit itself), so
+    #: a drawing other than text (`nmkevc view`) can follow each edge lane by lane
+    lanes: tuple[str, ...] = ()
 
 
 def _lanes_line(lanes: Sequence[str], mark: int | None = None) -> str:
@@ -44,6 +49,7 @@ def layout(entries: Sequence[tuple[str, Sequence[str]]]) -> list[GraphRow]:
             lanes.append(cid)
             col = len(lanes) - 1
         prefix = _lanes_line(lanes, col)
+        waiting, column = tuple(lanes), col
         body = _lanes_line(lanes)
         connectors: list[str] = []
         if not parents:  # a root: its lane ends, lanes to its right slide left
@@ -71,7 +77,7 @@ def layout(entries: Sequence[tuple[str, Sequence[str]]]) -> list[GraphRow]:
                 col += 1
                 lanes.insert(col, extra)
         connectors.extend(_join_duplicates(lanes))
-        out.append(GraphRow(cid, prefix, body, connectors))
+        out.append(GraphRow(cid, prefix, body, connectors, column, waiting))
     return out
 
 

@@ -81,3 +81,14 @@ def write_model_files(
         fh.flush()
         os.fsync(fh.fileno())
     return written
+
+
+CARD_FILE = "README.md"
+
+
+def write_card(directory: Path, text: str) -> None:
+    """The model card (README.md, the file every hub user reads first), fsynced like the rest."""
+    with open(Path(directory) / CARD_FILE, "wb") as fh:
+        fh.write(text.encode("utf-8"))
+        fh.flush()
+        os.fsync(fh.fileno())

@@ -55,7 +55,7 @@ class LiveModel:
     def sync(self, plan: dict[str, Sequence[tuple[str, WeightDelta]]], state_key: str,
              ready: dict[str, torch.Tensor] | None = None) -> int:
         """Make the model equal base + plan. `plan` maps weight name → [(delta id, delta)];
-        `ready` holds weights of this very state already materialised (Repo.materialise).
+        `ready` holds weights of this very state already materialised (workbench.materialise).
 
         Returns the number of tensors rewritten."""
         if self.frozen and state_key != self.state_key:

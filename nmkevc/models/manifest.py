@@ -6,60 +6,13 @@ the same weights in different places are the same base; a changed file is not.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..storage.objects import canonical_json
+from ..bases import BaseManifest, stable_config
 from .adapters import adapter_for
 from .weights import BaseWeights, read_config, tensor_sha256, tokenizer_sha256
-
-FORMAT = 1
-#: Config keys that say where or with what a file was written, not what the model is.
-VOLATILE_CONFIG_KEYS = ("_name_or_path", "_model_name_or_path", "transformers_version", "dtype",
-                        "torch_dtype")
-
-
-@dataclass(frozen=True)
-class BaseManifest:
-    architecture: str
-    model_type: str
-    config: dict
-    tensors: dict[str, dict]
-    tokenizer_sha256: str
-
-    def to_bytes(self) -> bytes:
-        return canonical_json(
-            {
-                "format": FORMAT,
-                "architecture": self.architecture,
-                "model_type": self.model_type,
-                "config": self.config,
-                "tensors": self.tensors,
-                "tokenizer_sha256": self.tokenizer_sha256,
-            }
-        )
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> BaseManifest:
-        d = json.loads(data)
-        return cls(d["architecture"], d["model_type"], d["config"], d["tensors"], d["tokenizer_sha256"])
-
-    @property
-    def num_parameters(self) -> int:
-        n = 0
-        for t in self.tensors.values():
-            k = 1
-            for s in t["shape"]:
-                k *= s
-            n += k
-        return n
-
-
-def stable_config(config: dict) -> dict:
-    return {k: v for k, v in sorted(config.items()) if k not in VOLATILE_CONFIG_KEYS}
 
 
 def build_manifest(
@@ -103,3 +56,6 @@ def build_manifest(
         tensors=dict(sorted(tensors.items())),
         tokenizer_sha256=tokenizer_sha256(model_dir),
     )
+
+
+__all__ = ["BaseManifest", "build_manifest"]

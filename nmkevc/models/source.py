@@ -6,53 +6,13 @@ from there and verified against the manifest, never copied unless the user asks.
 
 from __future__ import annotations
 
-import re
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..bases import EMBEDDED_NAME, BaseSource, looks_like_hub_id, parse_base_argument
 from ..errors import NmkevcError
 from .weights import AUX_FILES
 
-EMBEDDED_NAME = "SmolLM2-135M-Instruct"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-@dataclass(frozen=True)
-class BaseSource:
-    kind: str  # "local" | "hub" | "embedded"
-    location: str
-    revision: str | None = None
-
-    def to_json(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-    @classmethod
-    def from_json(cls, d: dict) -> BaseSource:
-        return cls(d["kind"], d["location"], d.get("revision"))
-
-    def describe(self) -> str:
-        if self.kind == "embedded":
-            return f"embedded {self.location}"
-        return self.location + (f"@{self.revision}" if self.revision else "")
-
-
-def parse_base_argument(arg: str | None, revision: str | None = None) -> BaseSource:
-    """`--base` as the user typed it: None → embedded default, a directory, or a hub id."""
-    if arg is None:
-        return BaseSource("embedded", EMBEDDED_NAME)
-    p = Path(arg).expanduser()
-    if p.exists():
-        if not p.is_dir():
-            raise NmkevcError(f"--base {arg}: not a directory")
-        return BaseSource("local", str(p.resolve()))
-    if looks_like_hub_id(arg):
-        return BaseSource("hub", arg, revision)
-    raise NmkevcError(f"--base {arg}: no such directory, and not a hub id of the form org/name")
-
-
-def looks_like_hub_id(arg: str) -> bool:
-    """org/name, as the hub spells ids (a path like ./x or /x never is one)."""
-    return bool(_HUB_ID.match(arg)) and not arg.startswith((".", "/"))
+__all__ = ["EMBEDDED_NAME", "BaseSource", "looks_like_hub_id", "parse_base_argument", "resolve_dir"]
 
 
 def resolve_dir(source: BaseSource, progress=None) -> Path:

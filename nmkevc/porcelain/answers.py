@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from ..facts import EditRequest
-from ..repo.repository import Repo
+from ..workbench import Workbench
 from .inputs import check_count, check_prompt, context_of
 
 
@@ -20,15 +20,15 @@ class Answer:
         return asdict(self)
 
 
-def ask(repo: Repo, prompt: str, rev: str = "HEAD", top_k: int = 5, max_new_tokens: int = 12) -> Answer:
+def ask(bench: Workbench, prompt: str, rev: str = "HEAD", top_k: int = 5, max_new_tokens: int = 12) -> Answer:
     from ..evaluation.scoring import greedy_continuation, next_token_topk
 
-    cid = repo.resolve(rev)
-    base_id = repo.commit(cid).base
+    cid = bench.repo.resolve(rev)
+    base_id = bench.repo.commit(cid).base
     check_count(top_k, "--top-k", 1, 1000)
-    check_count(max_new_tokens, "--max-new-tokens", 0, context_of(repo, base_id))
-    check_prompt(repo, base_id, prompt, room=max(1, max_new_tokens))
-    state = repo.model_at(cid)
+    check_count(max_new_tokens, "--max-new-tokens", 0, context_of(bench, base_id))
+    check_prompt(bench, base_id, prompt, room=max(1, max_new_tokens))
+    state = bench.model_at(cid)
     top = next_token_topk(state.model, state.tokenizer, prompt, k=top_k)
     cont = greedy_continuation(state.model, state.tokenizer, prompt, max_new_tokens=max_new_tokens) \
         if max_new_tokens > 0 else ""
@@ -55,20 +55,21 @@ class BlameReport:
         return asdict(self)
 
 
-def blame(repo: Repo, prompt: str, rev: str = "HEAD") -> BlameReport:
+def blame(bench: Workbench, prompt: str, rev: str = "HEAD") -> BlameReport:
     """Walk the history of rev in canonical order; name each commit whose model's top
     answer differs from its first parent's."""
     from ..evaluation.scoring import next_token_topk
 
+    repo = bench.repo
     tip = repo.resolve(rev)
-    check_prompt(repo, repo.commit(tip).base, prompt)
+    check_prompt(bench, repo.commit(tip).base, prompt)
     order = repo.graph.canonical_order(repo.graph.ancestors(tip))
     memo: dict[str, tuple[str, float]] = {}
 
     def top1(cid: str) -> tuple[str, float]:
         key = repo.state_key(repo.commit(cid).base, repo.effective(cid))
         if key not in memo:
-            state = repo.model_at(cid)
+            state = bench.model_at(cid)
             memo[key] = next_token_topk(state.model, state.tokenizer, prompt, k=1)[0]
         return memo[key]
 
@@ -83,7 +84,7 @@ def blame(repo: Repo, prompt: str, rev: str = "HEAD") -> BlameReport:
     return BlameReport(prompt, top1(tip)[0], lines)
 
 
-def functional_check(repo: Repo, base_id: str, merged: list[str],
+def functional_check(bench: Workbench, base_id: str, merged: list[str],
                      requests: list[tuple[str, EditRequest]]) -> list[dict]:
     """Edits that no longer hold on the model of `merged`: the target is not preferred
     over the old answer (target_true, or the base model's top-1 answer)."""
@@ -94,9 +95,9 @@ def functional_check(repo: Repo, base_id: str, merged: list[str],
         if r.target_true:
             olds.append(r.target_true)
         else:
-            base = repo.base_model(base_id)
+            base = bench.base_model(base_id)
             olds.append(next_token_topk(base.model, base.tokenizer, r.text, k=1)[0][0].strip())
-    state = repo.model_of(base_id, merged, label="the merged history")
+    state = bench.model_of(base_id, merged, label="the merged history")
     texts = [r.text for _, r in requests]
     lp_new = target_logprobs(state.model, state.tokenizer, texts, [r.target_new for _, r in requests])
     lp_old = target_logprobs(state.model, state.tokenizer, texts, olds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
@@ -10,7 +11,13 @@ from ..history.lanes import GraphRow, layout
 from ..repo.repository import Repo
 
 if TYPE_CHECKING:  # log, show and export's provenance need no torch; diff loads it
+    import torch
+
     from ..deltas.delta import WeightDelta
+
+
+#: a layer's neuron map has at most this many bins: d_ff (1536 on SmolLM2) does not fit a screen
+NEURON_BINS = 128
 
 
 @dataclass
@@ -22,6 +29,8 @@ class WeightStat:
     rank: int
     norm: float
     info: dict = field(default_factory=dict)
+    #: which neurons the delta wrote and how much, binned (`neuron_map`)
+    neuron_map: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -42,13 +51,56 @@ class CommitInfo:
     weights: list[WeightStat] = field(default_factory=list)
     stored_bytes: int = 0
     dense_bytes: int = 0
+    #: whether every fact's own check held after the edit (None: nothing was checked)
+    checks_held: bool | None = None
+    #: where `log` draws it (`log_graph`): {"column": its lane, "lanes": what each lane waits for}
+    graph: dict | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
 def weight_stats(w: WeightDelta) -> WeightStat:
-    return WeightStat(w.name, w.layer, int(w.idx.numel()), w.d_ff, w.rank, round(w.frobenius(), 6), w.info)
+    return WeightStat(w.name, w.layer, int(w.idx.numel()), w.d_ff, w.rank, round(w.frobenius(), 6), w.info,
+                      neuron_map(w))
+
+
+def neuron_map(w: WeightDelta, bins: int = NEURON_BINS) -> dict:
+    """The layer's d_ff neurons in `bins` equal bins (bin of neuron j: j * bins // d_ff), so a
+    screen can show which ones an edit wrote and how hard: per bin a level 0-255, the norm of
+    ΔW's columns in it relative to the largest bin (0: no neuron written, at least 1 where any
+    was), as base64 bytes; `scale` is the largest bin's norm."""
+    import torch
+
+    written = torch.zeros(w.d_ff, dtype=torch.bool)
+    written[w.idx] = True
+    return binned_map(w.neuron_mass(), written, bins)
+
+
+def binned_map(mass: torch.Tensor, written: torch.Tensor, bins: int = NEURON_BINS) -> dict:
+    """`neuron_map` of per-neuron squared norms `mass` (d_ff,) and the neurons `written` (bool)."""
+    import torch
+
+    d_ff = int(mass.numel())
+    n = max(1, min(bins, d_ff))
+    where = torch.arange(d_ff) * n // max(d_ff, 1)
+    norms = torch.zeros(n, dtype=torch.float64).index_add_(0, where, mass.to(torch.float64)).sqrt()
+    top = float(norms.max())
+    levels = (norms / top * 255).round().to(torch.int64) if top > 0 else torch.zeros(n, dtype=torch.int64)
+    hit = torch.zeros(n, dtype=torch.bool)
+    hit[where[written]] = True
+    levels = torch.where(hit, levels.clamp(1, 255), torch.zeros_like(levels))
+    return {"bins": n, "scale": float(f"{top:.6g}"),
+            "levels": base64.b64encode(bytes(levels.to(torch.uint8).tolist())).decode("ascii")}
+
+
+def checks_held(info: dict) -> bool | None:
+    """Whether each fact of a commit's own check after the edit held (`info["evaluation"]`)."""
+    ev = info.get("evaluation") if isinstance(info, dict) else None
+    reqs = ev.get("requests") if isinstance(ev, dict) else None
+    if not isinstance(reqs, list) or not reqs or not all(isinstance(r, dict) and "efficacy" in r for r in reqs):
+        return None
+    return all(bool(r["efficacy"]) for r in reqs)
 
 
 def ref_names(repo: Repo) -> dict[str, list[str]]:
@@ -74,6 +126,7 @@ def commit_info(repo: Repo, cid: str, stat: bool = True, names: dict | None = No
         id=cid, kind=c.kind, parents=list(c.parents), author=c.author, time=c.time,
         message=c.message, base=c.base, delta=c.delta, cancels=list(c.cancels),
         requests=list(c.requests), method=c.method, info=c.info, refs=names.get(cid, []),
+        checks_held=checks_held(c.info),
     )
     if stat and c.delta:
         d = repo.delta(c.delta)
@@ -99,6 +152,8 @@ def log_graph(repo: Repo, rev: str = "HEAD", max_count: int | None = None,
     entries = log(repo, rev, max_count, stat)
     shown = {e.id for e in entries}
     rows = layout([(e.id, [p for p in e.parents if p in shown or max_count is None]) for e in entries])
+    for e, row in zip(entries, rows):
+        e.graph = {"column": row.column, "lanes": list(row.lanes)}
     return list(zip(entries, rows))
 
 
@@ -199,9 +254,24 @@ class Status:
     reverted: int
     objects: int
     stored_bytes: int
+    #: the model's drift (`workbench.health`) as recorded by `drift_commit`, the newest commit on
+    #: HEAD's first-parent line that measured it (HEAD itself after an edit or a merge)
+    drift: dict = field(default_factory=dict)
+    drift_commit: str | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def recorded_drift(repo: Repo, cid: str) -> tuple[str | None, dict]:
+    """(commit, health) of the newest commit on cid's first-parent line that recorded its health."""
+    while cid:
+        c = repo.commit(cid)
+        h = c.info.get("health") if isinstance(c.info, dict) else None
+        if isinstance(h, dict) and h:
+            return cid, {k: v for k, v in h.items() if k != "layers"}
+        cid = c.parents[0] if c.parents else None
+    return None, {}
 
 
 def status(repo: Repo) -> Status:
@@ -215,7 +285,7 @@ def status(repo: Repo) -> Status:
         n_obj += 1
         n_bytes += repo.store.stored_size(oid)
     with_delta = [x for x in anc if repo.commit(x).delta is not None]
-    return Status(
+    st = Status(
         branch=head.branch, head=cid, summary=c.summary, base=c.base,
         base_source=repo.base_source(c.base).describe(), architecture=repo.manifest(c.base).architecture,
         commits=len(anc), edits_in_effect=len([x for x in eff if repo.commit(x).delta is not None]),
@@ -223,3 +293,5 @@ def status(repo: Repo) -> Status:
         reverted=len([x for x in with_delta if x not in set(eff)]),
         objects=n_obj, stored_bytes=n_bytes,
     )
+    st.drift_commit, st.drift = recorded_drift(repo, cid)
+    return st

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..errors import EditRequestError
 from ..facts import EditRequest
 from ..repo.repository import Repo
+from ..workbench import Workbench
 from .describe import facts_at
 
 HELDOUT_CHARS = 20_000
@@ -58,25 +59,26 @@ def dataset_kind(path: str | Path) -> str:
     raise EditRequestError(f"{path}: records are neither CounterFact, zsRE nor simple edit records")
 
 
-def perplexity_change(repo: Repo, base_id: str, commits: list[str], heldout_chars: int = HELDOUT_CHARS,
+def perplexity_change(bench: Workbench, base_id: str, commits: list[str], heldout_chars: int = HELDOUT_CHARS,
                       base_ppl: float | None = None) -> dict:
     """Held-out perplexity of the model of `commits` and of the base (pass `base_ppl` to reuse it)."""
     from ..evaluation.perplexity import perplexity
 
-    texts = repo.corpus().heldout_texts(heldout_chars)
+    texts = bench.corpus().heldout_texts(heldout_chars)
     if base_ppl is None:
-        base = repo.base_model(base_id)
+        base = bench.base_model(base_id)
         base_ppl = perplexity(base.model, base.tokenizer, texts)
-    state = repo.model_of(base_id, commits)
+    state = bench.model_of(base_id, commits)
     ppl = perplexity(state.model, state.tokenizer, texts)
     return {"base": round(base_ppl, 4), "model": round(ppl, 4), "change": round(ppl - base_ppl, 4),
             "relative": round(ppl / base_ppl - 1, 6)}
 
 
-def evaluate(repo: Repo, rev: str = "HEAD", dataset: str | Path | None = None,
+def evaluate(bench: Workbench, rev: str = "HEAD", dataset: str | Path | None = None,
              perplexity: bool = True, records: bool = False) -> EvalResult:
     from ..evaluation.metrics import EvalCase, evaluate_requests
 
+    repo = bench.repo
     cid = repo.resolve(rev)
     base_id = repo.commit(cid).base
     commits = repo.effective(cid)
@@ -88,9 +90,9 @@ def evaluate(repo: Repo, rev: str = "HEAD", dataset: str | Path | None = None,
         items = [ZsreProbe(prompt=z.request.text, target=z.request.target_new,
                             rephrase=(z.request.paraphrases or (z.request.text,))[0], loc=z.loc, loc_ans=z.loc_ans)
                  for z in load_zsre(dataset)]
-        base = repo.base_model(base_id)
+        base = bench.base_model(base_id)
         reference = zsre_locality_reference(base.model, base.tokenizer, items)
-        state = repo.model_at(cid)
+        state = bench.model_at(cid)
         report = zsre_accuracy(state.model, state.tokenizer, items, reference=reference)
         result = EvalResult(cid, str(dataset), kind, len(items), report.summary(),
                             records=[r.to_json() for r in report.records] if records else [])
@@ -105,11 +107,11 @@ def evaluate(repo: Repo, rev: str = "HEAD", dataset: str | Path | None = None,
             from ..datasets import read_edit_file
 
             cases = read_edit_file(dataset)
-        state = repo.model_at(cid)
+        state = bench.model_at(cid)
         report = evaluate_requests(state.model, state.tokenizer, cases) if cases else None
         summary = report.summary() if report else {"requests": 0}
         result = EvalResult(cid, str(dataset) if dataset else None, kind, len(cases), summary,
                             records=[r.to_json() for r in report.records] if (records and report) else [])
     if perplexity:
-        result.perplexity = perplexity_change(repo, base_id, commits)
+        result.perplexity = perplexity_change(bench, base_id, commits)
     return result

@@ -9,36 +9,34 @@ from __future__ import annotations
 
 from ..errors import UsageError
 from ..facts import MAX_TEXT_CHARS
-from ..models.adapters import adapter_for
 from ..models.tokens import context_ids, plain_ids
-from ..repo.repository import Repo
+from ..workbench import Workbench
 
 
-def context_of(repo: Repo, base_id: str) -> int | None:
+def context_of(bench: Workbench, base_id: str) -> int | None:
     """The base's context length in tokens, from its recorded config (None if unknown)."""
-    config = repo.manifest(base_id).config
-    return adapter_for(config).context_length(config)
+    return bench.adapter(base_id).context_length(bench.repo.manifest(base_id).config)
 
 
-def token_count(repo: Repo, base_id: str, text: str) -> int:
-    return len(plain_ids(repo.tokenizer(base_id), text))
+def token_count(bench: Workbench, base_id: str, text: str) -> int:
+    return len(plain_ids(bench.tokenizer(base_id), text))
 
 
-def prompt_tokens(repo: Repo, base_id: str, prompt: str) -> int:
+def prompt_tokens(bench: Workbench, base_id: str, prompt: str) -> int:
     """Tokens of a prompt as the model runs it (with its start token, `models.tokens`)."""
-    return len(context_ids(repo.tokenizer(base_id), prompt))
+    return len(context_ids(bench.tokenizer(base_id), prompt))
 
 
-def check_prompt(repo: Repo, base_id: str, prompt: str, room: int = 1, what: str = "prompt") -> None:
+def check_prompt(bench: Workbench, base_id: str, prompt: str, room: int = 1, what: str = "prompt") -> None:
     """A prompt the model can read with `room` tokens to spare after it."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise UsageError(f"{what} is empty")
     if len(prompt) > MAX_TEXT_CHARS:
         raise UsageError(f"{what} is {len(prompt)} characters long; the limit is {MAX_TEXT_CHARS}")
-    ctx = context_of(repo, base_id)
+    ctx = context_of(bench, base_id)
     if ctx is None:
         return
-    n = prompt_tokens(repo, base_id, prompt) + room
+    n = prompt_tokens(bench, base_id, prompt) + room
     if n > ctx:
         raise UsageError(f"{what} needs {n} tokens (with {room} to generate); the model's context is {ctx}")
 

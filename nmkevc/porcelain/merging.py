@@ -21,6 +21,8 @@ from .strategies import Replay, Resolution, get_strategy, strategy_names
 
 #: (merged effective set, [(commit, request)] to check) → failures [{commit, subject, ...}]
 FunctionalCheck = Callable[[str, list[str], list[tuple[str, EditRequest]]], list[dict]]
+#: (base id, the merged effective set, stored deltas the merge carries) → health figures
+Health = Callable[[str, list[str], list[str]], dict]
 
 
 @dataclass
@@ -36,6 +38,8 @@ class MergeReport:
     mask_scores: list[dict] = field(default_factory=list)
     functional_conflicts: list[dict] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
+    #: the drift of the merged state (`workbench.health`), recorded in the merge commit
+    health: dict = field(default_factory=dict)
 
     @property
     def conflicted(self) -> bool:
@@ -83,7 +87,11 @@ def merge(
     mask_threshold: float = DEFAULT_MASK_THRESHOLD,
     functional_check: FunctionalCheck | None = None,
     replay: Replay | None = None,
+    health: Health | None = None,
 ) -> MergeReport:
+    """Merge `rev` into HEAD. `functional_check`, `replay` and `health` are the model side's
+    (the workbench's), given by the caller: whether edits still hold on the merged model, the
+    re-run of their edits, and the drift of the merged state."""
     resolver = get_strategy(strategy) if strategy is not None else None
     if isinstance(mask_threshold, bool) or not isinstance(mask_threshold, int | float) \
             or not 0.0 <= mask_threshold <= 1.0:
@@ -128,6 +136,9 @@ def merge(
         res = resolver.resolve(repo, report, replay) if resolver is not None else Resolution()
         cancels, delta_id, extra = res.cancels, res.delta, res.extra
         report.cancelled = list(cancels)
+        if health is not None:
+            report.health = health(repo.commit(ours).base, g.active_for((ours, theirs), cancels),
+                                   [delta_id] if delta_id else [])
         c = Commit(
             kind="merge", parents=(ours, theirs), base=repo.commit(ours).base,
             message=message or f"Merge {rev!r}" + (f" (strategy {strategy})" if strategy else ""),
@@ -138,6 +149,7 @@ def merge(
                 "merged": rev,
                 "conflicts": report.conflict_lines(),
                 **({"replay": extra.get("info")} if extra.get("info") else {}),
+                **({"health": report.health} if report.health else {}),
             },
         )
         report.commit = repo.advance_head(c, f"merge {rev}")

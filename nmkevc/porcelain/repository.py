@@ -1,9 +1,10 @@
 """`nmkevc.Repository`: the Python API, equal in power to the CLI (which only calls it).
 
-The facade *composes* the storage-level `Repo` rather than inheriting from it (as
-dulwich's porcelain works over a repo object): its public surface is the verbs and the
-read-only views below, and nothing of the object store, refs or caches leaks into it.
-Plumbing stays reachable, explicitly, as `Repository.plumbing`.
+The facade *composes* the storage-level `Repo` and the model `Workbench` over it rather
+than inheriting from them (as dulwich's porcelain works over a repo object): its public
+surface is the verbs and the read-only views below, and nothing of the object store,
+refs or caches leaks into it. Both stay reachable, explicitly, as `Repository.plumbing`
+and `Repository.workbench`.
 """
 
 from __future__ import annotations
@@ -12,18 +13,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..bases import BaseSource, parse_base_argument
 from ..errors import EditRequestError
 from ..facts import EditRequest
 from ..history.commit import Commit
 from ..models.runtime import Runtime
-from ..models.source import BaseSource, parse_base_argument
 from ..repo.repository import Head, LockHolder, ReflogEntry, Repo
+from ..workbench import Workbench
 from . import branching
 
 if TYPE_CHECKING:
     from ..deltas.delta import Delta
     from ..models.live import ModelState
-    from . import answers, describe, edit, evaluate, exporting, maintenance, merging, peft_export, sharing
+    from . import answers, describe, edit, evaluate, exports, maintenance, merging, sharing, view
 
 # Each verb imports the porcelain module it calls: most of them need torch (~1 s to import),
 # and a verb that only moves refs (checkout, switch, branch, tag) should not pay for it.
@@ -34,8 +36,9 @@ Progress = Callable[[int, int], None] | None
 class Repository:
     """A repository with every verb. Open with `Repository.open(path)` or `Repository.init(...)`."""
 
-    def __init__(self, repo: Repo):
+    def __init__(self, repo: Repo, bench: Workbench | None = None):
         self._repo = repo
+        self._bench = bench or Workbench(repo)
 
     @classmethod
     def open(cls, path: str | Path = ".", wait: float | None = None,
@@ -46,9 +49,10 @@ class Repository:
         is told who holds the lock when the wait begins; `device` / `dtype` override the
         repository's defaults (chosen at init) for this object."""
         repo = Repo.open(path, wait=wait, on_lock_wait=on_lock_wait)
+        bench = Workbench(repo)
         if device is not None or dtype is not None:
-            repo.runtime = Runtime(device or repo.runtime.device, dtype or repo.runtime.dtype)
-        return cls(repo)
+            bench.runtime = Runtime(device or bench.runtime.device, dtype or bench.runtime.dtype)
+        return cls(repo, bench)
 
     @classmethod
     def init(cls, path: str | Path = ".", base: str | BaseSource | None = None,
@@ -57,14 +61,24 @@ class Repository:
         """`device` / `dtype` become the repository's defaults for every command that runs the model."""
         source = base if isinstance(base, BaseSource) else parse_base_argument(base)
         runtime = Runtime(device or "cpu", dtype or "float32") if device or dtype else None
-        return cls(Repo.create(path, source, progress=progress, branch=branch, runtime=runtime))
+        if device:  # a default the machine cannot honour is refused now, not at the first edit
+            runtime.placement()
+        bench = Workbench.create(path, source, progress=progress, branch=branch, runtime=runtime)
+        return cls(bench.repo, bench)
 
     # -- where and what ------------------------------------------------------------------
     @property
     def plumbing(self) -> Repo:
-        """The storage-level repository (objects, refs, lock, materialisation), for tools
+        """The storage-level repository (objects, refs, lock, caches, history), for tools
         that need more than the verbs. Its interface may change between versions."""
         return self._repo
+
+    @property
+    def workbench(self) -> Workbench:
+        """The repository's models (bases, live and base models, materialised states,
+        statistics), for tools that need more than the verbs. Its interface may change
+        between versions."""
+        return self._bench
 
     @property
     def root(self) -> Path:
@@ -119,6 +133,16 @@ class Repository:
         from . import describe
 
         return describe.status(self._repo)
+
+    def view(self, rev: str = "HEAD", output: str | Path | None = None,
+             mask_threshold: float | None = None) -> view.ViewReport:
+        """The history of `rev` (or `A..B`, or `A...B` with B's merge into A scored) as one
+        self-contained HTML page, written to `output`; the report carries the page's data."""
+        from ..deltas.measure import DEFAULT_MASK_THRESHOLD
+        from . import view
+
+        threshold = DEFAULT_MASK_THRESHOLD if mask_threshold is None else mask_threshold
+        return view.write_view(self._repo, rev, output, threshold)
 
     def facts(self, rev: str = "HEAD") -> list[tuple[str, EditRequest]]:
         from . import describe
@@ -184,15 +208,18 @@ class Repository:
         """Merge rev into HEAD; raises MergeConflictError (nothing changed) on unresolved conflicts.
 
         `mask_threshold` None = the default (docs/merging.md)."""
+        from ..workbench import health
         from . import answers, edit, merging
 
-        repo = self._repo
+        bench = self._bench
         kw = {} if mask_threshold is None else {"mask_threshold": mask_threshold}
         return merging.merge(
-            repo, rev, strategy=strategy, message=message, no_ff=no_ff,
+            self._repo, rev, strategy=strategy, message=message, no_ff=no_ff,
             allow_unrelated=allow_unrelated,
-            functional_check=(lambda b, m, r: answers.functional_check(repo, b, m, r)) if functional else None,
-            replay=lambda r, b, keep, theirs: edit.replay(r, b, keep, theirs),
+            functional_check=(lambda b, m, r: answers.functional_check(bench, b, m, r)) if functional else None,
+            replay=lambda _r, b, keep, theirs: edit.replay(bench, b, keep, theirs),
+            health=lambda b, commits, extra: health.state_health(bench, b, commits,
+                                                                 health.recorded_sigmas(bench, commits), extra),
             **kw,
         )
 
@@ -204,14 +231,14 @@ class Repository:
 
         `hparams` is an EditHparams; keyword overrides (e.g. layers=[3, 4]) adjust a copy."""
         from ..editing import EditHparams
+        from ..workbench.statistics import DEFAULT_STATS_TOKENS
         from . import edit
-        from .edit_inputs import DEFAULT_STATS_TOKENS
 
         reqs = [requests] if isinstance(requests, EditRequest) else list(requests)
         hp = hparams or EditHparams()
         if method is not None or overrides:
             hp = hp.updated(**overrides, **({} if method is None else {"method": method}))
-        return edit.edit(self._repo, reqs, hp, message, self._repo.corpus(corpus) if corpus else None,
+        return edit.edit(self._bench, reqs, hp, message, self._bench.corpus(corpus) if corpus else None,
                          DEFAULT_STATS_TOKENS if stats_tokens is None else stats_tokens, progress)
 
     def edit_batches(self, requests: list[EditRequest], batch_size: int | None = None,
@@ -219,40 +246,40 @@ class Repository:
         """Sequential batches, one commit each (the lifelong-editing setting); None: one batch.
 
         Every request is checked before the first batch runs, so bad input commits nothing."""
+        from ..workbench.statistics import DEFAULT_STATS_TOKENS
         from . import edit
-        from .edit_inputs import DEFAULT_STATS_TOKENS
 
         if batch_size is None:
             batch_size = max(1, len(requests))
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise EditRequestError(f"batch size must be at least 1, not {batch_size!r}")
         stats_tokens = kw.get("stats_tokens")
-        edit.check_edit_input(self._repo, requests, DEFAULT_STATS_TOKENS if stats_tokens is None else stats_tokens)
+        edit.check_edit_input(self._bench, requests, DEFAULT_STATS_TOKENS if stats_tokens is None else stats_tokens)
         return [self.edit(requests[i : i + batch_size], **kw) for i in range(0, len(requests), batch_size)]
 
     def ask(self, prompt: str, rev: str = "HEAD", top_k: int = 5, max_new_tokens: int = 12) -> answers.Answer:
         from . import answers
 
-        return answers.ask(self._repo, prompt, rev, top_k, max_new_tokens)
+        return answers.ask(self._bench, prompt, rev, top_k, max_new_tokens)
 
     def blame(self, prompt: str, rev: str = "HEAD") -> answers.BlameReport:
         from . import answers
 
-        return answers.blame(self._repo, prompt, rev)
+        return answers.blame(self._bench, prompt, rev)
 
     def evaluate(self, rev: str = "HEAD", dataset: str | Path | None = None, perplexity: bool = True,
                  records: bool = False) -> evaluate.EvalResult:
         """Edit metrics at rev (its own facts, or a CounterFact / zsRE / edit file) and perplexity."""
         from . import evaluate
 
-        return evaluate.evaluate(self._repo, rev, dataset, perplexity, records)
+        return evaluate.evaluate(self._bench, rev, dataset, perplexity, records)
 
     def perplexity(self, rev: str = "HEAD", base_ppl: float | None = None) -> dict:
         """Held-out perplexity of the model at rev and of its base (pass `base_ppl` to reuse it)."""
         from . import evaluate
 
         cid = self._repo.resolve(rev)
-        return evaluate.perplexity_change(self._repo, self._repo.commit(cid).base, self._repo.effective(cid),
+        return evaluate.perplexity_change(self._bench, self._repo.commit(cid).base, self._repo.effective(cid),
                                           base_ppl=base_ppl)
 
     def lifelong(self, source: str | Path = "countryinfo", edits: int | None = 1000, batch_size: int = 100,
@@ -270,7 +297,7 @@ class Repository:
         `eval_every`, `interleave`, `deadline`: see `run_lifelong`; `info` is recorded in results.json."""
         from ..editing import EditHparams
         from ..editing.hparams import parse_arm
-        from ..editing.methods import get_method, method_names
+        from ..editing.registry import get_method, method_names
         from ..evaluation.lifelong import LifelongRun, merge_runs, run_lifelong
         from ..evaluation.lifelong_report import read_results, write_outputs
         from .datasets import eval_cases
@@ -315,18 +342,27 @@ class Repository:
 
         A handle at that state: it refuses use (StaleModelError) once the repository has
         moved its shared model to another revision; load again to move it back."""
-        return self._repo.model_at(self._repo.resolve(rev), progress=progress)
+        return self._bench.model_at(self._repo.resolve(rev), progress=progress)
 
-    def export(self, rev: str, out_dir: str | Path, progress: Progress = None) -> exporting.ExportReport:
-        from . import exporting
+    def export(self, rev: str, out_dir: str | Path, progress: Progress = None, format: str = "hf",
+               **options) -> exports.Report:
+        """Write the revision in an export format (`export_formats()`): "hf" a Hugging Face model
+        directory, "peft" a LoRA adapter of the change from the base (option `rank` truncates it);
+        `out_dir` must be absent or empty, and appears whole or not at all."""
+        from . import exports
 
-        return exporting.export(self._repo, rev, out_dir, progress)
+        return exports.export(self._bench, rev, out_dir, format, progress, **options)
 
-    def export_peft(self, rev: str, out_dir: str | Path, rank: int | None = None) -> peft_export.PeftExportReport:
+    def export_peft(self, rev: str, out_dir: str | Path, rank: int | None = None) -> exports.Report:
         """The change from the base to rev as a PEFT LoRA adapter (exact unless `rank` truncates)."""
-        from . import peft_export
+        return self.export(rev, out_dir, format="peft", rank=rank)
 
-        return peft_export.export_peft(self._repo, rev, out_dir, rank)
+    @staticmethod
+    def export_formats() -> dict[str, str]:
+        """{name: what it writes} of every registered export format."""
+        from . import exports
+
+        return {name: exports.get_format(name).summary for name in exports.format_names()}
 
     # -- sharing -------------------------------------------------------------------------
     @classmethod
@@ -395,7 +431,7 @@ class Repository:
         """Check everything; `repair` rebuilds what can be rebuilt, `full` rehashes the bases."""
         from . import maintenance
 
-        return maintenance.fsck(self._repo, repair=repair, full=full)
+        return maintenance.fsck(self._repo, repair=repair, full=full, bench=self._bench)
 
     def warnings(self) -> list[str]:
         """Problems met and skipped while serving a command (e.g. a corrupt ref in a listing)."""
@@ -413,10 +449,10 @@ class Repository:
 
     def add_base(self, base: str | BaseSource) -> str:
         source = base if isinstance(base, BaseSource) else parse_base_argument(base)
-        return self._repo.add_base(source)
+        return self._bench.add_base(source)
 
     def relocate_base(self, base_id: str, location: str) -> None:
         """Point a recorded base (id or unique prefix) at a new location; content must match."""
         from . import maintenance
 
-        self._repo.relocate_base(maintenance.resolve_base_id(self._repo, base_id), parse_base_argument(location))
+        self._bench.relocate_base(maintenance.resolve_base_id(self._repo, base_id), parse_base_argument(location))

@@ -1,7 +1,8 @@
 """Merge strategies: how a merge that found conflicts is resolved, one object each.
 
 A strategy is looked up by name in `STRATEGIES` (the CLI's choices come from there);
-adding one touches this file only. Each turns the merge's findings into a `Resolution`:
+adding one is a subclass and a `register_strategy` call, in this file or one of its own.
+Each turns the merge's findings into a `Resolution`:
 the commits the merge cancels and, for a replay, the delta it carries. The module stays
 torch-free (the repository is only a type here), so the CLI can list the choices
 without loading the model stack.
@@ -85,6 +86,12 @@ STRATEGIES: dict[str, MergeStrategy] = {
         ReplayTheirs("replay", "re-run their edits on top of ours (recomputes their deltas)"),
     )
 }
+
+
+def register_strategy(strategy: MergeStrategy) -> MergeStrategy:
+    """Add a strategy (a later registration of the same name replaces the earlier one)."""
+    STRATEGIES[strategy.name] = strategy
+    return strategy
 
 
 def strategy_names() -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import shutil
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,14 +25,21 @@ from pathlib import Path
 from ..errors import NmkevcError, RefError
 from ..history.commit import Commit
 from ..repo.repository import Repo
+from ..storage.faults import crash_point
 from ..storage.fsutil import fsync_dir
-from ..storage.objects import canonical_json, decode, is_object_id
+from ..storage.objects import BASE_KIND, COMMIT_KIND, DELTA_KIND, MAX_BYTES, canonical_json, is_object_id
 from ..storage.refs import HEADS, TAGS, check_ref_name
-from ..storage.store import decompress_object
+from ..storage.store import peek_header
+from ..storage.temps import claimed_tempdir
+from .untrusted import ExpectedKinds, check_delta_fits, check_received
 
 MANIFEST = "nmkevc-bundle.json"
 FORMAT = "nmkevc-bundle"
 VERSION = 1
+#: Largest manifest read (ids of a long history are 67 bytes each: room for a million).
+MAX_MANIFEST_BYTES = 128 << 20
+#: Largest object entry read: the biggest kind a bundle carries, compressed no better than stored.
+MAX_ENTRY_BYTES = MAX_BYTES[DELTA_KIND] + (1 << 20)
 
 
 def is_bundle(url: str) -> bool:
@@ -112,11 +119,16 @@ def create_bundle(repo: Repo, path: str | Path, revs: list[str], progress=None) 
     manifest = {"format": FORMAT, "version": VERSION, "refs": refs, "head": head,
                 "bases": bases, "objects": objects}
     out = Path(path)
+    if out.exists() or out.is_symlink():
+        raise NmkevcError(f"{out} exists; a bundle is never written over a file (remove it first)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     total = 0
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    # the bundle is written inside a directory claimed in the repository, so gc removes
+    # what a killed `bundle create` leaves; it appears at `out` whole, by a link that
+    # fails rather than replace a file created meanwhile
+    with claimed_tempdir(repo.dir, out.parent, f".{out.name}.", ".bundle") as tmpdir:
+        tmp = tmpdir / out.name
+        with open(tmp, "xb") as fh:
             with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as z:
                 z.writestr(MANIFEST, canonical_json(manifest))
                 for i, oid in enumerate(objects):
@@ -128,12 +140,13 @@ def create_bundle(repo: Repo, path: str | Path, revs: list[str], progress=None) 
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
+        crash_point("bundle")
+        try:
+            os.link(tmp, out)
+        except FileExistsError:
+            raise NmkevcError(f"{out} appeared while the bundle was written; not replaced") from None
         fsync_dir(out.parent)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        shutil.rmtree(tmpdir, ignore_errors=True)
     return BundleReport(str(out), refs, head, len(objects), total)
 
 
@@ -156,27 +169,53 @@ class BundleReader:
                 yield z
         except FileNotFoundError:
             raise NmkevcError(f"no bundle at {self.url}") from None
-        except zipfile.BadZipFile:
-            raise NmkevcError(f"{self.url} is not a bundle (not a zip archive)") from None
+        except IsADirectoryError:
+            raise NmkevcError(f"{self.url} is a directory, not a bundle") from None
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError,
+                RuntimeError) as e:
+            raise NmkevcError(f"{self.url} is not a bundle (not a readable zip archive: {type(e).__name__})") from None
+
+    def _read(self, z: zipfile.ZipFile, name: str, cap: int) -> bytes:
+        """One entry's bytes, refused unless stored (never inflated: a deflated entry can
+        expand a thousandfold), unencrypted and within `cap` bytes, checked as it is read."""
+        info = z.getinfo(name)  # KeyError when absent
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+            raise NmkevcError(f"{self.url}: entry {name[:60]} is compressed or encrypted; a bundle stores "
+                              "its entries as they are")
+        if info.file_size > cap or info.compress_size > cap:
+            raise NmkevcError(f"{self.url}: entry {name[:60]} is {info.file_size} bytes, above the limit of {cap}")
+        with z.open(info) as fh:
+            data = fh.read(cap + 1)
+        if len(data) > cap:
+            raise NmkevcError(f"{self.url}: entry {name[:60]} is larger than it says")
+        return data
 
     def manifest(self) -> dict:
         if self._manifest is None:
             with self._zip() as z:
                 try:
-                    m = json.loads(z.read(MANIFEST))
-                except (KeyError, ValueError):
+                    m = json.loads(self._read(z, MANIFEST, MAX_MANIFEST_BYTES))
+                except (KeyError, ValueError, RecursionError):
                     raise NmkevcError(f"{self.url} is not a bundle (no valid {MANIFEST})") from None
+            if not isinstance(m, dict):
+                raise NmkevcError(f"{self.url} is not a bundle ({MANIFEST} is not a JSON object)")
             if m.get("format") != FORMAT or m.get("version") != VERSION:
-                raise NmkevcError(f"{self.url}: unsupported bundle format {m.get('format')!r} "
-                                  f"version {m.get('version')!r}")
+                raise NmkevcError(f"{self.url}: unsupported bundle format {str(m.get('format'))[:40]!r} "
+                                  f"version {str(m.get('version'))[:20]!r}")
             refs = m.get("refs")
             if not isinstance(refs, dict) or not all(
-                isinstance(r, str) and r.startswith((HEADS, TAGS)) and is_object_id(str(o))
+                isinstance(r, str) and r.startswith((HEADS, TAGS)) and isinstance(o, str) and is_object_id(o)
                 for r, o in refs.items()
             ):
                 raise NmkevcError(f"{self.url}: the bundle's ref list is corrupt")
             for r in refs:
                 check_ref_name(r.split("/", 2)[2], "ref")
+            head = m.get("head")
+            if head is not None and (not isinstance(head, str) or HEADS + head not in refs):
+                raise NmkevcError(f"{self.url}: the bundle's head is not one of its branches")
+            bases = m.get("bases") if m.get("bases") is not None else {}
+            if not isinstance(bases, dict) or not all(isinstance(v, dict) for v in bases.values()):
+                raise NmkevcError(f"{self.url}: the bundle's list of bases is corrupt")
             self._manifest = m
         return self._manifest
 
@@ -198,37 +237,38 @@ class BundleReader:
         with self._zip() as z:
             for oid in oids:
                 try:
-                    out[oid] = z.read(_object_name(oid))
+                    out[oid] = self._read(z, _object_name(oid), MAX_ENTRY_BYTES)
                 except KeyError:
                     raise NmkevcError(f"the bundle {self.url} lacks object {oid[:12]}") from None
         return out
 
 
 def verify_bundle(url: str) -> BundleReport:
-    """Check every object against its id and that the refs' history is complete in the file."""
+    """Check every object (caps, hash, kind, values) and that the refs' history is complete
+    in the file, each id in one role only and each delta fitting its base."""
     reader = BundleReader(url)
     m = reader.manifest()
     problems: list[str] = []
     kinds: dict[str, str] = {}
-    commits: dict[str, Commit] = {}
+    parsed: dict[str, object] = {}
     total = 0
     with reader._zip() as z:
         for info in z.infolist():
             if info.filename == MANIFEST or info.is_dir():
                 continue
             oid = info.filename.replace("objects/", "", 1).replace("/", "")
-            if not is_object_id(oid):
-                problems.append(f"unexpected entry {info.filename}")
+            if not is_object_id(oid) or info.filename != _object_name(oid):
+                problems.append(f"unexpected entry {info.filename[:80]}")
                 continue
-            data = z.read(info)
-            total += len(data)
             try:
-                kind, payload = decode(decompress_object(oid, data), expected_id=oid)
+                data = reader._read(z, info.filename, MAX_ENTRY_BYTES)
+                total += len(data)
+                kind = peek_header(oid, data)[0]
+                parsed[oid] = check_received(oid, data, kind)[1]
                 kinds[oid] = kind
-                if kind == "commit":
-                    commits[oid] = Commit.from_bytes(payload, oid)
             except NmkevcError as e:
                 problems.append(str(e))
+    roles = ExpectedKinds(url)
     for ref, oid in m["refs"].items():
         stack, seen = [oid], set()
         while stack:
@@ -236,13 +276,28 @@ def verify_bundle(url: str) -> BundleReport:
             if cur in seen:
                 continue
             seen.add(cur)
-            c = commits.get(cur)
-            if c is None:
+            c = parsed.get(cur) if kinds.get(cur) == COMMIT_KIND else None
+            if not isinstance(c, Commit):
                 problems.append(f"{ref}: commit {cur[:12]} is missing or corrupt")
                 continue
             stack.extend(c.parents)
-            for o, want in ((c.base, "base"), (c.delta, "delta")):
+            stack.extend(c.cancels)
+            try:
+                for p in (*c.parents, *c.cancels, cur):
+                    roles.want(p, COMMIT_KIND)
+                roles.want(c.base, BASE_KIND)
+                if c.delta:
+                    roles.want(c.delta, DELTA_KIND)
+            except NmkevcError as e:
+                problems.append(str(e))
+                continue
+            for o, want in ((c.base, BASE_KIND), (c.delta, DELTA_KIND)):
                 if o and kinds.get(o) != want:
                     problems.append(f"{ref}: {want} {o[:12]} of commit {cur[:12]} is missing or corrupt")
+            if c.delta and kinds.get(c.delta) == DELTA_KIND and kinds.get(c.base) == BASE_KIND:
+                try:
+                    check_delta_fits(parsed[c.delta], parsed[c.base], c.delta)
+                except NmkevcError as e:
+                    problems.append(str(e))
     problems = list(dict.fromkeys(problems))
     return BundleReport(url, dict(m["refs"]), m.get("head"), len(kinds), total, problems)

@@ -11,7 +11,6 @@ unreferenced objects) and the next run picks up where it stopped.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,15 +18,14 @@ from typing import Protocol
 
 from ..errors import CorruptObjectError, NmkevcError, RefError
 from ..history.commit import Commit
-from ..models.source import BaseSource
-from ..repo.layout import REPO_DIR, RepoConfig, make_layout
+from ..repo.layout import REPO_DIR, RepoConfig, base_source, make_layout
 from ..repo.namespaces import CONTEXT, REMOTES, STATS
 from ..repo.repository import Repo
-from ..storage.objects import is_object_id
+from ..storage.objects import BASE_KIND, BLOB_KIND, COMMIT_KIND, DELTA_KIND, STATS_KIND, is_object_id
 from ..storage.refs import HEADS, TAGS, check_ref_name
-from ..storage.store import check_compressed
-from .location import BATCH, RemoteError, RemoteRepo
+from .location import BATCH, UNSAFE_PUSH_SETTING, RemoteError, RemoteRepo
 from .remotes import check_remote_name, remote_url
+from .untrusted import ExpectedKinds, check_delta_fits, check_received
 
 Progress = Callable[[int, int], None] | None
 
@@ -74,11 +72,25 @@ class TransferReport:
 
 # -- walking history ------------------------------------------------------------------------
 def _ancestry(repo: Repo, oids: Iterable[str]) -> set[str]:
-    """Commits reachable from local commits (local history is complete by construction)."""
+    """Commits reachable from local commits, all of them intact and their deltas and bases
+    present. If anything on the way is damaged or missing, nothing is taken as known
+    (empty set): the transfer then walks the whole history, checking every object here,
+    which is how a fetch heals a damaged commit or a lost delta from a good peer."""
     out: set[str] = set()
-    for oid in oids:
-        if oid not in out and repo.is_commit(oid):
-            out |= repo.graph.ancestors(oid)
+    stack = [o for o in oids if o]
+    while stack:
+        oid = stack.pop()
+        if oid in out:
+            continue
+        try:
+            c = repo.commit(oid)
+        except NmkevcError:
+            return set()
+        if not repo.store.exists(c.base) or (c.delta and not repo.store.exists(c.delta)):
+            return set()
+        out.add(oid)
+        stack.extend(c.parents)
+        stack.extend(c.cancels)
     return out
 
 
@@ -103,36 +115,70 @@ def _commit_refs(c: Commit) -> tuple[list[str], list[str]]:
     return list(c.parents) + list(c.cancels), others
 
 
-def _expect_kind(oid: str, got: str, want: str) -> None:
-    if got != want:
-        raise CorruptObjectError(f"object {oid[:12]} is a {got}, expected a {want}")
+def _have(repo: Repo, oid: str, want: str, peer: Peer) -> bool:
+    """The object is stored here, intact and of the kind the peer's history needs. Missing
+    or damaged: False (it is fetched, and a damaged copy replaced). Present as another
+    kind: the peer's history is refused."""
+    if not repo.store.exists(oid):
+        return False
+    try:
+        kind = repo.store.kind(oid)
+    except NmkevcError:
+        return False  # damaged here: take the peer's copy
+    if kind != want:
+        raise CorruptObjectError(f"{peer.describe()} names object {oid[:12]} as a {want}, "
+                                 f"but it is a {kind} here; refusing the transfer")
+    return True
 
 
-def _receive(repo: Repo, peer: Peer, wanted: dict[str, str], report: TransferReport,
-             tick: Callable[[int], None]) -> None:
-    """Download objects {id: expected kind}, verify each, store it; in batches."""
-    todo = [o for o in wanted if not repo.store.exists(o)]
+_RECEIVE_ORDER = {BASE_KIND: 0, DELTA_KIND: 1, BLOB_KIND: 2, STATS_KIND: 3}
+
+
+def _receive(repo: Repo, peer: Peer, todo: list[str], kinds: ExpectedKinds,
+             delta_bases: dict[str, set[str]], report: TransferReport,
+             tick: Callable[[int], None]) -> dict[str, object]:
+    """Download objects, check each (hash, kind, caps, values; a delta against its bases,
+    which are received first) and only then store it; returns the parsed deltas."""
+    todo = sorted(todo, key=lambda o: (_RECEIVE_ORDER.get(kinds[o], 9), o))
+    parsed: dict[str, object] = {}
     for i in range(0, len(todo), BATCH):
         chunk = todo[i : i + BATCH]
-        for oid, data in peer.get_objects(chunk).items():
-            kind = repo.store.put_compressed(oid, data)  # raises before storing if corrupt
-            _expect_kind(oid, kind, wanted[oid])
-            if kind == "delta":
-                repo.delta(oid)  # parses: a delta the editor cannot read never enters
+        got = peer.get_objects(chunk)
+        for oid in chunk:  # in order: a delta's bases are stored before it is checked against them
+            data = got.get(oid)
+            if data is None:
+                raise RemoteError(f"object {oid[:12]} is missing at {peer.describe()}")
+            want = kinds[oid]
+            _, obj = check_received(oid, data, want)
+            if want == DELTA_KIND:
+                for b in sorted(delta_bases.get(oid, ())):
+                    check_delta_fits(obj, repo.manifest(b), oid)
+                parsed[oid] = obj
+            repo.store.put_verified(oid, data, want)
             report.objects += 1
             report.bytes += len(data)
             tick(1)
+    return parsed
 
 
 def fetch_objects(repo: Repo, peer: Peer, tips: list[str], extra: dict[str, str],
-                  report: TransferReport, progress: Progress = None) -> None:
+                  report: TransferReport, progress: Progress = None, heal: bool = False) -> None:
     """Bring every object reachable from `tips` (commits) and `extra` ({id: kind}) into repo.
 
-    Commits are received (and verified) first, held in memory while the walk learns
-    which deltas and bases they need; those are stored next, and the commits last,
-    parents first. So a stored commit always has its parents, delta and base, and a
-    fetch cut off anywhere leaves a repository that fsck passes."""
-    have = _ancestry(repo, _local_tips(repo))
+    Everything received is untrusted until checked: each id gets one expected kind for
+    the whole transfer (objects already here included), and each object is checked
+    (storage caps, hash, kind, values) before it is stored. Commits are held in memory
+    while the walk learns which deltas and bases they need; those are stored next, and
+    the commits last, parents first. So a stored commit always has its parents, delta
+    and base, and a fetch cut off or refused anywhere leaves a repository fsck passes.
+    With `heal`, the walk does not stop at local history: every object is checked here
+    and a missing or damaged one taken from the peer."""
+    kinds = ExpectedKinds(peer.describe())
+    for t in tips:
+        kinds.want(t, COMMIT_KIND, "a ref")
+    for o, k in extra.items():
+        kinds.want(o, k, "a ref")
+    have = set() if heal else _ancestry(repo, _local_tips(repo))
     done = [0]
     total = [0]
 
@@ -143,39 +189,46 @@ def fetch_objects(repo: Repo, peer: Peer, tips: list[str], extra: dict[str, str]
 
     pending: dict[str, tuple[bytes, Commit]] = {}
     seen: set[str] = set()
-    others: dict[str, str] = dict(extra)
+    delta_bases: dict[str, set[str]] = {}
     frontier = list(tips)
     while frontier:
         batch = list(dict.fromkeys(o for o in frontier if o not in seen and o not in have))
-        bad = [o for o in batch + list(others) if not is_object_id(o)]
-        if bad:
-            raise CorruptObjectError(f"{peer.describe()} names an invalid object id {bad[0][:20]!r}")
         seen.update(batch)
-        missing = [o for o in batch if not repo.store.exists(o)]
+        missing = [o for o in batch if not _have(repo, o, COMMIT_KIND, peer)]
         total[0] += len(missing)
         got: dict[str, Commit] = {}
         for i in range(0, len(missing), BATCH):
             for oid, data in peer.get_objects(missing[i : i + BATCH]).items():
-                kind, payload = check_compressed(oid, data)  # refused here if corrupt
-                _expect_kind(oid, kind, "commit")
-                got[oid] = Commit.from_bytes(payload, oid)
-                pending[oid] = (data, got[oid])
+                if oid not in kinds:
+                    continue
+                _, c = check_received(oid, data, COMMIT_KIND)  # refused here if bad in any way
+                got[oid] = c
+                pending[oid] = (data, c)
                 report.objects += 1
                 report.bytes += len(data)
         frontier = []
         for oid in batch:
-            c = got.get(oid) or Commit.from_bytes(repo.store.get(oid, "commit"), oid)
+            c = got.get(oid) or repo.commit(oid)
+            for p in c.parents:
+                kinds.want(p, COMMIT_KIND, f"a parent of {oid[:12]}")
+            for x in c.cancels:
+                kinds.want(x, COMMIT_KIND, f"cancelled by {oid[:12]}")
+            kinds.want(c.base, BASE_KIND, f"the base of {oid[:12]}")
+            if c.delta:
+                kinds.want(c.delta, DELTA_KIND, f"the delta of {oid[:12]}")
+                delta_bases.setdefault(c.delta, set()).add(c.base)
             frontier.extend(c.parents)
             frontier.extend(c.cancels)
-            others[c.base] = "base"
-            if c.delta:
-                others[c.delta] = "delta"
-    missing_others = {o: k for o, k in others.items() if not repo.store.exists(o)}
-    total[0] += len(missing_others)
+    others = [o for o, k in kinds.kinds.items() if k != COMMIT_KIND]
+    todo = [o for o in others if not _have(repo, o, kinds[o], peer)]
+    total[0] += len(todo)
     tick(len(pending))
-    _receive(repo, peer, missing_others, report, tick)
+    parsed = _receive(repo, peer, todo, kinds, delta_bases, report, tick)
+    for _data, c in pending.values():  # a new commit on a delta already here: it must fit too
+        if c.delta and c.delta not in parsed:
+            check_delta_fits(repo.delta(c.delta), repo.manifest(c.base), c.delta)
     for oid in _parents_first(pending):
-        repo.store.put_compressed(oid, pending[oid][0])
+        repo.store.put_verified(oid, pending[oid][0], COMMIT_KIND)
 
 
 def _parents_first(pending: dict[str, tuple[bytes, Commit]]) -> list[str]:
@@ -217,9 +270,9 @@ def _cache_refs(peer_refs: dict[str, str], with_stats: bool) -> dict[str, tuple[
     out = {}
     for ref, oid in peer_refs.items():
         if ref.startswith(CONTEXT):
-            out[ref] = (oid, "blob")
+            out[ref] = (oid, BLOB_KIND)
         elif with_stats and ref.startswith(STATS):
-            out[ref] = (oid, "stats")
+            out[ref] = (oid, STATS_KIND)
     return out
 
 
@@ -297,7 +350,7 @@ def _learn_bases(repo: Repo, peer: Peer) -> None:
     for base_id, src in (peer.config().get("bases") or {}).items():
         if base_id not in repo.config.bases and repo.store.exists(base_id):
             try:
-                repo.config.bases[base_id] = BaseSource.from_json(src)
+                repo.config.bases[base_id] = base_source(src)
                 changed = True
             except (KeyError, TypeError):
                 continue
@@ -333,10 +386,11 @@ def push(repo: Repo, name: str, refs: list[str] | None = None, force: bool = Fal
     if is_bundle(url):
         raise NmkevcError(f"remote {name!r} is a bundle, which is read-only; "
                           "write a new one with 'nmkevc bundle create'")
-    remote = RemoteRepo(url)
+    remote = RemoteRepo(url, allow_unsafe_push=repo.config.settings.get(UNSAFE_PUSH_SETTING) is True)
+    remote.check_atomic_refs()
     report = TransferReport(url)
     specs = push_refspecs(repo, refs or [])
-    with remote.locked():
+    with remote.locked(wait=repo.lock.wait, on_wait=repo.lock.on_wait):
         fresh = not remote.exists()
         remote_refs = {} if fresh else remote.refs()
         for ref, new in sorted(specs.items()):
@@ -460,8 +514,3 @@ def clone(url: str, directory: str | Path, origin: str = "origin", with_stats: b
                 raise NmkevcError(f"{url} does not say where base {base_id[:12]} lives")
     os.rename(tmp, root / REPO_DIR)  # the repository appears whole or not at all
     return CloneReport(str(root), stored_url, branch, head, transfer)
-
-
-def discard_partial_clone(directory: str | Path) -> None:
-    """Remove what an interrupted clone left (to start over rather than resume)."""
-    shutil.rmtree(Path(directory) / f"{REPO_DIR}.clone", ignore_errors=True)

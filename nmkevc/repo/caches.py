@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from .. import tensorio
 from ..errors import NmkevcError
-from ..storage.objects import canonical_json
+from ..storage.objects import BLOB_KIND, STATS_KIND, canonical_json
 from ..storage.refs import RefStore
 from ..storage.store import ObjectStore
 from .namespaces import CONTEXT, PROJECTORS, STATS
@@ -25,8 +25,7 @@ if TYPE_CHECKING:
     import torch
 
 #: Object kinds the caches store.
-STATS_KIND = "stats"
-TEMPLATES_KIND = "blob"
+TEMPLATES_KIND = BLOB_KIND
 
 
 @dataclass(frozen=True)

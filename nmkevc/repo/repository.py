@@ -1,12 +1,11 @@
-"""One repository: the objects, refs and lock on disk, and the models they describe.
+"""One repository on disk: its objects, refs, lock, history and caches of derived objects.
 
-Everything a porcelain verb needs, and nothing about how verbs combine: porcelain speaks
-to this layer, never to storage. The layer owns the ref namespaces (`namespaces`), the
-caches of a base and their object kinds (`caches`) and what gc must keep (`gc_roots`).
-Caches (loaded deltas, verified bases, the live model) belong to this object, never to
-the module. Models are handed out as `ModelState` handles at a state: the shared live
-model moves only when someone asks for another state, and the base is read from a
-model of its own, so reading it never moves the live one.
+The only way above it to storage: porcelain and the model workbench speak to this layer,
+never to storage/. It owns the ref namespaces (`namespaces`), the caches of a base and
+their object kinds (`caches`), the materialised states (`materialised`) and what gc must
+keep (`gc_roots`). It runs no model and imports nothing of models/ or editing/: loading,
+verifying and running bases is the workbench's (nmkevc/workbench). Its caches (loaded
+deltas, parsed manifests) belong to this object, never to the module.
 """
 
 from __future__ import annotations
@@ -23,46 +22,36 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..corpus import Corpus, load_corpus
+from ..bases import BaseManifest, BaseSource
 from ..errors import BaseMismatchError, NmkevcError, RefError
 from ..history.commit import Commit
 from ..history.dag import CommitGraph
-from ..models.runtime import Runtime
-from ..models.source import BaseSource, resolve_dir
 from ..storage.faults import crash_point
 from ..storage.fsutil import atomic_write, fsync_dir
 from ..storage.lock import LockHolder, RepoLock
-from ..storage.objects import canonical_json, decode
+from ..storage.objects import BASE_KIND, COMMIT_KIND, DELTA_KIND, canonical_json, decode
 from ..storage.refs import HEADS, Head, ReflogEntry, RefStore, check_ref_name
 from ..storage.store import ObjectStore
 from ..storage.temps import claimed_tempdir, make_init_dir, reap_claims, reap_init_dirs, remove_stale_temps
-from ..tensorio import TensorSpec, dtype_name, tensor_buffer
 from .caches import BaseCaches
 from .layout import REPO_DIR, RepoConfig, find_repo_dir, make_layout
-from .materialised import MIN_DELTAS, MaterialisedCache
+from .materialised import MaterialisedCache
 from .namespaces import ALL_REFS, branch_namespace, remote_namespace, tag_namespace
 from .revisions import resolve_revision
 
 if TYPE_CHECKING:
-    import torch
-
     from ..deltas.delta import Delta, WeightDelta
-    from ..models.live import LiveModel, ModelState
-    from ..models.manifest import BaseManifest
-    from ..models.weights import BaseWeights
 
-# Deltas, manifests and models are imported where they are used: a verb that only moves
-# refs (checkout, branch, log) then runs without loading torch, which alone takes ~1 s.
+# Deltas are imported where they are used: a verb that only moves refs (checkout, branch,
+# log) then runs without loading torch, which alone takes ~1 s.
 
 Progress = Callable[[int, int], None] | None
 DELTA_CACHE_SIZE = 4096
-#: Object kinds of history (the caches' kinds are in `caches`).
-COMMIT_KIND, DELTA_KIND, BASE_KIND = "commit", "delta", "base"
 
 
 class Repo:
     def __init__(self, repo_dir: Path, wait: float | None = None,
-                 on_lock_wait: Callable[[LockHolder], None] | None = None, runtime: Runtime | None = None):
+                 on_lock_wait: Callable[[LockHolder], None] | None = None):
         """`wait`: seconds a writer waits for a busy lock (None: the config's `lock_wait`
         setting, else 0 = refuse at once; math.inf: forever); `on_lock_wait` is told who
         holds it when waiting starts."""
@@ -81,31 +70,37 @@ class Repo:
         self.materialised = MaterialisedCache(self.dir / "cache")
         self._deltas: OrderedDict[str, Delta] = OrderedDict()
         self._manifests: dict[str, BaseManifest] = {}
-        self._verified: dict[str, Path] = {}
-        self._live: LiveModel | None = None
-        self._live_base: str | None = None
-        self._base_model: tuple[str, LiveModel] | None = None
-        self._corpora: dict[str, Corpus] = {}
-        self._tokenizers: dict[str, object] = {}
-        #: where and in which dtype models run: the caller's choice, else the repository's default
-        self.runtime = runtime or Runtime(**{k: self.config.settings[k] for k in ("device", "dtype")
-                                             if k in self.config.settings})
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | Path = ".", wait: float | None = None,
-             on_lock_wait: Callable[[LockHolder], None] | None = None, runtime: Runtime | None = None) -> Repo:
-        return cls(find_repo_dir(Path(path)), wait=wait, on_lock_wait=on_lock_wait, runtime=runtime)
+             on_lock_wait: Callable[[LockHolder], None] | None = None) -> Repo:
+        return cls(find_repo_dir(Path(path)), wait=wait, on_lock_wait=on_lock_wait)
 
     @classmethod
-    def create(cls, path: str | Path, source: BaseSource, progress: Progress = None,
-               branch: str = "main", message: str | None = None, runtime: Runtime | None = None) -> Repo:
-        """Make `.nmkevc` with the base recorded and a root commit on `branch`."""
+    def create(cls, path: str | Path, source: BaseSource, manifest: BaseManifest, hash_cache: dict | None = None,
+               branch: str = "main", message: str | None = None, settings: dict | None = None) -> Repo:
+        """Make `.nmkevc` with the base recorded and a root commit on `branch`. The manifest
+        (and the file hashes that made it) come from the caller, who read the base's files."""
         root = Path(path)
+        made = _missing_ancestors(root)
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise NmkevcError(f"cannot create {root}: {e.strerror or e}") from None
+        try:
+            return cls._create_in(root, source, manifest, hash_cache, branch, message, settings)
+        except BaseException:
+            for d in made:  # a failed init leaves no directory it created (only empty ones go)
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
+            raise
+
+    @classmethod
+    def _create_in(cls, root: Path, source: BaseSource, manifest: BaseManifest, hash_cache: dict | None,
+                   branch: str, message: str | None, settings: dict | None) -> Repo:
         repo_dir = root / REPO_DIR
         if (repo_dir / "config.json").exists():
             raise NmkevcError(f"{root} is already an nmkevc repository")
@@ -114,11 +109,6 @@ class Repo:
         if not os.access(root, os.W_OK | os.X_OK):
             raise NmkevcError(f"cannot create a repository in {root}: permission denied")
         check_ref_name(branch)
-        from ..models.manifest import build_manifest
-
-        model_dir = resolve_dir(source, progress=progress)
-        hash_cache: dict = {}
-        manifest = build_manifest(model_dir, progress=progress, hash_cache=hash_cache)
         reap_init_dirs(root)
         tmp = make_init_dir(root)
         lock = RepoLock(tmp / "lock")
@@ -128,9 +118,8 @@ class Repo:
             make_layout(tmp)
             store = ObjectStore(tmp / "objects")
             base_id = store.put(BASE_KIND, manifest.to_bytes())
-            settings = {} if runtime is None else {"device": runtime.device, "dtype": runtime.dtype}
-            RepoConfig(bases={base_id: source}, settings=settings).save(tmp / "config.json")
-            atomic_write(tmp / "cache" / "hashes.json", json.dumps(hash_cache).encode())
+            RepoConfig(bases={base_id: source}, settings=dict(settings or {})).save(tmp / "config.json")
+            atomic_write(tmp / "cache" / "hashes.json", json.dumps(hash_cache or {}).encode())
             root_commit = Commit(
                 kind="init",
                 parents=(),
@@ -152,9 +141,7 @@ class Repo:
             raise
         finally:
             lock.release()
-        repo = cls(repo_dir)
-        repo._verified[base_id] = model_dir
-        return repo
+        return cls(repo_dir)
 
     # -- locking -------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -218,18 +205,9 @@ class Repo:
     def manifest(self, base_id: str) -> BaseManifest:
         m = self._manifests.get(base_id)
         if m is None:
-            from ..models.manifest import BaseManifest
-
             m = BaseManifest.from_bytes(self.store.get(base_id, BASE_KIND))
             self._manifests[base_id] = m
         return m
-
-    def corpus(self, path: str | Path | None = None) -> Corpus:
-        """A text corpus (None = the shipped one), read and hashed once per repository object."""
-        key = str(Path(path).resolve()) if path is not None else ""
-        if key not in self._corpora:
-            self._corpora[key] = load_corpus(path)
-        return self._corpora[key]
 
     # -- revisions -----------------------------------------------------------------------
     def head(self) -> Head:
@@ -301,82 +279,6 @@ class Repo:
         """An id of a model state: the base and the ordered deltas in effect."""
         return hashlib.sha256(canonical_json([base_id, self.delta_ids(commits, extra)])).hexdigest()
 
-    def materialise(self, base_id: str, commits: list[str], weights: BaseWeights,
-                    extra: Sequence[str] = ()) -> dict[str, torch.Tensor]:
-        """{weight name: base + Σ its deltas, in the base dtype} for every weight the state
-        edits, as `apply_to_weight` computes it; a long history's result is kept in the
-        materialised cache and read back from there (checked against the base's specs)."""
-        key = self.state_key(base_id, commits, extra)
-        cached = self._cached_state(key, weights)
-        if cached is not None:
-            return MaterialisedCache.tensors(cached)
-        return self._compute_state(key, base_id, commits, weights, extra)
-
-    def materialised_buffers(self, base_id: str, commits: list[str], weights: BaseWeights) -> dict[str, object]:
-        """{weight name: its bytes} of `materialise`, where a cached state is read without
-        loading torch at all (an export of a long, cached history starts in well under a
-        second: docs/benchmarks.md)."""
-        key = self.state_key(base_id, commits)
-        cached = self._cached_state(key, weights)
-        if cached is not None:
-            return {name: buf for name, (_, buf) in cached.items()}
-        return {name: tensor_buffer(t) for name, t in self._compute_state(key, base_id, commits, weights).items()}
-
-    def _cached_state(self, key: str, weights: BaseWeights) -> dict | None:
-        """The cache's {name: (spec, bytes)} for `key`, if every tensor fits this base's weight."""
-        raw = self.materialised.get_raw(key)
-        if raw is None or not all(_fits(weights, name, spec) for name, (spec, _) in raw.items()):
-            return None
-        return raw
-
-    def _compute_state(self, key: str, base_id: str, commits: list[str], weights: BaseWeights,
-                       extra: Sequence[str] = ()) -> dict[str, torch.Tensor]:
-        from ..deltas.compose import apply_to_weight
-
-        plan = self.plan_of(commits, extra)
-        out = {name: apply_to_weight(weights.get(name), [w for _, w in entries])
-               for name, entries in sorted(plan.items())}
-        if len(self.delta_ids(commits, extra)) >= MIN_DELTAS:
-            self.materialised.put(key, out)
-        return out
-
-    def keep_live_state(self, cid: str) -> bool:
-        """Put the live model's edited weights into the materialised cache when it holds cid's
-        state (as it does right after an edit's checks), so the first export or fresh load of
-        a long history reads them instead of recomputing every delta. Only where the model
-        runs at the base's dtype (its weights are then exactly `materialise`'s sums); best
-        effort, as the cache itself. True when a state was stored."""
-        live, base_id = self._live, self.commit(cid).base
-        commits = self.effective(cid)
-        key = self.state_key(base_id, commits)
-        if live is None or self._live_base != base_id or live.state_key != key \
-                or len(self.delta_ids(commits)) < MIN_DELTAS or self.materialised.path(key).exists():
-            return False
-        out = {}
-        for name in self.plan_of(commits):
-            t = live.parameter(name).detach()
-            if dtype_name(t.dtype) != live.weights.spec(name).dtype:
-                return False
-            out[name] = t.cpu()
-        self.materialised.put(key, out)
-        return True
-
-    def keys_cov(self, commits: list[str], weight_names: list[str],
-                 extra: Sequence[str] = ()) -> dict[str, torch.Tensor]:
-        """C_l = Σ K Kᵀ over the keys stored with the deltas of an effective set."""
-        out: dict[str, torch.Tensor] = {}
-        plan = self.plan_of(commits, extra)
-        for name in weight_names:
-            acc = None
-            for _, w in plan.get(name, ()):
-                if w.K is None:
-                    continue
-                k = w.K.double()
-                acc = k @ k.T if acc is None else acc + k @ k.T
-            if acc is not None:
-                out[name] = acc.float()
-        return out
-
     # -- bases ---------------------------------------------------------------------------
     def base_source(self, base_id: str) -> BaseSource:
         try:
@@ -384,121 +286,29 @@ class Repo:
         except KeyError:
             raise BaseMismatchError(f"the repository has no location for base {base_id[:12]}") from None
 
-    def base_dir(self, base_id: str, progress: Progress = None, full: bool = False) -> Path:
-        """The base's directory, verified tensor by tensor against its manifest.
-
-        The fast path trusts the hash cache for a tensor file whose (path, size, mtime,
-        inode) is unchanged; config and tokenizer files are always re-read. `full`
-        rehashes every tensor and refreshes the cache with what it finds."""
-        if base_id in self._verified and not full:
-            return self._verified[base_id]
-        from ..models.manifest import build_manifest
-
-        source = self.base_source(base_id)
-        model_dir = resolve_dir(source, progress=progress)
-        cache_path = self.dir / "cache" / "hashes.json"
-        try:
-            hash_cache = json.loads(cache_path.read_text("utf-8"))
-            if not isinstance(hash_cache, dict):
-                hash_cache = {}
-        except (OSError, ValueError):
-            hash_cache = {}
-        fresh: dict = {} if full else hash_cache
-        found = build_manifest(model_dir, progress=progress, hash_cache=fresh)
-        if full:
-            hash_cache.update(fresh)  # what the files hold now replaces what was trusted
-        with contextlib.suppress(OSError):
-            atomic_write(cache_path, json.dumps(hash_cache).encode(), what="cache")
-        want = self.manifest(base_id)
-        problem = _manifest_difference(want, found)
-        if problem:
-            self._verified.pop(base_id, None)
-            raise BaseMismatchError(
-                f"the base at {source.describe()} is not the one this repository was built on "
-                f"({problem}); refusing to use it"
-            )
-        self._verified[base_id] = model_dir
-        return model_dir
-
-    def add_base(self, source: BaseSource) -> str:
-        """Record another base (e.g. for an orphan branch on a newer model)."""
-        from ..models.manifest import build_manifest
-
+    def record_base(self, source: BaseSource, read_manifest: Callable[[], BaseManifest]) -> str:
+        """Record another base (e.g. for an orphan branch on a newer model); `read_manifest`
+        hashes its files, under the lock."""
         with self.writing():
-            manifest = build_manifest(resolve_dir(source))
-            base_id = self.store.put(BASE_KIND, manifest.to_bytes())
+            base_id = self.store.put(BASE_KIND, read_manifest().to_bytes())
             self.config.bases[base_id] = source
             self.config.save(self.dir / "config.json")
             return base_id
 
-    def relocate_base(self, base_id: str, source: BaseSource) -> None:
-        """Point a recorded base at a new location; the content must match."""
+    def move_base(self, base_id: str, source: BaseSource, verify: Callable[[], object]) -> None:
+        """Point a recorded base at a new location once `verify` (which reads it there
+        against the manifest) has passed; on failure the old location stays."""
         with self.writing():
             if base_id not in self.config.bases:
                 raise NmkevcError(f"unknown base {base_id[:12]}")
             old = self.config.bases[base_id]
             self.config.bases[base_id] = source
-            self._verified.pop(base_id, None)
             try:
-                self.base_dir(base_id)
+                verify()
             except NmkevcError:
                 self.config.bases[base_id] = old
                 raise
             self.config.save(self.dir / "config.json")
-
-    def tokenizer(self, base_id: str):
-        """The base's tokenizer, without loading its weights (for checks made before any
-        forward pass); a loaded model's own when there is one."""
-        loaded = [(self._live_base, self._live), *([self._base_model] if self._base_model else [])]
-        for bid, live in loaded:
-            if live is not None and bid == base_id:
-                return live.tokenizer
-        tok = self._tokenizers.get(base_id)
-        if tok is None:
-            from ..models.loading import load_tokenizer
-
-            tok = self._tokenizers[base_id] = load_tokenizer(self.base_dir(base_id))
-        return tok
-
-    def model_at(self, cid: str, progress: Progress = None) -> ModelState:
-        """The model at commit cid: moving between commits rewrites only changed weights."""
-        return self.model_of(self.commit(cid).base, self.effective(cid), progress=progress, label=cid[:12])
-
-    def model_of(self, base_id: str, commits: list[str], extra: Sequence[str] = (),
-                 progress: Progress = None, label: str | None = None) -> ModelState:
-        """The model of any effective set (plus stored, uncommitted deltas), as a handle.
-
-        The live model is shared: handles given out earlier for another state refuse use
-        from now on (StaleModelError) rather than answer for this one."""
-        from ..models.live import LiveModel, ModelState
-
-        model_dir = self.base_dir(base_id, progress=progress)
-        if self._live is None or self._live_base != base_id:
-            self._live = None
-            self._live = LiveModel.load(model_dir, runtime=self.runtime)
-            self._live_base = base_id
-        key = self.state_key(base_id, commits, extra)
-        if self._live.state_key != key:
-            # a fresh model rewrites every edited weight: a long history's come from (and go to)
-            # the materialised cache; later moves rewrite only what changed, as before
-            fresh = not self._live.applied and len(self.delta_ids(commits, extra)) >= MIN_DELTAS
-            ready = self.materialise(base_id, commits, self._live.weights, extra) if fresh else None
-            self._live.sync(self.plan_of(commits, extra), key, ready)
-        return ModelState(self._live, key, label or "a revision")
-
-    def base_model(self, base_id: str, progress: Progress = None) -> ModelState:
-        """The unedited base, from a model of its own (loaded on first use, then kept with
-        this object): statistics, context templates and base references read it without
-        moving the live model anyone else holds."""
-        from ..models.live import LiveModel, ModelState
-
-        if self._base_model is None or self._base_model[0] != base_id:
-            self._base_model = None
-            key = self.state_key(base_id, [])
-            self._base_model = (base_id, LiveModel.load(self.base_dir(base_id, progress=progress), key, frozen=True,
-                                                       runtime=self.runtime))
-        live = self._base_model[1]
-        return ModelState(live, live.state_key or "", f"base {base_id[:12]}")
 
     # -- writing -------------------------------------------------------------------------
     def write_commit(self, commit: Commit) -> str:
@@ -518,6 +328,16 @@ class Repo:
         return cid
 
 
+def _missing_ancestors(path: Path) -> list[Path]:
+    """`path` and its ancestors that do not exist yet, deepest first."""
+    out = []
+    d = Path(os.path.abspath(path))
+    while not d.exists() and d != d.parent:
+        out.append(d)
+        d = d.parent
+    return out
+
+
 def default_author() -> str:
     env = os.environ.get("NMKEVC_AUTHOR")
     if env:
@@ -526,31 +346,3 @@ def default_author() -> str:
         return getpass.getuser()
     except Exception:
         return "unknown"
-
-
-def _fits(weights: BaseWeights, name: str, spec: TensorSpec) -> bool:
-    """A cached tensor stands for a weight of this base only with its name, dtype and shape."""
-    try:
-        want = weights.spec(name)
-    except (NmkevcError, KeyError):
-        return False
-    return want.dtype == spec.dtype and tuple(want.shape) == tuple(spec.shape)
-
-
-def _manifest_difference(want: BaseManifest, found: BaseManifest) -> str:
-    if want.architecture != found.architecture:
-        return f"architecture {found.architecture} != {want.architecture}"
-    missing = sorted(set(want.tensors) - set(found.tensors))
-    if missing:
-        return f"tensor {missing[0]} is missing"
-    for name, t in want.tensors.items():
-        if found.tensors[name] != t:
-            return f"tensor {name} differs"
-    extra = sorted(set(found.tensors) - set(want.tensors))
-    if extra:
-        return f"unexpected tensor {extra[0]}"
-    if want.tokenizer_sha256 != found.tokenizer_sha256:
-        return "the tokenizer files differ"
-    if want.config != found.config:
-        return "config.json differs"
-    return ""

@@ -26,6 +26,8 @@ def split_revision(rev: str) -> tuple[str, list[tuple[str, int]]]:
         if sm.start() != pos:
             raise RevisionError(f"bad revision {rev!r}")
         tok = sm.group(0)
+        if len(tok) > 10:  # no history is a billion commits deep; int() of 5000 digits raises
+            raise RevisionError(f"bad revision {rev[:40]!r}...: {tok[:12]}... is too far back")
         n = int(tok[1:]) if len(tok) > 1 else 1
         steps.append((tok[0], n))
         pos = sm.end()

@@ -4,6 +4,13 @@ Setting `NMKEVC_CRASH_AT=<boundary>` (or `<boundary>:<detail>`, e.g. `rename:ref
 the process die with `os._exit(CRASH_EXIT)` the first time it reaches that boundary:
 no cleanup handlers, no flushing, exactly like a SIGKILL at that instant. Unset (the
 normal case) each boundary costs one environment lookup.
+
+The boundaries (`detail` narrows `rename`/`write` to an object kind or ref):
+write (a temp file fully written and fsynced, not yet renamed), rename (renamed, the directory
+not yet fsynced), reflog (a ref moved, its reflog line not yet appended), lock (the lock just
+acquired), delete (a ref or object file just unlinked; detail branch, tag, ref, object), export
+(an export's temp directory complete, not yet renamed), init (a new repository's temp directory
+complete, not yet renamed), bundle (a bundle's temp file complete, not yet linked to its name).
 """
 
 from __future__ import annotations
@@ -12,18 +19,6 @@ import os
 
 CRASH_ENV = "NMKEVC_CRASH_AT"
 CRASH_EXIT = 97
-
-#: Every boundary a test may name; `detail` narrows `rename`/`write` to an object kind or ref.
-BOUNDARIES = (
-    "write",        # a temp file is fully written and fsynced, not yet renamed into place
-    "rename",       # the rename is done, the directory not yet fsynced
-    "reflog",       # a ref has moved, its reflog line not yet appended
-    "lock",         # the repository lock was just acquired
-    "delete",       # a ref or object file was just unlinked (detail: branch, tag, ref, object)
-    "export",       # an export's temp directory is complete, not yet renamed to the target
-    "init",         # a new repository's temp directory is complete, not yet renamed into place
-)
-
 
 def crash_point(boundary: str, detail: str = "") -> None:
     """Die here if the environment asks for it (see module docstring)."""

@@ -9,16 +9,19 @@ who is in the way. By default a second writer is refused at once; with a wait
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import RepositoryLockedError
+from ..errors import NmkevcError, RepositoryLockedError
 from .faults import crash_point
 
 try:
@@ -27,6 +30,9 @@ except ImportError:  # pragma: no cover - non-POSIX
     fcntl = None  # type: ignore[assignment]
 
 POLL_SECONDS = 0.2
+#: A lock file holds one short JSON record; anything longer is not ours.
+MAX_LOCK_BYTES = 4096
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 @dataclass(frozen=True)
@@ -74,16 +80,51 @@ class RepoLock:
     def holder(self) -> LockHolder | None:
         """Who holds the lock now, as recorded in the file (None if nobody says)."""
         try:
-            text = self.path.read_text("utf-8", errors="replace")
+            fd = os.open(self.path, os.O_RDONLY | _NOFOLLOW)
         except OSError:
             return None
+        try:
+            text = os.read(fd, MAX_LOCK_BYTES).decode("utf-8", errors="replace")
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
         return LockHolder.parse(text) if text.strip() else None
+
+    def _open(self) -> int:
+        """The lock file, opened without following a symlink: created here if absent, else
+        used only if it is plainly a lock file (regular, one link, small, holding nothing or a
+        lock record), so the lock never truncates a file it did not create."""
+        for _ in range(100):  # the file may vanish between the two opens (a remote's cleanup)
+            try:
+                return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+            except FileExistsError:
+                pass
+            try:
+                fd = os.open(self.path, os.O_RDWR | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                if e.errno == errno.ELOOP or os.path.islink(self.path):
+                    raise NmkevcError(f"{self.path} is a symbolic link; a lock file is never followed "
+                                      "(remove the link)") from None
+                raise
+            st = os.fstat(fd)
+            text = os.pread(fd, MAX_LOCK_BYTES + 1, 0) if stat.S_ISREG(st.st_mode) else b""
+            ours = (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and len(text) <= MAX_LOCK_BYTES
+                    and (not text.strip() or LockHolder.parse(text.decode("utf-8", "replace")).pid is not None))
+            if not ours:
+                os.close(fd)
+                raise NmkevcError(f"{self.path} is not an nmkevc lock file (not a plain file holding a "
+                                  "lock record); refusing to write to it (move it away)")
+            return fd
+        raise NmkevcError(f"{self.path} keeps disappearing; cannot take the lock")
 
     def acquire(self) -> None:
         if self._depth:
             self._depth += 1
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._open()
         if fcntl is not None:
             deadline = time.monotonic() + self.wait if self.wait > 0 else None
             told = False
@@ -107,8 +148,10 @@ class RepoLock:
                     told = True
                 time.sleep(POLL_SECONDS if math.isinf(self.wait) else
                            max(0.0, min(POLL_SECONDS, deadline - time.monotonic())))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, _me(), 0)
+        with contextlib.suppress(OSError):  # who holds it is a courtesy: a full disk must not stop gc
+            me = _me()
+            os.pwrite(fd, me, 0)
+            os.ftruncate(fd, len(me))
         self._fd = fd
         self._depth = 1
         crash_point("lock")
@@ -120,7 +163,8 @@ class RepoLock:
         if self._depth == 0 and self._fd is not None:
             fd, self._fd = self._fd, None
             try:
-                os.ftruncate(fd, 0)
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
             finally:
                 os.close(fd)  # closing releases the flock
 

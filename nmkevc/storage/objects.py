@@ -12,8 +12,25 @@ from typing import Any
 
 from ..errors import CorruptObjectError
 
-KINDS = ("delta", "commit", "base", "stats", "blob")
+#: The object kinds, named once: every layer above uses these names, never the strings.
+DELTA_KIND, COMMIT_KIND, BASE_KIND, STATS_KIND, BLOB_KIND = "delta", "commit", "base", "stats", "blob"
+KINDS = (DELTA_KIND, COMMIT_KIND, BASE_KIND, STATS_KIND, BLOB_KIND)
 ID_HEX_LEN = 64
+
+#: Largest canonical size of each kind that any store decompresses. An object is held in
+#: memory whole, so a frame claiming more is refused before a byte is allocated.
+MAX_BYTES: dict[str, int] = {
+    "commit": 16 << 20,
+    "base": 256 << 20,
+    "blob": 64 << 20,
+    "delta": 4 << 30,
+    "stats": 16 << 30,
+}
+#: Received objects larger than RATIO_FLOOR may not expand more than MAX_RATIO times:
+#: big objects are float tensors, which zstandard shrinks by a few percent, so only a
+#: decompression bomb exceeds this.
+RATIO_FLOOR = 64 << 20
+MAX_RATIO = 64
 
 
 def canonical_json(obj: Any) -> bytes:

@@ -11,6 +11,7 @@ check-ref-format rules, so no name can leave its namespace (`../heads/main` as a
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import time
@@ -259,16 +260,24 @@ class RefStore:
             return Head(branch=None, commit=text)
         raise RefError("HEAD is corrupt; run 'nmkevc fsck'")
 
+    def _old_head(self) -> str | None:
+        """What HEAD resolves to now, for the reflog; None when it is missing or damaged
+        (so that fsck --repair can rewrite a corrupt HEAD)."""
+        try:
+            return self.head().commit
+        except RefError:
+            return None
+
     def set_head_branch(self, branch: str, message: str) -> None:
         check_ref_name(branch)
-        old = self.head().commit if (self.root / "HEAD").exists() else None
+        old = self._old_head()
         atomic_write_text(self.root / "HEAD", f"ref: {HEADS}{branch}\n", what="head")
         self._log("HEAD", old, self.read(HEADS + branch), message)
 
     def set_head_detached(self, oid: str, message: str) -> None:
         if not is_object_id(oid):
             raise RefError(f"refusing to point HEAD at {oid!r}")
-        old = self.head().commit
+        old = self._old_head()
         atomic_write_text(self.root / "HEAD", oid + "\n", what="head")
         self._log("HEAD", old, oid, message)
 
@@ -293,11 +302,13 @@ class RefStore:
         except (FileExistsError, NotADirectoryError):
             return  # a stale log of a deleted ref sits where a directory must go: the ref moved; skip the log
         line = json.dumps({"old": old, "new": new, "time": time.time(), "message": message})
-        try:
-            fh = open(p, "a", encoding="utf-8")
-        except IsADirectoryError:
-            return
-        with fh:
+        try:  # never through a symlink: the reflog would be appended to a file outside
+            fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except (IsADirectoryError, OSError) as e:
+            if isinstance(e, IsADirectoryError) or e.errno == errno.ELOOP:
+                return
+            raise
+        with os.fdopen(fd, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
             fh.flush()
             os.fsync(fh.fileno())

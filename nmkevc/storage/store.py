@@ -11,7 +11,10 @@ import zstandard
 from ..errors import CorruptObjectError, ObjectNotFoundError, RevisionError
 from .faults import crash_point
 from .fsutil import atomic_write
-from .objects import decode, encode, is_object_id, object_id
+from .objects import KINDS, MAX_BYTES, MAX_RATIO, RATIO_FLOOR, decode, encode, is_object_id, object_id
+
+#: Bytes of decompressed output read to learn an object's header ("kind size\0").
+_HEADER_PEEK = 40
 
 
 class ObjectStore:
@@ -36,16 +39,24 @@ class ObjectStore:
             atomic_write(p, data, mode=0o444, what=f"object-{kind}")
         return oid
 
-    def put_compressed(self, oid: str, data: bytes) -> str:
+    def put_compressed(self, oid: str, data: bytes, want: str | None = None) -> str:
         """Store an object received in its compressed form (from a remote or a bundle).
 
-        The bytes are decompressed and checked against `oid` before anything is written,
-        so a corrupt or forged object never enters the store; returns the object's kind."""
-        kind, _ = check_compressed(oid, data)
+        The bytes are decompressed (within the caps for received objects) and checked
+        against `oid` and, if given, the kind `want` before anything is written, so a
+        corrupt, forged or oversized object never enters the store; returns the kind."""
+        kind, _ = check_compressed(oid, data, want)
         p = self.path(oid)
         if not p.exists() or not self.intact(oid):  # a damaged copy is replaced
             atomic_write(p, data, mode=0o444, what=f"object-{kind}")
         return kind
+
+    def put_verified(self, oid: str, data: bytes, kind: str) -> None:
+        """Store received bytes the caller has already checked (`check_compressed` and the
+        value checks of nmkevc/remote/untrusted.py), without decompressing them again."""
+        p = self.path(oid)
+        if not p.exists() or not self.intact(oid):
+            atomic_write(p, data, mode=0o444, what=f"object-{kind}")
 
     def read_compressed(self, oid: str) -> bytes:
         """The stored (compressed) bytes of an object, verified against its id."""
@@ -128,14 +139,62 @@ class ObjectStore:
         crash_point("delete", "object")
 
 
-def check_compressed(oid: str, data: bytes) -> tuple[str, bytes]:
-    """(kind, payload) of an object file's bytes, refused unless they hash to `oid`."""
-    return decode(decompress_object(oid, data), expected_id=oid)
+def check_compressed(oid: str, data: bytes, want: str | None = None) -> tuple[str, bytes]:
+    """(kind, payload) of received object bytes, refused unless they hash to `oid`, are
+    of kind `want` (when given) and stay within the caps for untrusted objects."""
+    kind, payload = decode(decompress_object(oid, data, want=want, untrusted=True), expected_id=oid)
+    if want is not None and kind != want:  # pragma: no cover - decompress_object checked the header
+        raise CorruptObjectError(f"object {oid[:12]} is a {kind}, expected a {want}")
+    return kind, payload
 
 
-def decompress_object(oid: str, data: bytes) -> bytes:
-    """The canonical bytes inside a stored object file (not yet checked against oid)."""
+def peek_header(oid: str, data: bytes) -> tuple[str, int, int]:
+    """(kind, payload size, declared canonical size) read from an object file's frame
+    header and the first bytes of its output, without decompressing the rest."""
+    def corrupt(why: str) -> CorruptObjectError:
+        return CorruptObjectError(f"object {oid[:12]} is corrupt ({why})")
+
     try:
-        return zstandard.ZstdDecompressor().decompress(data)
+        declared = zstandard.get_frame_parameters(data).content_size
+        head = zstandard.ZstdDecompressor().stream_reader(data).read(_HEADER_PEEK)
+    except zstandard.ZstdError:
+        raise corrupt("cannot decompress") from None
+    if declared == zstandard.CONTENTSIZE_UNKNOWN:
+        raise corrupt("its frame does not declare its size")
+    head, sep, _ = head.partition(b"\0")
+    kind_b, _, size_b = head.partition(b" ")
+    kind = kind_b.decode("ascii", "replace")
+    if not sep or kind not in KINDS or not size_b.isdigit() or len(size_b) > 20:
+        raise corrupt("no valid header")
+    size = int(size_b)
+    if len(head) + 1 + size != declared:
+        raise corrupt("its header and its frame disagree on its size")
+    return kind, size, declared
+
+
+def decompress_object(oid: str, data: bytes, want: str | None = None, untrusted: bool = False) -> bytes:
+    """The canonical bytes inside an object file (not yet checked against oid).
+
+    The size is known before anything is allocated: the frame must declare it and agree
+    with the object's own header, and it must be within the kind's cap (and, for an
+    untrusted object, the expected kind and a plausible compression ratio)."""
+    kind, _, declared = peek_header(oid, data)
+    if want is not None and kind != want:
+        raise CorruptObjectError(f"object {oid[:12]} is a {kind}, expected a {want}")
+    if declared > MAX_BYTES[kind]:
+        raise CorruptObjectError(f"object {oid[:12]} is refused: a {kind} of {declared} bytes "
+                                 f"exceeds the limit of {MAX_BYTES[kind]}")
+    if untrusted and declared > RATIO_FLOOR and declared > MAX_RATIO * len(data):
+        raise CorruptObjectError(f"object {oid[:12]} is refused: {len(data)} bytes claim to expand "
+                                 f"to {declared} (a decompression bomb?)")
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=declared,
+                                                      allow_extra_data=False)
     except zstandard.ZstdError:
         raise CorruptObjectError(f"object {oid[:12]} is corrupt (cannot decompress)") from None
+    except MemoryError:
+        raise CorruptObjectError(f"object {oid[:12]} is too large to decompress here "
+                                 f"({declared} bytes)") from None
+    if len(raw) != declared:
+        raise CorruptObjectError(f"object {oid[:12]} is corrupt (truncated)")
+    return raw

@@ -1,15 +1,15 @@
-"""What an edit needs from the unedited base: its key statistics Σ_l, their null-space
-projectors and the context templates.
+"""What an edit needs from the unedited base and from the history: key statistics Σ_l,
+their null-space projectors, the context templates, and C_l of the earlier edits.
 
-All are found in the repository's caches or computed once from the base model, which
-the repository loads apart from the live one, so preparing an edit never moves the model
-of HEAD. Where they are kept and under which keys is the repository's rule (repo.caches);
-how they are computed is the editing engine's.
+The base's are found in the repository's caches or computed once from the base model,
+which the workbench loads apart from the live one, so preparing an edit never moves the
+model of HEAD. Where they are kept and under which keys is the repository's rule
+(repo.caches); how they are computed is the editing engine's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
@@ -18,6 +18,7 @@ import torch
 from ..corpus import Corpus
 from ..repo.caches import ProjectorKey, StatsKey, TemplatesKey
 from ..repo.repository import Repo
+from .bench import Workbench
 
 if TYPE_CHECKING:
     from ..editing.nullspace import NullspaceRule
@@ -31,14 +32,15 @@ def templates_key(base_id: str, hp) -> TemplatesKey:
                         hp.prompt_start)
 
 
-def context_templates(repo: Repo, key: TemplatesKey) -> list[str]:
+def context_templates(bench: Workbench, key: TemplatesKey) -> list[str]:
     """The base's context templates under a rule: sampled once from the unedited base, then stored."""
     from ..editing import generate_context_templates
 
+    repo = bench.repo
     found = repo.caches.find_templates(key)
     if found is not None:
         return found
-    base = repo.base_model(key.base)
+    base = bench.base_model(key.base)
     templates = generate_context_templates(base.model, base.tokenizer, seed=key.seed, n_tokens=key.n_tokens,
                                            prefixes=key.prefixes, count=key.count, start=key.start)
     repo.caches.put_templates(key, templates)
@@ -87,7 +89,7 @@ def recorded_templates(repo: Repo, commits) -> dict[str, TemplatesKey]:
 
 
 def second_moments(
-    repo: Repo,
+    bench: Workbench,
     base_id: str,
     layers: list[int],
     corpus: Corpus,
@@ -96,9 +98,8 @@ def second_moments(
 ) -> tuple[dict[int, torch.Tensor], dict[int, str]]:
     """Σ_l = E[k kᵀ] of the *base* model's keys per layer, from the caches or computed now."""
     from ..editing.covariance import key_second_moment
-    from ..models.adapters import adapter_for
 
-    adapter = adapter_for(repo.manifest(base_id).config)
+    repo, adapter = bench.repo, bench.adapter(base_id)
     keys = {layer: StatsKey(base_id, adapter.weight_name(layer), corpus.id, tokens) for layer in layers}
     out: dict[int, torch.Tensor] = {}
     ids: dict[int, str] = {}
@@ -110,7 +111,7 @@ def second_moments(
         else:
             ids[layer], out[layer] = found
     if missing:
-        base = repo.base_model(base_id)
+        base = bench.base_model(base_id)
         texts = corpus.stats_texts(max_chars=tokens * 8)
         sigmas, count = key_second_moment(
             base.model, base.tokenizer, texts, missing, max_tokens=tokens, progress=progress
@@ -121,11 +122,10 @@ def second_moments(
     return out, ids
 
 
-def recorded_stats(repo: Repo, commits) -> dict[str, tuple[StatsKey, int]]:
+def recorded_stats(bench: Workbench, commits) -> dict[str, tuple[StatsKey, int]]:
     """{stats ref: (key, layer)} for every statistics object the given commits say they
     used (layer, corpus id, token budget): what `fsck --repair` needs to recompute one."""
     from ..errors import NmkevcError
-    from ..models.adapters import adapter_for
 
     out: dict[str, tuple[StatsKey, int]] = {}
     for c in commits:
@@ -133,7 +133,7 @@ def recorded_stats(repo: Repo, commits) -> dict[str, tuple[StatsKey, int]]:
         if not isinstance(stats, dict) or not isinstance(corpus, dict):
             continue
         try:
-            adapter = adapter_for(repo.manifest(c.base).config)
+            adapter = bench.adapter(c.base)
             for layer in stats:
                 key = StatsKey(c.base, adapter.weight_name(int(layer)), corpus["id"], int(corpus["tokens"]))
                 out[key.ref] = (key, int(layer))
@@ -142,13 +142,32 @@ def recorded_stats(repo: Repo, commits) -> dict[str, tuple[StatsKey, int]]:
     return out
 
 
-def rebuild_stats(repo: Repo, how: tuple[StatsKey, int]) -> str | None:
+def rebuild_stats(bench: Workbench, how: tuple[StatsKey, int]) -> str | None:
     """Recompute one layer's statistics as recorded; the new object replaces a damaged
     file of the same id. None when the corpus is not the shipped one (its file is not
     recorded), so only the next edit with that corpus can rebuild it."""
     key, layer = how
-    corpus = repo.corpus()
+    corpus = bench.corpus()
     if corpus.id != key.corpus:
         return None
-    _, ids = second_moments(repo, key.base, [layer], corpus, key.tokens)
+    _, ids = second_moments(bench, key.base, [layer], corpus, key.tokens)
     return ids[layer]
+
+
+def prior_key_covariance(repo: Repo, commits: list[str], weight_names: list[str],
+                         extra: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+    """C_l = Σ K Kᵀ over the keys stored with the deltas of an effective set (plus stored,
+    uncommitted deltas `extra`), per weight name: what protects earlier edits, so it
+    follows branches, merges and reverts."""
+    out: dict[str, torch.Tensor] = {}
+    plan = repo.plan_of(commits, extra)
+    for name in weight_names:
+        acc = None
+        for _, w in plan.get(name, ()):
+            if w.K is None:
+                continue
+            k = w.K.double()
+            acc = k @ k.T if acc is None else acc + k @ k.T
+        if acc is not None:
+            out[name] = acc.float()
+    return out

@@ -1,0 +1,42 @@
+"""AlphaEdit: null-space constrained locate-then-edit over all neurons.
+
+U = (P (K Kᵀ + C) + λ I)⁻¹ P K per layer, so the update leaves the preserved keys' outputs
+(and, through C, earlier edits) alone. Its record holds the ridge λ and the null-space rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..hparams import NullspaceHparams
+from ..registry import EditMethod, FactorInputs, register_method
+
+if TYPE_CHECKING:
+    from ..update import Factor
+
+
+@dataclass
+class AlphaEditHparams(NullspaceHparams):
+    method: str = "alphaedit"
+
+
+def ridge_of(keys, projector, hp: NullspaceHparams) -> float:
+    """λ of the solve: relative to the batch's kᵀ P k (the default) or absolute."""
+    from ..update import relative_ridge
+
+    return relative_ridge(keys, projector, hp.ridge) if hp.ridge_relative else float(hp.ridge)
+
+
+def solve(inputs: FactorInputs, hp: NullspaceHparams) -> Factor:
+    from ..update import Factor, nullspace_factor, zero_outside
+
+    lam = ridge_of(inputs.keys, inputs.projector, hp)
+    u = nullspace_factor(inputs.keys, inputs.projector, inputs.prior_cov, lam)
+    return Factor(zero_outside(u, inputs.mask), {"ridge": lam})
+
+
+ALPHAEDIT = register_method(EditMethod(
+    "alphaedit", "null-space constrained locate-then-edit (all neurons)",
+    masks_neurons=False, uses_projector=True, uses_second_moment=False, solve=solve, hparams=AlphaEditHparams,
+))

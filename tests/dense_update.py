@@ -1,0 +1,70 @@
+"""Test-only: Step 4 written out densely, as docs/method.md states it — the requests, corpus and
+templates of the update tests, a tiny model with its Σ and projectors, keys averaged by template
+group, the dense solve U = A⁻¹PK — shared by test_editing_update.py and test_editing_step4.py."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from nmkevc.editing import NullspaceRule, compute_edit, key_second_moment, nullspace_projector
+from nmkevc.editing.tokens import templated
+from nmkevc.editing.update import rewrite_keys
+from nmkevc.facts import EditRequest
+from nmkevc.models.adapters import adapter_for
+from nmkevc.models.tokens import encode
+
+TEMPLATES = ["{}", "I think that. {}", "Because of the rain. {}"]
+REQS = [EditRequest("Danielle Darrieux", "The mother tongue of {}", "Paris"),
+        EditRequest("France", "The capital of {} is", "Rome")]
+CORPUS = [
+    "The capital of France is Paris. The capital of Italy is Rome.",
+    "The capital of Spain is Madrid. The capital of Germany is Berlin.",
+    "Therefore the answer is yes. Because it rained, I stayed home. You are kind.",
+    "The official language of Brazil is Portuguese. The currency of Japan is the yen.",
+] * 3
+
+
+def load_with_projectors(d):
+    """A tiny model, its tokenizer, Σ of layers 1–2 over CORPUS and their projectors (70% kept)."""
+    model = AutoModelForCausalLM.from_pretrained(d).eval()
+    tok = AutoTokenizer.from_pretrained(d)
+    sigma, _ = key_second_moment(model, tok, CORPUS, [1, 2])
+    proj = {k: nullspace_projector(v, NullspaceRule(keep_fraction=0.7))[0] for k, v in sigma.items()}
+    return model, tok, sigma, proj
+
+
+def keys_and_h(model, tok, reqs, layers, tap, average="groups"):
+    """Keys template by template, then averaged as docs/method.md says: the bare prompt "{}" (the
+    first template) weighs 1/2 and the prefixed ones share the other 1/2 ("groups"), or a plain
+    mean ("templates", the rule of edits made before); h at the bare prompt."""
+    per = []
+    for t in TEMPLATES:
+        texts, ends = templated(reqs, [t])
+        per.append(rewrite_keys(model, adapter_for(model), encode(tok, texts, ends), 1, layers, tap=tap))
+    keys = {}
+    for layer in layers:
+        each = [k[layer] for k, _ in per]
+        if average == "groups":
+            keys[layer] = 0.5 * each[0] + 0.5 * torch.stack(each[1:]).mean(0)
+        else:
+            keys[layer] = torch.stack(each).mean(0)
+    return keys, per[0][1]
+
+
+def dense_u(k, p, c, lam):
+    k = k.double()
+    gram = k @ k.T + (0 if c is None else c.double())
+    a = p.double() @ gram + lam * torch.eye(k.shape[0], dtype=torch.float64)
+    return torch.linalg.solve(a, p.double() @ k)
+
+
+def apply(model, upd, sign=1.0):
+    ad = adapter_for(model)
+    with torch.no_grad():
+        ad.to_out_in(ad.weight(model, upd.layer))[:, upd.idx] += sign * (upd.V @ upd.U.T)
+
+
+def solve(model, tok, reqs, hp, proj, prior=None, sigma=None):
+    return compute_edit(model, tok, reqs, hp, context_templates=TEMPLATES, projectors=proj,
+                        prior_keys_cov=prior, key_second_moment=sigma)
