@@ -67,3 +67,13 @@ def commit():
     """commit(where, seed, subject="France", target=None, layers=(1, 2)): a random delta
     committed as teaching subject -> target (random_deltas.commit_random)."""
     return commit_random
+
+
+@pytest.fixture
+def src(repo, tmp_path):
+    """The storage-level `Repo` of a repository with one commit on it (for transfer and
+    damage tests, which work below the porcelain)."""
+    from nmkevc.repo.repository import Repo
+
+    commit_random(tmp_path / "repo", 1, "France")
+    return Repo.open(tmp_path / "repo")

@@ -26,13 +26,6 @@ def arch() -> str:
 
 
 @pytest.fixture
-def src(repo, tmp_path) -> Repo:
-    root = tmp_path / "repo"
-    _commit(root, 1, "France")
-    return Repo.open(root)
-
-
-@pytest.fixture
 def remote(src, tmp_path) -> Path:
     """A bare remote holding src's history, src knowing it as `r`."""
     url = tmp_path / "remote"

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import zstandard
 from forge import bomb_frame, commit_payload, delta_payload, history_objects, obj, write_bundle
-from random_deltas import commit_random as _commit
 
 from nmkevc.cli.base import main
 from nmkevc.errors import NmkevcError
@@ -29,13 +28,6 @@ from nmkevc.storage.objects import encode
 @pytest.fixture
 def arch() -> str:
     return "llama"
-
-
-@pytest.fixture
-def src(repo, tmp_path) -> Repo:
-    root = tmp_path / "repo"
-    _commit(root, 1, "France")
-    return Repo.open(root)
 
 
 @pytest.fixture
