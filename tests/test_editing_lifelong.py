@@ -362,3 +362,18 @@ def test_fields_default_off_validate_and_replay_old_commits():
     assert EditHparams.from_json(on.to_json()) == on
     memit_on = EditHparams(method="memit", memit_frobenius=20.0)
     assert EditHparams.from_json(memit_on.to_json()) == memit_on
+
+
+def test_the_published_form_is_one_preset_away():
+    """Whatever the defaults become, `preset="published"` turns every lifelong mechanism off;
+    later settings win over the preset, and each method takes the preset's fields it has."""
+    from nmkevc.editing.hparams import PRESETS
+
+    on = EditHparams(z_stop_top1=2, z_norm_anchor=1.0, z_weights="base")
+    published = on.updated(preset="published")
+    assert {k: getattr(published, k) for k in off_for("nmke")} == off_for("nmke")
+    assert on.updated(preset="published", z_stop_top1=3).z_stop_top1 == 3
+    memit = EditHparams(method="memit", memit_frobenius=5.0).updated(preset="published")
+    assert memit.memit_frobenius == 0.0 and set(PRESETS["published"]) == set(OFF)
+    with pytest.raises(EditRequestError, match="unknown preset"):
+        on.updated(preset="fastest")

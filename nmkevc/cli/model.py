@@ -46,10 +46,13 @@ def export(ctx, rev, directory, fmt, rank, as_json):
 @click.option("--stats-tokens", type=int, default=None, help="Tokens of corpus for the statistics.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="An edit hyperparameter (repeatable; see docs/method.md), e.g. --set masked_update=compensated.")
+@click.option("--preset", default=None, metavar="NAME",
+              help="A named set of hyperparameters applied before --set: 'published' (the method as its "
+                   "paper runs it, no lifelong mechanisms).")
 @json_option
 @click.pass_context
 def edit(ctx, subject, prompt, target, target_true, paraphrases, path, batch_size, message, method, layers,
-         corpus, stats_tokens, settings, as_json):
+         corpus, stats_tokens, settings, preset, as_json):
     """Teach the model new facts with NMKE and commit the delta."""
     from ..errors import UsageError
     from ..porcelain import EditRequest, parse_setting
@@ -67,6 +70,8 @@ def edit(ctx, subject, prompt, target, target_true, paraphrases, path, batch_siz
                                 paraphrases=tuple(paraphrases))]
     repo = open_repo(ctx)
     overrides = dict(parse_setting(x) for x in settings)
+    if preset is not None:
+        overrides["preset"] = preset
     if layers is not None:  # --layers "" is a mistake, not the default
         overrides["layers"] = _parse_layers(layers)
     bars = StageBars(enabled=not as_json)

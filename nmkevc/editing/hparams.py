@@ -156,7 +156,13 @@ class EditHparams:
     def updated(self, **changes) -> EditHparams:
         """A validated copy with `changes` applied, in the record of `changes["method"]` if that
         is given: the fields both records have carry over; a change the record has no field for
-        is refused (unknown, or not read by that method)."""
+        is refused (unknown, or not read by that method). `preset=NAME` applies a `PRESETS`
+        entry first (the fields of it this method's record has), then the other changes."""
+        if "preset" in changes:
+            changes = dict(changes)
+            preset = preset_settings(changes.pop("preset"))
+            record = record_of(changes.get("method", self.method))
+            changes = {**{k: v for k, v in preset.items() if k in field_names(record)}, **changes}
         name = changes.get("method", self.method)
         record = record_of(name) if isinstance(name, str) else type(self)
         own = field_names(record)
@@ -225,6 +231,21 @@ class NullspaceHparams(EditHparams):
                 bad(f"{name} must lie in [0, 1], got {v!r}")
         if self.nullspace_keep_fraction is not None and self.nullspace_energy is not None:
             bad("set at most one of nullspace_keep_fraction and nullspace_energy")
+
+
+#: Named sets of settings, one option away (`--preset NAME`, `preset=NAME`). "published": the
+#: methods as their papers and reference code run them, none of the lifelong mechanisms
+#: (docs/method.md, "Lifelong mechanisms"); a method takes the settings its record has.
+PRESETS: dict[str, dict] = {
+    "published": {"z_stop_top1": 0, "z_norm_anchor": None, "z_weights": "current", "memit_frobenius": 0.0},
+}
+
+
+def preset_settings(name) -> dict:
+    try:
+        return PRESETS[name]
+    except (KeyError, TypeError):
+        raise EditRequestError(f"unknown preset {name!r} (choose one of {', '.join(PRESETS)})") from None
 
 
 def positive(bad, hp, *names: str) -> None:

@@ -229,7 +229,8 @@ class Repository:
              stats_tokens: int | None = None, progress=None, **overrides) -> edit.EditOutcome:
         """Teach the model at HEAD the requests (one batch, one commit).
 
-        `hparams` is an EditHparams; keyword overrides (e.g. layers=[3, 4]) adjust a copy."""
+        `hparams` is an EditHparams; keyword overrides (e.g. layers=[3, 4], or preset="published":
+        `editing.hparams.PRESETS`) adjust a copy."""
         from ..editing import EditHparams
         from ..workbench.statistics import DEFAULT_STATS_TOKENS
         from . import edit
