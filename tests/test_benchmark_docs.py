@@ -36,3 +36,10 @@ def test_method_tables_are_generated_from_their_json():
         mod = _bench(name)
         assert mod.DEFAULT_OUT.exists(), f"{mod.DEFAULT_OUT} is quoted by {mod.DOC} but missing"
         assert _block(mod.DOC, mod.BEGIN, mod.END) == mod.table(json.loads(mod.DEFAULT_OUT.read_text()))
+
+
+def test_lifelong_dev_block_in_method_md_is_generated_from_its_json():
+    mod = _bench("lifelong")
+    results, doc = ROOT / "docs" / "results" / "lifelong-countryinfo-dev-T300-B100", ROOT / "docs" / "method.md"
+    begin, end = mod.doc_markers(results, doc)
+    assert _block(doc, begin, end) == mod.results_block(results, doc).strip("\n")
