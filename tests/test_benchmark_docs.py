@@ -43,3 +43,11 @@ def test_lifelong_dev_block_in_method_md_is_generated_from_its_json():
     results, doc = ROOT / "docs" / "results" / "lifelong-countryinfo-dev-T300-B100", ROOT / "docs" / "method.md"
     begin, end = mod.doc_markers(results, doc)
     assert _block(doc, begin, end) == mod.results_block(results, doc).strip("\n")
+
+
+def test_view_page_sizes_in_the_docs_are_the_measured_ones():
+    data = json.loads((ROOT / "docs" / "figures" / "view.json").read_text())
+    doc = (ROOT / "docs" / "view.md").read_text()
+    for entry in data.values():
+        assert f"{entry['bytes']:,}" in doc
+    assert f"{data['synthetic-1000']['record_as_plain_json_bytes']:,}" in doc
