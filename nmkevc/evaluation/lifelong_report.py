@@ -24,15 +24,23 @@ PLOTS = (
 )
 
 
-def _goal_marks(p: BatchPoint) -> dict[str, bool | None]:
-    """Issue #9's goals: efficacy >= 0.95, generalisation >= 0.80, specificity within 0.05 of
-    the unedited model, perplexity +<= 5%; None where the point lacks the figure."""
+#: The lifelong goals at T = 1000 (issue #21): efficacy, generalisation and retention of the first
+#: batch at least these, specificity within SPEC_DROP of the unedited model, perplexity at most
+#: +PPL, fluency within FLUENCY_DROP of the unedited model.
+GOALS = {"efficacy": 0.90, "generalization": 0.75, "retention": 0.85}
+SPEC_DROP, PPL, FLUENCY_DROP = 0.05, 0.10, 0.2
+
+
+def _goal_marks(p: BatchPoint, base_fluency: float | None = None) -> dict[str, bool | None]:
+    """Each goal met or not; None where the point (or the unedited model) lacks the figure."""
     spec_drop = None if p.specificity is None or p.base_specificity is None else p.base_specificity - p.specificity
+    marks = {k: None if getattr(p, k) is None else getattr(p, k) >= v for k, v in GOALS.items()}
     return {
-        "efficacy": None if p.efficacy is None else p.efficacy >= 0.95,
-        "generalization": None if p.generalization is None else p.generalization >= 0.80,
-        "specificity": None if spec_drop is None else spec_drop <= 0.05,
-        "perplexity": None if p.perplexity_change is None else p.perplexity_change <= 0.05,
+        **marks,
+        "specificity": None if spec_drop is None else spec_drop <= SPEC_DROP,
+        "perplexity": None if p.perplexity_change is None else p.perplexity_change <= PPL,
+        "fluency": None if p.fluency is None or base_fluency is None
+        else round(base_fluency - p.fluency, 6) <= FLUENCY_DROP,  # rounded: 5.3 − 5.1 is 0.2 here
     }
 
 
@@ -149,14 +157,17 @@ def results_markdown(run: LifelongRun | None, link_dir: str, what: str = "lifelo
     where = f"at T = {ts[0]} edits, every method's latest fully evaluated point in common" if same_t else \
         "at each method's latest fully evaluated point (the methods are at different T)"
     base_ppl, base_flu = run.info.get("base_perplexity"), run.info.get("base_fluency")
-    lines += ["", f"Figures {where}; ✓/✗: issue #9's goals (efficacy ≥ 0.95, generalisation ≥ 0.80, "
-              f"specificity within 0.05 of the unedited model, perplexity +≤ 5%).", "",
+    lines += ["", f"Figures {where}; ✓/✗: the lifelong goals at T = 1000 (efficacy ≥ {GOALS['efficacy']:.2f}, "
+              f"generalisation ≥ {GOALS['generalization']:.2f}, specificity within {SPEC_DROP} of the unedited "
+              f"model, retention of the first batch ≥ {GOALS['retention']:.2f}, perplexity +≤ {PPL:.0%}, fluency "
+              f"within {FLUENCY_DROP} of the unedited model).", "",
               "| method | edits | efficacy | generalisation | specificity | unedited | Δ specificity | "
               "retention (1st batch) | perplexity change | fluency |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-              "| *goal* | | *≥ 0.95* | *≥ 0.80* | | | *≥ −0.05* | | *≤ +5%* | |"]
+              f"| *goal* | | *≥ {GOALS['efficacy']:.2f}* | *≥ {GOALS['generalization']:.2f}* | | | *≥ −{SPEC_DROP}* | "
+              f"*≥ {GOALS['retention']:.2f}* | *≤ +{PPL:.0%}* | *≥ unedited − {FLUENCY_DROP}* |"]
     header = lines[-3:]
-    lines += [_goal_row(m, p) for m, p in points.items()]
+    lines += [_goal_row(m, p, base_flu) for m, p in points.items()]
     latest = {m: pts[-1] for m in run.methods
               if (pts := [p for p in run.points_of(m) if p.efficacy is not None]) and m in points
               and pts[-1].edits > points[m].edits}
@@ -164,7 +175,7 @@ def results_markdown(run: LifelongRun | None, link_dir: str, what: str = "lifelo
         lines += ["", f"At this T, {best}."]
     if latest:
         lines += ["", "Further, each method's latest fully evaluated point (compare rows only at the same T):",
-                  "", *header, *[_goal_row(m, p) for m, p in latest.items()]]
+                  "", *header, *[_goal_row(m, p, base_flu) for m, p in latest.items()]]
         t_max = max(p.edits for p in latest.values())
         if best := _best_line({m: p for m, p in latest.items() if p.edits == t_max}):
             lines += ["", f"At T = {t_max}, {best}."]
@@ -191,14 +202,15 @@ def _best_line(points: dict[str, BatchPoint]) -> str:
     return "; ".join(best)
 
 
-def _goal_row(method: str, p: BatchPoint) -> str:
-    """A point's row of the docs table, with issue #9's goal marks."""
-    g = _goal_marks(p)
+def _goal_row(method: str, p: BatchPoint, base_fluency: float | None = None) -> str:
+    """A point's row of the docs table, with the goal marks."""
+    g = _goal_marks(p, base_fluency)
     delta = None if p.specificity is None or p.base_specificity is None else p.specificity - p.base_specificity
     return (f"| {method} | {p.edits} | {_f(p.efficacy)}{_mark(g['efficacy'])} | "
             f"{_f(p.generalization)}{_mark(g['generalization'])} | {_f(p.specificity)} | "
-            f"{_f(p.base_specificity)} | {_f(delta, '+.3f')}{_mark(g['specificity'])} | {_f(p.retention)} | "
-            f"{_f(p.perplexity_change, '+.2%')}{_mark(g['perplexity'])} | {_f(p.fluency, '.2f')} |")
+            f"{_f(p.base_specificity)} | {_f(delta, '+.3f')}{_mark(g['specificity'])} | "
+            f"{_f(p.retention)}{_mark(g['retention'])} | {_f(p.perplexity_change, '+.2%')}{_mark(g['perplexity'])} | "
+            f"{_f(p.fluency, '.2f')}{_mark(g['fluency'])} |")
 
 
 def _provenance_lines(run: LifelongRun) -> list[str]:
