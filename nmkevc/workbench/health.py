@@ -43,6 +43,8 @@ def state_health(bench: Workbench, base_id: str, commits: list[str], sigmas: Map
     `sigmas` covers, and of `batch` (this commit's own delta) where given."""
     import torch
 
+    from ..deltas.compose import summed_out_in
+
     repo, adapter = bench.repo, bench.adapter(base_id)
     weights = bench.weights(base_id)
     own = {w.name: w for w in (batch.weights if batch is not None else ())}
@@ -51,9 +53,9 @@ def state_health(bench: Workbench, base_id: str, commits: list[str], sigmas: Map
         layer = entries[0][1].layer
         sigma = sigmas.get(layer)
         base = adapter.to_out_in(weights.get(name)).to(torch.float64)
-        total = torch.zeros_like(base)
-        for _, w in entries:
-            total += w.dense_out_in().to(torch.float64)
+        total = summed_out_in([w for _, w in entries])  # one product, as materialisation does
+        if total is None:
+            total = torch.zeros_like(base)
         rec = {"norm_growth": round(float((base + total).norm() / base.norm()) - 1.0, 6)}
         if sigma is not None:
             sig = sigma.to(torch.float64)
