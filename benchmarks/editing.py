@@ -7,15 +7,21 @@ copy of a repository whose statistics and context templates are already computed
 - one edit and batches of edits (countryinfo counterfactuals) per method; the facts are
   built once by the process running this script, so every code tree edits the same ones.
 A case records wall time of `Repository.edit` (model checks included), the engine's own
-phase timings (z / attribution / update; their sum is "the edit maths"), efficacy, peak
-RSS, stored bytes per edit and the machine's load average before and after, since the
-machine may be shared. Repeated runs of a case are kept individually and summarised by
-their median.
+phase timings (z / attribution / keys / update, whichever the engine reports; their sum is
+"the edit maths"), efficacy and P(new) (the edit's after-check), peak RSS, stored bytes per
+edit and the machine's load average before and after, since the machine may be shared. Then,
+in the same process, every phase (and "commit": the wall time minus the maths) goes beside its
+floor for those exact facts, counted by `benchmarks/floors.py` and divided by the product and
+exponential rates measured right after the edit (`--rate-seconds` each): measured, floor, their
+ratio and the achieved GFLOP/s. An engine that times Step 4's forward passes inside the update
+(no "keys") gets its keys floor added to the update's, marked. Repeated runs of a case are kept
+individually and summarised by their median.
 
 Code trees: `--tree label=PATH` runs the same cases against another checkout (e.g. a
 worktree of an older commit, as "before"), so before and after come from one script.
-Figures are merged into a JSON file (default docs/figures/editing.json, committed);
-`--markdown` rewrites the generated table in docs/benchmarks.md from that file.
+Figures are merged into a JSON file (default docs/figures/editing.json, committed; `--out
+/tmp/x.json` for a trial run); `--markdown` rewrites the generated tables in docs/benchmarks.md
+(and the README's sentence) from docs/figures/editing.json; with another `--out` it only prints them.
 
     python benchmarks/editing.py --methods nmke,alphaedit,memit --batches 1,10 --repeat 3
     git worktree add ../nmkevc-before 5213a8c
@@ -101,7 +107,8 @@ def prepare(repo_dir: str, stats_tokens: int) -> dict:
             "threads": torch.get_num_threads(), "load_before": load0, "load_after": load_avg()}
 
 
-def edit_case(repo_dir: str, n: int, method: str, stats_tokens: int) -> dict:
+def edit_case(repo_dir: str, n: int, method: str, stats_tokens: int, rate_seconds: float = 2.0,
+              dtype: str = "float32") -> dict:
     import torch
 
     from nmkevc import Repository
@@ -109,8 +116,10 @@ def edit_case(repo_dir: str, n: int, method: str, stats_tokens: int) -> dict:
 
     repo = Repository.open(repo_dir)
     t0 = time.time()
-    repo.load_model()
+    state = repo.load_model()
     load_s = time.time() - t0
+    # read before the edit: the handle goes stale once the edit moves the live model
+    config, tokenizer = state.model.config.to_dict(), state.tokenizer
     # the same facts for every code tree: written once by the parent (a tree's own fact set may differ)
     stored = json.loads((Path(repo_dir).parent / "requests.json").read_text())
     reqs = [EditRequest.from_json(d) for d in stored[:n]]
@@ -127,7 +136,7 @@ def edit_case(repo_dir: str, n: int, method: str, stats_tokens: int) -> dict:
     out = repo.edit(reqs, stats_tokens=stats_tokens, **kwargs)
     secs = time.time() - t1
     timings = out.info["editor"].get("timings", {})
-    return {
+    result = {
         "case": "edit", "method": method, "n": n, "seconds": round(secs, 2), "load_seconds": round(load_s, 2),
         "maths_seconds": round(sum(timings.values()), 2),
         "timings": {k: round(v, 2) for k, v in timings.items()},
@@ -140,6 +149,80 @@ def edit_case(repo_dir: str, n: int, method: str, stats_tokens: int) -> dict:
         "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "load_before": load0, "load_after": load_avg(),
     }
+    # after the figures above (peak RSS is the edit's): the floors, at rates measured now
+    result.update(case_floors(repo, config, tokenizer, out, reqs, secs, dtype, rate_seconds))
+    return result
+
+
+def case_floors(repo, config: dict, tokenizer, out, reqs: list, wall: float, dtype: str,
+                rate_seconds: float) -> dict:
+    """Every phase of this edit beside its floor, at rates measured now, after the edit (benchmarks/floors.py).
+
+    Counting reads the tree's own tokenization and packing; a tree it cannot read (older code) still
+    gets its phases and rates, with the reason its floors are missing."""
+    import floors
+
+    timings = out.info["editor"].get("timings", {})
+    shape = floors.ModelShape.from_config(config)
+    counts, error, z_precision, forward = None, None, dtype, dtype
+    try:
+        counts, z_precision = count_edit(repo, tokenizer, out, reqs, shape, dtype)
+    except (ImportError, AttributeError, KeyError, TypeError, ValueError) as e:
+        error = f"{type(e).__name__}: {e}"
+    try:
+        from nmkevc.editing.zopt import PACK_TOKENS
+    except ImportError:
+        PACK_TOKENS = 1024  # noqa: N806  (trees before packing: z_floor's first shapes)
+    bf16 = "bfloat16" in (z_precision, forward)
+    rates = floors.measure_rates(shape.d_model, shape.d_ff, PACK_TOKENS, rate_seconds, bfloat16=bf16)
+    phases = floors.phase_figures(timings, wall, counts, rates)
+    extra = {"phases": {k: v.to_json() for k, v in phases.items()}, "rates": rates.to_json()}
+    if counts is not None:
+        extra["counted"] = {k: c.detail for k, c in counts.phases().items() if c is not None}
+    if error:
+        extra["floors_error"] = error
+    return extra
+
+
+def count_edit(repo, tokenizer, out, reqs: list, shape, dtype: str):
+    """The counts of the committed edit: its stored hyperparameters and context templates, the
+    Adam steps each request took, its layers and mask sizes; and the precision z ran in."""
+    import floors
+
+    from nmkevc.editing import EditHparams
+
+    commit = repo.commit(out.commit)
+    hp = EditHparams.from_json(commit.method["hparams"])
+    editor = commit.info["editor"]
+    layers = sorted(editor["layers"])
+    kept = [x["neurons"] for x in sorted(out.layers, key=lambda x: x["layer"])]
+    try:
+        from nmkevc.editing.attribution import MOMENTS_MIN_PROMPTS, MOMENTS_ORDER
+    except ImportError:  # trees before the moment form: always exact
+        MOMENTS_MIN_PROMPTS, MOMENTS_ORDER = float("inf"), 16  # noqa: N806
+    z_precision = "bfloat16" if getattr(hp, "z_precision", "model") == "bfloat16" else dtype
+    rows = floors.case_rows(tokenizer, reqs, commit.info["context_templates"], hp)
+    counts = floors.count_case(
+        shape, rows, editor["z_steps"], layers, kept, floors.method_form(hp.method, getattr(hp, "masked_update", None)),
+        masks="attribution" in editor.get("timings", {}), projector=editor.get("projector") == "given",
+        prior=earlier_edits(repo, commit), z_precision=z_precision, forward_precision=dtype,
+        moments_min=MOMENTS_MIN_PROMPTS, order=MOMENTS_ORDER)
+    return counts, z_precision
+
+
+def earlier_edits(repo, commit) -> bool:
+    """Whether any ancestor carries a delta (then C of earlier edits enters the solve)."""
+    todo, seen = list(commit.parents), set()
+    while todo:
+        cid = todo.pop()
+        if cid in seen:
+            continue
+        seen.add(cid)
+        c = repo.commit(cid)
+        if c.delta:
+            return True
+        todo.extend(c.parents)
+    return False
 
 
 def run_case(tree: Path, args: list[str]) -> dict:
@@ -163,7 +246,7 @@ def summarise(runs: list[dict]) -> dict:
     """Median of the repeated runs for the times, the runs themselves kept alongside."""
     first = runs[0]
     out = {k: v for k, v in first.items() if k not in ("seconds", "maths_seconds", "timings", "load_before",
-                                                       "load_after", "peak_mib")}
+                                                       "load_after", "peak_mib", "phases", "rates")}
     out["runs"] = len(runs)
     out["seconds"] = round(statistics.median(r["seconds"] for r in runs), 2)
     if "maths_seconds" in first:
@@ -176,11 +259,32 @@ def summarise(runs: list[dict]) -> dict:
     out["peak_mib"] = max(r["peak_mib"] for r in runs)
     out["load"] = [[r["load_before"], r["load_after"]] for r in runs]
     out["all_seconds"] = [r["seconds"] for r in runs]
+    if all("phases" in r for r in runs):
+        out["phases"] = median_phases([r["phases"] for r in runs])
+        out["rates"] = [r["rates"] for r in runs]
+    return out
+
+
+#: the figures of a phase that vary from run to run (the rest is the count, the same in every run)
+PHASE_MEDIANS = ("seconds", "floor_seconds", "ratio", "achieved_gflops", "gflop", "gexp")
+
+
+def median_phases(runs: list[dict]) -> dict:
+    """Each phase's measured and derived figures as medians over the runs, its parts and notes
+    from the first run."""
+    out = {}
+    for name, first in runs[0].items():
+        row = dict(first)
+        for k in PHASE_MEDIANS:
+            vals = [r[name][k] for r in runs if k in r.get(name, {})]
+            if vals:
+                row[k] = round(statistics.median(vals), 4)
+        out[name] = row
     return out
 
 
 def measure(label: str, tree: Path, methods: list[str], batches: list[int], repeat: int, repeat_large: int,
-            stats_tokens: int, dtype: str = "float32") -> list[dict]:
+            stats_tokens: int, dtype: str = "float32", rate_seconds: float = 2.0) -> list[dict]:
     work = Path(tempfile.mkdtemp(prefix=f"nmkevc-editbench-{label}-"))
     try:
         init = "Repository.init(sys.argv[1])" if dtype == "float32" else \
@@ -202,7 +306,8 @@ def measure(label: str, tree: Path, methods: list[str], batches: list[int], repe
                     repo = work / "case"
                     shutil.rmtree(repo, ignore_errors=True)
                     shutil.copytree(work / "template", repo)
-                    r = run_case(tree, ["--case", str(repo), "edit", str(n), method, str(stats_tokens)])
+                    r = run_case(tree, ["--case", str(repo), "edit", str(n), method, str(stats_tokens),
+                                        "--dtype", dtype, "--rate-seconds", str(rate_seconds)])
                     print(json.dumps({"label": label, **r}), flush=True)
                     runs.append(r)
                 row = summarise(runs)
@@ -230,26 +335,118 @@ def merge_into(path: Path, rows: list[dict]) -> None:
 
 
 def markdown(path: Path) -> str:
+    """The generated block's tables: every run (old rows as they were measured), then the phases
+    of the rows that carry floors."""
     data = json.loads(path.read_text())
     lines = ["| case | code | runs | wall (s) | edit maths (s) | z / attribution / update (s) | per fact (s) "
-             "| peak RSS (MiB) | efficacy | mask | load (1-min avg) |",
-             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|"]
+             "| peak RSS (MiB) | efficacy | P(new) | mask | load (1-min avg) |",
+             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
     for r in data["rows"]:
-        load = ", ".join(f"{a:.1f}→{b:.1f}" for a, b in r["load"]) if "load" in r else \
-            f"{r['load_before']:.1f}→{r['load_after']:.1f}"
+        load = _load(r)
         dt = "" if r.get("dtype", "float32") == "float32" else f", {r['dtype']}"
         if r["case"] == "statistics":
             lines.append(f"| statistics{dt} | {r['label']} ({r['commit']}) | {r.get('runs', 1)} | {r['seconds']:.1f} "
-                         f"| — | — | — | {r['peak_mib']} | — | — | {load} |")
+                         f"| — | — | — | {r['peak_mib']} | — | — | — | {load} |")
             continue
-        t = r["timings"]
+        t = step_seconds(r["timings"])
         phases = " / ".join(f"{t.get(k, 0.0):.1f}" for k in ("z", "attribution", "update"))
-        size = "1 fact" if r["n"] == 1 else f"batch of {r['n']}"
-        what = f"{r['method']}, {size}{dt}"
-        lines.append(f"| {what} | {r['label']} ({r['commit']}) | {r['runs']} | {r['seconds']:.1f} "
+        p_new = f"{r['p_after']:.3f}" if "p_after" in r else "—"
+        lines.append(f"| {_what(r)} | {r['label']} ({r['commit']}) | {r['runs']} | {r['seconds']:.1f} "
                      f"| {r['maths_seconds']:.1f} | {phases} | {r['maths_seconds'] / r['n']:.2f} | {r['peak_mib']} "
-                     f"| {r['efficacy']:.2f} | {r['mask_fraction']:.2f} | {load} |")
-    return "\n".join(lines)
+                     f"| {r['efficacy']:.2f} | {p_new} | {r['mask_fraction']:.2f} | {load} |")
+    return "\n".join(lines) + "\n\n" + phase_table(data)
+
+
+def step_seconds(timings: dict) -> dict:
+    """The engine's timings with Step 4's forward passes ("keys", engines after the split) counted
+    in "update", as every engine before timed them."""
+    t = {k: v for k, v in timings.items() if k != "keys"}
+    if "keys" in timings:
+        t["update"] = t.get("update", 0.0) + timings["keys"]
+    return t
+
+
+def _what(r: dict) -> str:
+    dt = "" if r.get("dtype", "float32") == "float32" else f", {r['dtype']}"
+    size = "1 fact" if r["n"] == 1 else f"batch of {r['n']}"
+    return f"{r['method']}, {size}{dt}"
+
+
+def _load(r: dict) -> str:
+    if "load" in r:
+        return ", ".join(f"{a:.1f}→{b:.1f}" for a, b in r["load"])
+    return f"{r['load_before']:.1f}→{r['load_after']:.1f}"
+
+
+#: the phases of the floor table, in the engine's order ("commit": Repository.edit minus the maths)
+PHASES = ("z", "keys", "attribution", "update", "commit")
+
+
+def _secs(x: float) -> str:
+    return f"{x:.1f}" if x >= 10 else f"{x:.2f}" if x >= 0.1 else f"{x:.2g}"
+
+
+def _cell(p: dict | None) -> str:
+    """measured / floor (ratio), "in update" for keys timed there, * when the phase carries keys."""
+    if p is None or (p.get("seconds") is None and not p.get("inside")):
+        return "—"
+    if p.get("inside"):
+        return f"in {p['inside']}"
+    mark = "*" if p.get("includes") else ""
+    if p.get("floor_seconds") is None:
+        return f"{_secs(p['seconds'])} / —{mark}"
+    ratio = p.get("ratio")
+    how = "" if ratio is None else f"{ratio:.0f}×" if ratio >= 100 else f"{ratio:.1f}×"
+    if p.get("floor_exp_seconds"):
+        how += f"{', ' if how else ''}exp {_secs(p['floor_exp_seconds'])}"
+    how = f" ({how})" if how else ""
+    return f"{_secs(p['seconds'])} / {_secs(p['floor_seconds'])}{how}{mark}"
+
+
+def _achieved(phases: dict) -> str:
+    out = []
+    for k in ("z", "keys", "attribution", "update"):
+        v = phases.get(k, {}).get("achieved_gflops")
+        out.append("—" if v is None else f"{v:.0f}" if v >= 10 else f"{v:.1f}")
+    return " / ".join(out)
+
+
+def _rates(r: dict) -> str:
+    """The best float32 and float64 product rates and exp rate of the row's (first) run."""
+    rates = r["rates"][0] if isinstance(r["rates"], list) else r["rates"]
+    best = {k: max(rates[k].values()) for k in ("float32", "float64", "exp")}
+    return (f"{best['float32']:.0f} / {best['float64']:.0f} / {best['exp']:.2f} "
+            f"({rates['load_before']:.1f}→{rates['load_after']:.1f})")
+
+
+def phase_table(data: dict) -> str:
+    """Each phase of each edit beside its floor, or a sentence saying no row has floors yet."""
+    rows = [r for r in data["rows"] if r["case"] == "edit" and "phases" in r]
+    if not rows:
+        return ("Per phase against its floor: no row of [editing.json](figures/editing.json) carries "
+                "per-phase floors yet (benchmarks/editing.py records them since issue #22, item 1; the rows "
+                "above were measured before). `python benchmarks/editing.py --batches 1,10,100` measures them.")
+    lines = ["Each phase against its floor (cells: measured s / floor s (measured ÷ floor, and the floor's "
+             "seconds of exponentials)); rates measured after each case: float32 / float64 GFLOP/s / G exp/s "
+             "(1-minute load while measured).", "",
+             "| case | code | runs | z | keys | attribution | update | commit (s) | maths | "
+             "GFLOP/s achieved: z / keys / attribution / update | efficacy | P(new) | load (1-min avg) | rates |",
+             "|---|---|---:|---|---|---|---|---:|---|---|---:|---:|---|---|"]
+    notes = []
+    for r in rows:
+        ph = r["phases"]
+        cells = " | ".join(_cell(ph.get(k)) for k in PHASES[:4])
+        commit = ph.get("commit", {}).get("seconds")
+        p_new = f"{r['p_after']:.3f}" if "p_after" in r else "—"
+        lines.append(f"| {_what(r)} | {r['label']} ({r['commit']}) | {r['runs']} | {cells} "
+                     f"| {'—' if commit is None else _secs(commit)} | {_cell(ph.get('maths'))} | {_achieved(ph)} "
+                     f"| {r['efficacy']:.2f} | {p_new} | {_load(r)} | {_rates(r)} |")
+        if r.get("floors_error"):
+            notes.append(f"- {_what(r)} ({r['label']}): no floors counted ({r['floors_error']}).")
+    if any(ph.get("keys", {}).get("inside") for ph in (r["phases"] for r in rows)):
+        notes.insert(0, "- \\* Step 4's forward passes (keys) timed inside the update by an engine before "
+                        "they were split out: that cell's time and floor both include them.")
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 def readme_sentence(path: Path) -> str:
@@ -260,7 +457,7 @@ def readme_sentence(path: Path) -> str:
     one, hundred = by.get(("nmke", 1)), by.get(("nmke", 100))
     if one is None:
         return "(no measurement of a 1-fact edit yet: run benchmarks/editing.py)"
-    t = one["timings"]
+    t = step_seconds(one["timings"])
     loads = [x for pair in one["load"] for x in pair]
     text = (f"On 2 shared CPU cores (1-minute load {min(loads):.1f}–{max(loads):.1f}) a 1-fact NMKE edit of "
             f"SmolLM2 takes {one['seconds']:.0f} s — the edit maths {one['maths_seconds']:.1f} s (z "
@@ -339,7 +536,7 @@ def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see the README on shared cores
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", default="nmke,alphaedit,memit")
-    ap.add_argument("--batches", default="1,10")
+    ap.add_argument("--batches", default="1,10,100", help="facts per edit, one case each (issue #22: 1, 10, 100)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per case of up to 10 facts (median reported)")
     ap.add_argument("--repeat-large", type=int, default=1, help="runs per larger case")
     ap.add_argument("--stats-tokens", type=int, default=20_000)
@@ -347,7 +544,10 @@ def main() -> None:
                     help="weights of the measured repository")
     ap.add_argument("--tree", action="append", default=[], metavar="LABEL=PATH",
                     help="code tree to measure (repeatable); default after=<this checkout>")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                    help="JSON the figures merge into (a test run: a path under /tmp)")
+    ap.add_argument("--rate-seconds", type=float, default=2.0,
+                    help="seconds per measured rate (matmul shapes, float64, exp) after each case")
     ap.add_argument("--markdown", action="store_true", help="only rewrite docs/benchmarks.md's table from --out")
     ap.add_argument("--case", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -356,18 +556,19 @@ def main() -> None:
         if what == "stats":
             print(json.dumps(prepare(repo_dir, int(tokens))))
         else:
-            print(json.dumps(edit_case(repo_dir, int(n), method, int(tokens))))
+            print(json.dumps(edit_case(repo_dir, int(n), method, int(tokens), args.rate_seconds, args.dtype)))
         return
     if args.markdown:
-        write_markdown(args.out)
-        print(markdown(args.out))
+        if args.out.resolve() == DEFAULT_OUT.resolve():  # the docs quote the committed figures only
+            write_markdown(args.out)
+        print(markdown(args.out) + "\n\n" + ratios(args.out))
         return
     trees = [t.split("=", 1) for t in args.tree] or [["after", str(ROOT)]]
     rows = []
     for label, path in trees:
         rows += measure(label, Path(path).resolve(), args.methods.split(","),
                         [int(b) for b in args.batches.split(",")], args.repeat, args.repeat_large,
-                        args.stats_tokens, args.dtype)
+                        args.stats_tokens, args.dtype, args.rate_seconds)
         merge_into(args.out, rows)
     print(markdown(args.out))
 

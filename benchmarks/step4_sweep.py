@@ -130,7 +130,7 @@ def measure(n: int, seed: int, offset: int, configs: list[dict], command: str, c
             projectors, kept = projectors_for(hp.nullspace)
             try:
                 with frozen_eval(model):
-                    steps, _, h_final = step4_update(
+                    steps, _, h_final, _ = step4_update(
                         model, cplan, batch, zres.z, hp, masks if cplan.method.masks_neurons else None,
                         projectors if cplan.method.uses_projector else None, None,
                         sigmas if cplan.method.needs_second_moment(hp) else None, quiet)

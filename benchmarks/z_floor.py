@@ -17,6 +17,9 @@ whatever the number of prompts, and for 12 prompts or more the 16 moment product
 (P × vocabulary) · (vocabulary × d_ff) per layer; its floor counts those products alone (the
 exponentials and everything else come on top), at the float32 rate (attribution stays float32).
 
+The counting is `benchmarks/floors.py`'s (`z_count`, `attribution_count`), which
+`benchmarks/editing.py` also uses to put every phase of a measured edit beside its own floor.
+
 Each `--n` is one run in the JSON (a run of the same n is replaced):
 
     python benchmarks/z_floor.py [--repo OUT/repo] [--n 100]   # writes docs/figures/z_floor.json
@@ -79,29 +82,6 @@ def run_text(r: dict) -> str:
     return text + "."
 
 
-def linear_params(module) -> int:
-    """Weights of the matrix products one token goes through in `module` (norms and biases aside)."""
-    import torch
-
-    return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))
-
-
-def throughput(rows: int, d_in: int, d_out: int, seconds: float = 3.0, dtype: str = "float32") -> float:
-    """GFLOP/s of (rows × d_in) @ (d_in × d_out) in `dtype`, forward plus the input gradient."""
-    import torch
-
-    dt = getattr(torch, dtype)
-    x = torch.randn(rows, d_in, dtype=dt, requires_grad=True)
-    w = torch.randn(d_out, d_in, dtype=dt)
-    for _ in range(3):
-        torch.nn.functional.linear(x, w).sum().backward()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        torch.nn.functional.linear(x, w).sum().backward()
-        n += 1
-    return 2 * 2 * rows * d_in * d_out * n / (time.perf_counter() - t0) / 1e9
-
-
 def first_batch_steps(repo, requests) -> tuple[list[int] | None, dict | None, str | None]:
     """z_steps and timings of the commit that edited exactly `requests` from the root, if any."""
     wanted = [r.to_json() for r in requests]
@@ -127,10 +107,12 @@ def main() -> None:
         write_markdown(args.out)
         return
     import torch
+    from floors import ModelShape, case_rows, count_case, matmul_shapes, throughput
 
     from nmkevc import Repository
     from nmkevc.editing import EditHparams
-    from nmkevc.editing.zopt import PACK_TOKENS, build_rows, plan_packs
+    from nmkevc.editing.attribution import MOMENTS_MIN_PROMPTS, MOMENTS_ORDER
+    from nmkevc.editing.zopt import PACK_TOKENS
     from nmkevc.models.adapters import adapter_for
     from nmkevc.porcelain.datasets import eval_cases
     from nmkevc.workbench.statistics import context_templates, templates_key
@@ -152,49 +134,22 @@ def main() -> None:
     model, tok = state.model, state.tokenizer
     adapter = adapter_for(model.config.to_dict())
     layers = hp.layers or adapter.default_layers(adapter.num_layers(model))
-    top = max(layers)
-    upper = list(adapter.layer_modules(model))[top + 1:]
     templates = context_templates(repo.workbench, templates_key(base, hp))
-    rows = build_rows(tok, requests, templates, hp)
-    packs = plan_packs(rows.batch, PACK_TOKENS)
-    tail = (rows.batch.lengths - rows.batch.subject_pos).tolist()
-    length = rows.batch.lengths.tolist()
     req_steps = steps if steps and len(steps) == args.n else [hp.z_steps] * args.n
 
-    cfg = model.config
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    per_token_linear = sum(2 * linear_params(m) for m in upper)  # forward FLOPs per re-run token
-    token_steps, attn_flops = 0, 0.0
-    for pack in packs:
-        width = max(tail[r] for r in pack.tolist())
-        for r in pack.tolist():
-            s = req_steps[int(rows.request[r])]
-            token_steps += width * s
-            # scores and weighted values over the row's whole context, per head and upper layer
-            attn_flops += s * width * 2 * 2 * cfg.num_attention_heads * head_dim * length[r] * len(upper)
-    reads = [0] * args.n  # unembedding reads per request per step: its targets and its KL position
-    for row in rows.t_row.tolist():
-        reads[int(rows.request[row])] += 1
-    for r in range(args.n):
-        reads[r] += 1
-    vocab, d_model = cfg.vocab_size, cfg.hidden_size
-    head_flops = sum(2 * d_model * vocab * reads[r] * req_steps[r] for r in range(args.n))
-    total = 2 * (per_token_linear * token_steps + attn_flops + head_flops)  # forward + input gradient
+    shape = ModelShape.from_config(model.config.to_dict())
+    counts = count_case(shape, case_rows(tok, requests, templates, hp), req_steps, layers, [], None, masks=True,
+                        moments_min=MOMENTS_MIN_PROMPTS, order=MOMENTS_ORDER)
+    z, attr = counts.z, counts.attribution
+    total = z.flops
 
-    torch.set_num_threads(torch.get_num_threads())
-    d_ff = cfg.intermediate_size
-    shapes = {f"{PACK_TOKENS}x{d_model}->{d_ff}": (PACK_TOKENS, d_model, d_ff),
-              f"{PACK_TOKENS}x{d_ff}->{d_model}": (PACK_TOKENS, d_ff, d_model),
-              f"{PACK_TOKENS}x{d_model}->{d_model}": (PACK_TOKENS, d_model, d_model)}
+    shapes = matmul_shapes(shape.d_model, shape.d_ff, PACK_TOKENS)
     gflops = {k: round(throughput(*v), 1) for k, v in shapes.items()}
     gflops_bf16 = {k: round(throughput(*v, dtype="bfloat16"), 1) for k, v in shapes.items()}
     best = max(gflops.values())
     best_bf16 = max(gflops_bf16.values())
-    from nmkevc.editing.attribution import MOMENTS_MIN_PROMPTS, MOMENTS_ORDER
-
-    prompts = args.n * len(templates)
-    b_flops = len(layers) * 2 * vocab * d_ff * d_model
-    m_flops = len(layers) * MOMENTS_ORDER * 2 * prompts * vocab * d_ff if prompts >= MOMENTS_MIN_PROMPTS else 0
+    # this script's attribution floor: B and the moment products alone (editing.py counts the rest)
+    b_flops, m_flops = attr.part("B"), attr.part("moments")
     attr_floor = (b_flops + m_flops) / (best * 1e9)
     result = {
         "date": time.strftime("%Y-%m-%d"),
@@ -204,19 +159,14 @@ def main() -> None:
         "facts": args.n,
         "steps_source": f"lifelong commit on {branch}" if steps else f"all {hp.z_steps} (no lifelong commit found)",
         "steps_mean": round(sum(req_steps) / len(req_steps), 2),
-        "rows": int(rows.request.numel()),
-        "packs": len(packs),
-        "upper_layers": len(upper),
-        "rerun_token_steps": token_steps,
-        "unembedding_reads": sum(reads),
-        "tflop": {"layers": round(2 * per_token_linear * token_steps / 1e12, 2),
-                  "attention": round(2 * attn_flops / 1e12, 2), "unembedding": round(2 * head_flops / 1e12, 2),
-                  "total": round(total / 1e12, 2)},
+        **{k: z.detail[k] for k in ("rows", "packs", "upper_layers", "rerun_token_steps", "unembedding_reads")},
+        "tflop": {"layers": round(z.part("layers") / 1e12, 2), "attention": round(z.part("attention") / 1e12, 2),
+                  "unembedding": round(z.part("unembedding") / 1e12, 2), "total": round(total / 1e12, 2)},
         "matmul_gflops": gflops,
         "floor_seconds": round(total / (best * 1e9), 2),
         "matmul_gflops_bfloat16": gflops_bf16,
         "floor_seconds_bfloat16": round(total / (best_bf16 * 1e9), 2),
-        "attribution": {"layers": len(layers), "prompts": prompts, "tflop_b": round(b_flops / 1e12, 3),
+        "attribution": {"layers": len(layers), "prompts": attr.detail["prompts"], "tflop_b": round(b_flops / 1e12, 3),
                         "tflop_moments": round(m_flops / 1e12, 3), "floor_seconds": round(attr_floor, 2)},
         "maths_floor_seconds": round(total / (best * 1e9) + attr_floor, 2),
         "maths_floor_seconds_bfloat16": round(total / (best_bf16 * 1e9) + attr_floor, 2),

@@ -8,8 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from nmkevc.editing import NullspaceRule, compute_edit, key_second_moment, nullspace_projector
+from nmkevc.editing.hooks import first_input, hidden_of, hooks, run_until, stop_after
 from nmkevc.editing.tokens import templated
-from nmkevc.editing.update import rewrite_keys
 from nmkevc.facts import EditRequest
 from nmkevc.models.adapters import adapter_for
 from nmkevc.models.tokens import encode
@@ -34,6 +34,31 @@ def load_with_projectors(d):
     return model, tok, sigma, proj
 
 
+@torch.no_grad()
+def plain_keys(model, batch, layers, tap):
+    """Keys K_l (d_ff × n) at the subject's last token of every row and the output of layer `tap`
+    there (d_model × n; None without a tap), from one plain forward pass of the whole rows."""
+    adapter = adapter_for(model)
+    rows, spos = batch.rows, batch.subject_pos
+    keys, out = {}, {}
+
+    def key_hook(layer):
+        def fn(_m, args):
+            keys[layer] = first_input(args)[rows, spos].float().T.contiguous()
+
+        return fn
+
+    def tap_hook(_m, _a, output):
+        out["h"] = hidden_of(output)[rows, spos].float().T.contiguous()
+
+    pre = {adapter.mlp_out_module(model, layer): key_hook(layer) for layer in layers}
+    post = {} if tap is None else {adapter.layer(model, tap): tap_hook}
+    deepest = max(layers) if tap is None else max(*layers, tap)
+    with hooks(pre=pre, post=post), stop_after(adapter.layer(model, deepest)):
+        run_until(model, batch)
+    return keys, out.get("h")
+
+
 def keys_and_h(model, tok, reqs, layers, tap, average="groups"):
     """Keys template by template, then averaged as docs/method.md says: the bare prompt "{}" (the
     first template) weighs 1/2 and the prefixed ones share the other 1/2 ("groups"), or a plain
@@ -41,7 +66,7 @@ def keys_and_h(model, tok, reqs, layers, tap, average="groups"):
     per = []
     for t in TEMPLATES:
         texts, ends = templated(reqs, [t])
-        per.append(rewrite_keys(model, adapter_for(model), encode(tok, texts, ends), 1, layers, tap=tap))
+        per.append(plain_keys(model, encode(tok, texts, ends), layers, tap))
     keys = {}
     for layer in layers:
         each = [k[layer] for k, _ in per]

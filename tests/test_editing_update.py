@@ -156,3 +156,58 @@ def test_first_edit_shortcut_equals_the_full_solve():
             fast = nullspace_factor(keys, projector, None, ridge)
             full = nullspace_factor(keys, projector, torch.zeros(d_ff, d_ff), ridge)
             torch.testing.assert_close(fast, full, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("layers", [[0, 2], [1, 2, 3], [3]])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shared", [True, False])
+def test_incremental_passes_match_a_fresh_pass_per_layer(setup, layers, dtype, shared, monkeypatch):
+    """Step 4 re-runs only the layers an edit made stale (`update.LayerInputs`); with random
+    factors on non-adjacent, adjacent and single layers, its keys, residuals and final keys and h
+    equal those of a fresh forward pass from the embeddings before every layer (the method as written),
+    to float32's precision, and to bfloat16's on a bfloat16 model (whose weight changes round).
+    `shared`: the layers above the first edited one replay its call (both tiny models call every
+    layer alike), or their own calls, recorded by running all rows through them."""
+    from nmkevc.editing import update
+    from nmkevc.editing.tokens import template_weights
+    from nmkevc.editing.update import Factor, LayerInputs, run_layers
+
+    if not shared:
+        monkeypatch.setattr(update, "_same_call", lambda a, b: False)
+
+    model, tok, _, _ = setup
+    model = copy.deepcopy(model).to(dtype)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
+    n, m = len(REQS), len(layers)
+    g = torch.Generator().manual_seed(1)
+    d_model, d_ff = adapter_for(model).dims(model, layers[0])
+    z = torch.randn(d_model, n, generator=g)
+    factors = {layer: torch.randn(d_ff, n, generator=g, dtype=torch.float64) * 0.3 for layer in layers}
+    masks = {layer: torch.rand(d_ff, generator=g) < 0.5 for layer in layers}
+    texts, ends = templated(REQS, TEMPLATES)
+    batch = encode(tok, texts, ends)
+    weights = template_weights(TEMPLATES, "groups")
+    seen = {}
+
+    def factor(layer, keys, mask):
+        seen[layer] = keys
+        return Factor(factors[layer] * mask[:, None], {})
+
+    work, ref = copy.deepcopy(model), copy.deepcopy(model)
+    with torch.no_grad():
+        steps, final_keys, h_final, seconds = run_layers(work, adapter_for(work), batch, len(TEMPLATES), layers,
+                                                         z, factor, masks, key_weights=weights)
+    assert seconds > 0 and [s.layer for s in steps] == layers
+    probe = LayerInputs(work, adapter_for(work), batch, len(TEMPLATES), layers, tap=layers[-1])
+    assert probe.fresh == (layers[0] + 1 if shared else layers[-1] + 1)  # how far all rows ran first
+    for i, (layer, step) in enumerate(zip(layers, steps, strict=True)):
+        keys, h = keys_and_h(ref, tok, REQS, [layer], tap=layers[-1])
+        torch.testing.assert_close(seen[layer], keys[layer], **tol)
+        torch.testing.assert_close(step.V, (z - h) / (m - i), **tol)
+        apply(ref, step)
+    keys, h = keys_and_h(ref, tok, REQS, layers, tap=layers[-1])
+    for layer in layers:
+        torch.testing.assert_close(final_keys[layer], keys[layer], **tol)
+    torch.testing.assert_close(h_final, h, **tol)
+    for name, p in work.state_dict().items():  # the same weights were written
+        torch.testing.assert_close(p, ref.state_dict()[name], **tol)

@@ -8,8 +8,9 @@ exception mid-edit never leaves a model instrumented.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -60,6 +61,39 @@ def hooks(pre: dict[nn.Module, Callable] | None = None,
 
 def first_input(args) -> torch.Tensor:
     return args[0] if isinstance(args, tuple) else args
+
+
+@dataclass
+class LayerCall:
+    """A decoder layer as one forward pass called it, less its hidden state: replaying it on
+    another hidden state re-runs that layer alone (the masks, positions and rotary tables the
+    model built for the pass come with it, whatever the architecture)."""
+
+    module: nn.Module
+    args: tuple
+    kwargs: dict
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden_of(self.module(hidden, *self.args, **self.kwargs))
+
+
+@contextmanager
+def recorded_calls(modules: Sequence[nn.Module],
+                   inputs: list[torch.Tensor | None] | None = None) -> Iterator[list[LayerCall | None]]:
+    """Record how the forward passes inside call each of `modules` (decoder layers; the last
+    pass wins); with `inputs` (a list as long as `modules`), keep each one's input hidden state too."""
+    calls: list[LayerCall | None] = [None] * len(modules)
+
+    def grab(j: int, module: nn.Module) -> Callable:
+        def fn(_m, args, kwargs):
+            calls[j] = LayerCall(module, tuple(args[1:]), dict(kwargs))
+            if inputs is not None:
+                inputs[j] = first_input(args).detach()
+
+        return fn
+
+    with hooks(pre_kwargs={m: grab(j, m) for j, m in enumerate(modules)}):
+        yield calls
 
 
 @contextmanager

@@ -10,6 +10,7 @@ edit's own keys (a masked or strongly regularised layer writes less than its sha
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -17,7 +18,7 @@ import torch
 
 from ..models.adapters import ArchAdapter
 from ..models.tokens import Batch
-from .hooks import first_input, hidden_of, hooks, run_until, stop_after
+from .hooks import LayerCall, first_input, hidden_of, hooks, recorded_calls, run_until, stop_after
 from .nullspace import NullspaceRule
 
 
@@ -39,43 +40,160 @@ class LayerStep:
     info: dict = field(default_factory=dict)  # the solve's (e.g. λ) and the written fraction
 
 
-@torch.no_grad()
-def rewrite_keys(
-    model,
-    adapter: ArchAdapter,
-    batch: Batch,
-    n_templates: int,
-    layers: Sequence[int],
-    tap: int | None = None,
-    key_weights: torch.Tensor | None = None,
-) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
-    """Keys K_l (d_ff × n) at the subject's last token, averaged over the templates with
-    `key_weights` (T, summing to 1; None = plain mean; see `tokens.template_weights`) — rows are
-    request-major, see `tokens.templated` — and optionally the output of layer `tap` at the
-    subject's last token of each request's first-template row (d_model × n)."""
-    rows, spos = batch.rows, batch.subject_pos
-    n = batch.input_ids.shape[0] // n_templates
-    w = torch.full((n_templates,), 1.0 / n_templates) if key_weights is None else key_weights.float()
-    keys: dict[int, torch.Tensor] = {}
-    out: dict[str, torch.Tensor] = {}
+class LayerInputs:
+    """Step 4's forward passes: each edited layer's keys and the last edited layer's output h,
+    under the weights edited so far, without re-running what an edit did not change.
 
-    def key_hook(layer):
-        def fn(_m, args):
-            k = first_input(args)[rows, spos].float()
-            keys[layer] = torch.einsum("ntd,t->dn", k.view(n, n_templates, -1), w).contiguous()
+    As the method is written, every layer's keys and h come from a pass from the embeddings.
+    But an edit of layer e (its MLP output matrix W) changes no layer input at or below e and no
+    key at e, and changes e's output by exactly ΔW a at every position, a being the MLP
+    activations W reads (e's keys at every token). So the input of every layer from the first
+    edited one up is kept for all rows; an edit adds ΔW a to e's output (a kept from the pass
+    that read e's keys) instead of re-running e, and only the layers above it are re-run: by all
+    rows up to the layer whose keys are asked for, by the rewrite rows (each request's first
+    template) alone on up to the tap. Rows end at the subject's last token, the only position
+    read (causal attention: nothing after it changes it). The arithmetic is a fresh pass's, in
+    fewer layers: SmolLM2 edited at 3..7 runs all rows through 4 + 4 layers instead of 6 × 8,
+    and the rewrite rows (1/T of them) through 8 + 3 + 2 + 1.
 
-        return fn
+    Keys K_l (d_ff × n) are read at the subject's last token and averaged over the templates with
+    `key_weights` (T, summing to 1; None = plain mean; see `tokens.template_weights`); rows are
+    request-major (see `tokens.templated`). h (d_model × n) is the output of layer `tap`."""
 
-    def tap_hook(_m, _a, output):
-        first = torch.arange(n) * n_templates
-        out["h"] = hidden_of(output)[first, spos[first]].float().T.contiguous()
+    def __init__(self, model, adapter: ArchAdapter, batch: Batch, n_templates: int, layers: Sequence[int],
+                 tap: int, key_weights: torch.Tensor | None = None):
+        self.model, self.adapter, self.tap = model, adapter, tap
+        self.n_t = n_templates
+        self.n = batch.input_ids.shape[0] // n_templates
+        self.w = torch.full((n_templates,), 1.0 / n_templates) if key_weights is None else key_weights.float()
+        self.layers = sorted(set(layers))
+        self.low, top = self.layers[0], max(max(self.layers), tap)
+        self.modules = list(adapter.layer_modules(model))[: top + 1]
+        self.rows = batch.through_subject()
+        self.rewrite = self.rows.select(torch.arange(self.n) * n_templates)
+        self.seconds = 0.0  # time spent here: the engine reports it as the "keys" phase
+        self.keys_at: dict[int, torch.Tensor] = {}  # keys still valid under the current weights
+        #: the MLP activations (all rows, every position) of the one layer whose keys were read
+        #: last, while they are current: what an edit of that layer adds to its output is ΔW a
+        self.acts: tuple[int, torch.Tensor] | None = None
+        # inputs[j]: the input of layer j (all rows), low ≤ j ≤ top + 1 (top + 1: top's output)
+        self.inputs: dict[int, torch.Tensor] = {}
+        t0 = time.perf_counter()
+        # the rewrite rows through the tap: how every layer is called, and h before any edit
+        self.rewrite_calls, h0 = self._record(self.rewrite, top)
+        self.h0: torch.Tensor | None = h0
+        # all rows through the first edited layer only, when the layers above are called as it is
+        # (one mask, one rotary table: most decoders); else through the tap, to record their calls
+        shared = all(_same_call(self.rewrite_calls[j], self.rewrite_calls[self.low]) for j in range(self.low, top + 1))
+        self.calls, _ = self._record(self.rows, self.low if shared else top, keep=True)
+        if shared:
+            first = self.calls[self.low]
+            self.calls += [LayerCall(m, first.args, first.kwargs) for m in self.modules[self.low + 1:]]
+        self.fresh = max(self.inputs)  # inputs[j] hold the current weights' values for every j ≤ fresh
+        self.seconds += time.perf_counter() - t0
 
-    pre = {adapter.mlp_out_module(model, layer): key_hook(layer) for layer in layers}
-    post = {adapter.layer(model, tap): tap_hook} if tap is not None else {}
-    deepest = max([*layers, *([tap] if tap is not None else [])])
-    with hooks(pre=pre, post=post), stop_after(adapter.layer(model, deepest)):
-        run_until(model, batch)
-    return keys, out.get("h")
+    @torch.no_grad()
+    def keys(self, layer: int) -> torch.Tensor:
+        """K_layer (d_ff × n) under the current weights."""
+        if layer not in self.keys_at:
+            t0 = time.perf_counter()
+            self._advance(layer)
+            self.seconds += time.perf_counter() - t0
+        return self.keys_at[layer]
+
+    @torch.no_grad()
+    def output(self) -> torch.Tensor:
+        """h (d_model × n): the tap's output at the subject's last token of each rewrite row."""
+        if self.h0 is not None:  # nothing written yet
+            return self.h0
+        t0 = time.perf_counter()
+        spos = self.rewrite.subject_pos
+        r = torch.arange(self.n)
+        if self.fresh > self.tap:
+            hidden = self.inputs[self.tap + 1][r * self.n_t, spos]
+        else:
+            hidden = self.inputs[self.fresh][r * self.n_t, : self.rewrite.input_ids.shape[1]]
+            for j in range(self.fresh, self.tap + 1):
+                hidden = self.rewrite_calls[j](hidden)
+            hidden = hidden[r, spos]
+        self.seconds += time.perf_counter() - t0
+        return hidden.float().T.contiguous()
+
+    @torch.no_grad()
+    def write(self, layer: int, idx: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> None:
+        """W_layer[:, idx] += V Uᵀ (in place, `add_factored`), and keep the inputs current: with
+        the layer's activations at hand its output gains ΔW a, where ΔW is the change the weight
+        really took (in its own dtype); everything above it is stale."""
+        view = self.adapter.to_out_in(self.adapter.weight(self.model, layer))
+        before = view[:, idx].float()
+        add_factored(self.adapter, self.adapter.weight(self.model, layer), idx, u, v)
+        self.h0 = None
+        t0 = time.perf_counter()
+        self.keys_at = {k: x for k, x in self.keys_at.items() if k <= layer}
+        if self.acts is not None and self.acts[0] == layer and self.fresh > layer:
+            change = view[:, idx].float() - before  # (d_model, k)
+            out = self.inputs[layer + 1]
+            out += (self.acts[1][..., idx].float() @ change.T).to(out.dtype)
+            self.fresh = layer + 1
+        else:
+            self.fresh = min(self.fresh, layer)
+        self.acts = None
+        self.seconds += time.perf_counter() - t0
+
+    def _key_hooks(self, act_layer: int) -> dict:
+        spos, rows = self.rows.subject_pos, self.rows.rows
+
+        def grab(layer):
+            def fn(_m, args):
+                a = first_input(args)
+                k = a[rows, spos].float()
+                self.keys_at[layer] = torch.einsum("ntd,t->dn", k.view(self.n, self.n_t, -1), self.w).contiguous()
+                if layer == act_layer:
+                    self.acts = (layer, a.detach())
+
+            return fn
+
+        return {self.adapter.mlp_out_module(self.model, layer): grab(layer) for layer in self.layers}
+
+    def _record(self, batch: Batch, upto: int, keep: bool = False) -> tuple[list[LayerCall], torch.Tensor]:
+        """One pass of `batch` through layer `upto`: how each layer was called and h, the tap's
+        output at the subject's last token of every row when the pass reaches it; `keep` (all
+        rows): also every layer input from `low` up, the keys and `low`'s activations."""
+        modules = self.modules[: upto + 1]
+        inputs: list[torch.Tensor | None] | None = [None] * len(modules) if keep else None
+        got = {}
+
+        def grab_out(_m, _a, out):
+            got["out"] = hidden_of(out).detach()
+
+        pre = self._key_hooks(self.low) if keep else {}
+        with hooks(pre=pre, post={modules[-1]: grab_out}), recorded_calls(modules, inputs) as calls, \
+                stop_after(modules[-1]):
+            run_until(self.model, batch)
+        if inputs is not None:
+            self.inputs = {j: inputs[j] for j in range(self.low, len(modules))}
+            self.inputs[len(modules)] = got["out"]
+        h = got["out"][batch.rows, batch.subject_pos].float().T.contiguous() if upto == self.tap else None
+        return list(calls), h
+
+    def _advance(self, layer: int) -> None:
+        """Re-run every row from the lowest stale layer input through `layer`, reading the keys of
+        the edited layers on the way and `layer`'s activations."""
+        start = min(self.fresh, layer)
+        with hooks(pre=self._key_hooks(layer)):
+            for j in range(start, layer + 1):
+                self.inputs[j + 1] = self.calls[j](self.inputs[j])
+        self.fresh = max(self.fresh, layer + 1)
+
+
+def _same_call(a: LayerCall, b: LayerCall) -> bool:
+    """Two layers called with the very same arguments besides the hidden state (the same mask
+    and rotary objects, equal plain values): one's call can stand for the other's."""
+    def same(x, y) -> bool:
+        return x is y or (isinstance(x, (bool, int, float, str)) and type(x) is type(y) and x == y)
+
+    return (len(a.args) == len(b.args) and all(same(x, y) for x, y in zip(a.args, b.args, strict=True))
+            and a.kwargs.keys() == b.kwargs.keys() and all(same(a.kwargs[k], b.kwargs[k]) for k in a.kwargs))
 
 
 def nullspace_factor(
@@ -224,25 +342,27 @@ def run_layers(
     masks: dict[int, torch.Tensor] | None,
     progress: Callable[[int], None] | None = None,
     key_weights: torch.Tensor | None = None,
-) -> list[LayerStep]:
-    """Apply the update layer by layer (in place) and return each layer's factored ΔW.
+) -> tuple[list[LayerStep], dict[int, torch.Tensor], torch.Tensor, float]:
+    """Apply the update layer by layer (in place) and return each layer's factored ΔW, then every
+    layer's keys and h at the last edited layer under all the new weights, and the seconds the
+    forward passes took (`LayerInputs`).
 
     `factor(layer, K, mask)` solves for U (d_ff × n, zero outside the mask); `masks[layer]`
-    (bool d_ff) selects the rows written (None = all neurons); `key_weights` as in `rewrite_keys`."""
+    (bool d_ff) selects the rows written (None = all neurons); `key_weights` as in `LayerInputs`."""
     steps = []
     m = len(layers)
+    state = LayerInputs(model, adapter, batch, n_templates, layers, tap=layers[-1], key_weights=key_weights)
     for i, layer in enumerate(layers):
-        keys, h = rewrite_keys(model, adapter, batch, n_templates, [layer], tap=layers[-1],
-                               key_weights=key_weights)
-        k = keys[layer]
-        resid = (z.float() - h) / (m - i)
+        k = state.keys(layer)
+        resid = (z.float() - state.output()) / (m - i)
         mask = masks.get(layer) if masks is not None else None
         solved = factor(layer, k, mask)
         idx = torch.nonzero(mask, as_tuple=False)[:, 0] if mask is not None else torch.arange(k.shape[0])
         u_rows = solved.U[idx].float().contiguous()
         info = {**solved.info, "written_fraction": written_fraction(u_rows, k[idx], resid)}
-        add_factored(adapter, adapter.weight(model, layer), idx, u_rows, resid)
+        state.write(layer, idx, u_rows, resid)
         steps.append(LayerStep(layer=layer, idx=idx.long(), U=u_rows, V=resid.contiguous(), info=info))
         if progress is not None:
             progress(i + 1)
-    return steps
+    final_keys = {layer: state.keys(layer) for layer in layers}
+    return steps, final_keys, state.output(), state.seconds

@@ -43,7 +43,7 @@ from ..errors import EditRequestError, NmkevcError
 from ..facts import EditRequest
 from ..models.adapters import ArchAdapter
 from ..models.tokens import Batch, encode, target_ids
-from .hooks import attention_kernel, hidden_of, hooks, run_until, stop_after
+from .hooks import LayerCall, attention_kernel, hidden_of, hooks, recorded_calls, run_until, stop_after
 from .hparams import EditHparams
 from .tokens import fill, templated
 
@@ -347,7 +347,7 @@ class Pack:
     offset: torch.Tensor
     h: torch.Tensor  # (b, W, d_model) output of l_m on the re-run columns, without δ
     final: torch.Tensor  # (b, W, d_model) final hidden state there, without δ
-    calls: list  # (module, args after the hidden state, kwargs) of every layer above l_m
+    calls: list[LayerCall]  # every layer above l_m as this pack's pass called it
     cache: object | None  # the cache holding the prefix keys/values, or None
     prefix: list | None  # the cache's per-layer (keys, values) of the prefix alone
 
@@ -378,33 +378,25 @@ class UpperRunner:
             prefix = _cache_state(cache)
         if prefix is None:  # a cache this code cannot rewind: re-run whole rows instead
             cache = None
-            sub = _select(batch, idx)
+            sub = batch.select(idx)
             inputs = {"input_ids": sub.input_ids, "attention_mask": sub.attention_mask, "use_cache": False}
             offset = torch.zeros(idx.numel(), dtype=torch.long)
         else:
             inputs = {"input_ids": ids[:, split:], "attention_mask": mask, "position_ids": pos[:, split:],
                       "use_cache": True, self.cache_kw: cache}
             offset = batch.subject_pos[idx]
-        got: dict = {"calls": [None] * len(self.upper)}
+        got: dict = {}
 
         def grab_h(_m, _a, out):
             got["h"] = hidden_of(out).detach()
 
-        def grab_call(j):
-            def fn(_m, args, kwargs):
-                got["calls"][j] = (tuple(args[1:]), dict(kwargs))
-
-            return fn
-
-        pre_kw = {m: grab_call(j) for j, m in enumerate(self.upper)}
-        with hooks(post={self.block: grab_h}, pre_kwargs=pre_kw):
+        with hooks(post={self.block: grab_h}), recorded_calls(self.upper) as calls:
             out = self.model.base_model(**inputs)
         final = out.last_hidden_state if hasattr(out, "last_hidden_state") else hidden_of(out)
         if cache is not None:
             prefix = self._upper_only(prefix)
             _restore(cache, prefix)
-        calls = [(m, *got["calls"][j]) for j, m in enumerate(self.upper)]
-        return Pack(rows=idx, offset=offset, h=got["h"], final=final.detach(), calls=calls, cache=cache,
+        return Pack(rows=idx, offset=offset, h=got["h"], final=final.detach(), calls=list(calls), cache=cache,
                     prefix=prefix)
 
     def replay(self, pack: Pack, delta_rows: torch.Tensor, spos: torch.Tensor) -> torch.Tensor:
@@ -413,8 +405,8 @@ class UpperRunner:
         hidden = pack.h.index_put((torch.arange(b), spos - pack.offset), delta_rows.to(pack.h.dtype),
                                   accumulate=True)
         try:
-            for module, args, kwargs in pack.calls:
-                hidden = hidden_of(module(hidden, *args, **kwargs))
+            for call in pack.calls:
+                hidden = call(hidden)
         finally:
             if pack.cache is not None:
                 _restore(pack.cache, pack.prefix)
@@ -469,18 +461,6 @@ def _restore(cache, state: list) -> None:
         x.keys, x.values = k, v
 
 
-def _select(batch: Batch, idx: torch.Tensor) -> Batch:
-    """Rows `idx` of a right-padded batch, cut to their own longest row."""
-    width = int(batch.lengths[idx].max())
-    return Batch(
-        input_ids=batch.input_ids[idx, :width],
-        attention_mask=batch.attention_mask[idx, :width],
-        lengths=batch.lengths[idx],
-        prompt_lengths=batch.prompt_lengths[idx],
-        subject_pos=batch.subject_pos[idx],
-    )
-
-
 def _align(batch: Batch, idx: torch.Tensor) -> tuple | None:
     """Rows `idx` left-padded so that every subject's last token sits in one column `split`:
     (input_ids, attention_mask, position_ids, split); None when no row has a prefix."""
@@ -517,7 +497,7 @@ def _rewrite_hidden(packs: list[Pack], rows: ZRows) -> torch.Tensor:
 def _layer_output(model, adapter: ArchAdapter, rows: ZRows, layer: int) -> torch.Tensor:
     """h (n × d_model) as `_rewrite_hidden` reads it, from one forward of the rewrite rows cut
     short after l_m (for a replay that runs at another precision than the model)."""
-    sub = _select(rows.batch, rows.rewrite)
+    sub = rows.batch.select(rows.rewrite)
     got = {}
 
     def grab(_m, _a, out):

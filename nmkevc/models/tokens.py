@@ -132,6 +132,33 @@ class Batch:
     def model_inputs(self) -> dict:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
 
+    def select(self, idx: torch.Tensor) -> Batch:
+        """Rows `idx`, cut to their own longest row."""
+        width = int(self.lengths[idx].max())
+        return Batch(
+            input_ids=self.input_ids[idx, :width],
+            attention_mask=self.attention_mask[idx, :width],
+            lengths=self.lengths[idx],
+            prompt_lengths=self.prompt_lengths[idx],
+            subject_pos=self.subject_pos[idx],
+        )
+
+    def through_subject(self) -> Batch:
+        """Every row ending at its subject's last token: in a causal model nothing after it
+        changes what is read there (keys and hidden states at the subject), so it need not run."""
+        if bool((self.subject_pos < 0).any()):
+            raise ValueError("through_subject needs every row's subject position")
+        lengths = self.subject_pos + 1
+        width = int(lengths.max())
+        keep = torch.arange(width)[None, :] < lengths[:, None]
+        return Batch(
+            input_ids=self.input_ids[:, :width],
+            attention_mask=self.attention_mask[:, :width] * keep.to(self.attention_mask.dtype),
+            lengths=lengths,
+            prompt_lengths=torch.minimum(self.prompt_lengths, lengths),
+            subject_pos=self.subject_pos,
+        )
+
 
 def _encode_one(tokenizer, text: str, subject_end: int | None) -> tuple[list[int], int]:
     """Token ids of `text` (no specials) and the index of the token holding char subject_end − 1."""
