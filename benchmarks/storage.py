@@ -16,6 +16,7 @@ docs/benchmarks.md from that file. The machine may be shared: every run records 
 1-minute load average before and after it.
 
     python benchmarks/storage.py [--sizes 1,100,1000] [--repeat 3] [--tree before=DIR --tree after=.]
+                                 [--note 'what else ran']
     python benchmarks/storage.py --markdown
 """
 
@@ -119,10 +120,11 @@ def run_cli(tree: Path, repo_dir: Path, *args: str) -> tuple[float, float, float
 
 
 def measure(label: str, tree: Path, work: Path, tips: dict[int, str], repeat: int) -> list[dict]:
+    from editing import git_commit  # the commit a tree is at, +dirty with uncommitted changes
+
     repo_dir = work / "repo"
     cache = repo_dir / ".nmkevc" / "cache" / "materialised"
-    commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or "unknown"
+    commit = git_commit(tree) or "unknown"
     rows = []
     for size in tips:
         runs: dict[str, list] = {op: [] for op in OPS}
@@ -143,8 +145,8 @@ def measure(label: str, tree: Path, work: Path, tips: dict[int, str], repeat: in
     return rows
 
 
-def merge_into(path: Path, rows: list[dict], figures: dict) -> None:
-    """Replace rows of the same (label, commits, op); keep the others."""
+def merge_into(path: Path, rows: list[dict], figures: dict, note: str = "") -> None:
+    """Replace rows of the same (label, commits, op); keep the others. `note`: what else ran."""
     data = json.loads(path.read_text()) if path.exists() else {"rows": []}
 
     def key(r):
@@ -155,7 +157,8 @@ def merge_into(path: Path, rows: list[dict], figures: dict) -> None:
                           key=lambda r: (r["commits"], OPS.index(r["op"]), r["label"]))
     data["storage"] = figures
     data["date"] = time.strftime("%Y-%m-%d")
-    data["machine"] = {"cpus": os.cpu_count(), "note": "shared machine; load = 1-min load average before/after"}
+    data["machine"] = {"cpus": os.cpu_count(),
+                       "note": " ".join(["shared machine; load = 1-min load average before/after.", note]).strip()}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1) + "\n")
 
@@ -197,6 +200,7 @@ def main() -> None:
                     help="code tree to time the commands with (repeatable); default after=<this checkout>")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--note", default="", help="what else the machine ran meanwhile (kept in the JSON)")
     ap.add_argument("--markdown", action="store_true", help="only rewrite docs/benchmarks.md's table from --out")
     args = ap.parse_args()
     if args.markdown:
@@ -211,7 +215,7 @@ def main() -> None:
         rows = []
         for label, path in trees:
             rows += measure(label, Path(path).resolve(), work, tips, args.repeat)
-        merge_into(args.out, rows, figures)
+        merge_into(args.out, rows, figures, args.note)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(markdown(args.out))

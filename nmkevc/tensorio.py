@@ -3,7 +3,9 @@
 The library's writer is fine for reading back, but object identity hashes the bytes,
 so we write the (simple, documented) format ourselves with a sorted header; the
 result is a standard safetensors file any reader accepts. Export streams tensors one
-at a time so a large model never has to sit in memory twice.
+at a time so a large model never has to sit in memory twice. Reading is ours too
+(`loads`): the library's reader copies every tensor, and a long history's export reads
+thousands of them.
 """
 
 from __future__ import annotations
@@ -52,11 +54,15 @@ class TensorSpec:
     shape: tuple[int, ...]
 
     @property
+    def itemsize(self) -> int:
+        return DTYPE_CODES[dtype_name(self.dtype)][1]
+
+    @property
     def nbytes(self) -> int:
         n = 1
         for s in self.shape:
             n *= s
-        return n * DTYPE_CODES[dtype_name(self.dtype)][1]
+        return n * self.itemsize
 
 
 def _header(specs: list[TensorSpec], metadata: dict[str, str] | None) -> bytes:
@@ -104,12 +110,40 @@ def dumps(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = No
     return b"".join(parts)
 
 
-def loads(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read safetensors bytes (ours or anyone's) into tensors and metadata."""
-    from safetensors.torch import load
+def loads(data: bytes, want: Callable[[str], bool] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read safetensors bytes (ours or anyone's) into tensors and metadata; `want`: only the
+    tensors whose names it accepts.
 
-    header, _ = _read_header(io.BytesIO(data))
-    return load(data), header.get("__metadata__") or {}
+    The tensors are views of one writable copy of `data`, not a copy each (safetensors' own
+    reader makes one per tensor): a long history's export reads a thousand deltas. The
+    bytes must be what safetensors accepts: string metadata, and tensors that fill the data
+    section exactly, without gaps or overlaps."""
+    layout = read_layout(io.BytesIO(data))
+    meta = layout.metadata
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise ValueError("safetensors metadata must map text to text")
+    at = layout.start
+    for spec, offset in sorted(layout.tensors.values(), key=lambda t: (t[1], t[0].nbytes)):
+        if offset != at:
+            raise ValueError(f"tensor {spec.name!r}: the data section has a gap or an overlap before it")
+        at += spec.nbytes
+    if at != len(data):
+        raise ValueError("the safetensors data section is not the rest of the bytes")
+    buf = bytearray(data)
+    return {name: tensor_view(buf, spec, offset) for name, (spec, offset) in layout.tensors.items()
+            if want is None or want(name)}, layout.metadata
+
+
+def tensor_view(buf: bytearray | memoryview, spec: TensorSpec, offset: int = 0) -> torch.Tensor:
+    """The tensor whose bytes lie at `offset` in the writable `buf`, sharing them (copied only
+    where they are not aligned to the element size, which no kernel then has to cope with)."""
+    import torch
+
+    dtype, size = getattr(torch, dtype_name(spec.dtype)), spec.itemsize
+    if not spec.nbytes:
+        return torch.empty(spec.shape, dtype=dtype)
+    t = torch.frombuffer(buf, dtype=dtype, count=spec.nbytes // size, offset=offset)
+    return (t if t.data_ptr() % size == 0 else t.clone()).reshape(spec.shape)
 
 
 @dataclass(frozen=True)
@@ -125,11 +159,12 @@ class ByteRange:
 @dataclass(frozen=True)
 class Layout:
     """What a safetensors header says: each tensor's spec and where its bytes start (from the
-    beginning of the file), the metadata, and how long the file must be."""
+    beginning of the file), the metadata, how long the file must be and where its data start."""
 
     tensors: dict[str, tuple[TensorSpec, int]]
     metadata: dict[str, str]
     size: int
+    start: int
 
 
 def _read_header(fh: BinaryIO) -> tuple[dict, int]:
@@ -169,7 +204,7 @@ def read_layout(fh: BinaryIO) -> Layout:
             raise ValueError(f"tensor {name!r}: its data offsets do not match its dtype and shape")
         tensors[name] = (spec, start + begin)
         end = max(end, stop)
-    return Layout(tensors, metadata, start + end)
+    return Layout(tensors, metadata, start + end, start)
 
 
 def copy_range(src: ByteRange, fd: int) -> None:

@@ -126,6 +126,53 @@ def test_tensorio_canonical_and_readable(tmp_path):
     assert torch.equal(load_file(tmp_path / "x.safetensors")["b"], t["b"])
 
 
+def _raw_safetensors(header: dict, data: bytes) -> bytes:
+    import json
+    import struct
+
+    body = json.dumps(header).encode()
+    return struct.pack("<Q", len(body)) + body + data
+
+
+_F32 = {"dtype": "F32", "shape": [2]}
+BAD_FILES = {
+    "overlap": ({"a": {**_F32, "data_offsets": [0, 8]}, "b": {**_F32, "data_offsets": [4, 12]}}, bytes(12)),
+    "gap": ({"a": {**_F32, "data_offsets": [0, 8]}, "b": {**_F32, "data_offsets": [12, 20]}}, bytes(20)),
+    "trailing bytes": ({"a": {**_F32, "data_offsets": [0, 8]}}, bytes(12)),
+    "truncated": ({"a": {**_F32, "data_offsets": [0, 8]}}, bytes(4)),
+    "metadata not text": ({"__metadata__": {"k": 1}, "a": {**_F32, "data_offsets": [0, 8]}}, bytes(8)),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_loads_refuses_what_safetensors_refuses(case):
+    from safetensors.torch import load
+
+    raw = _raw_safetensors(*BAD_FILES[case])
+    with pytest.raises(Exception):  # noqa: B017 - the library's own error type, whichever it is
+        load(raw)
+    with pytest.raises(ValueError):
+        tensorio.loads(raw)
+
+
+def test_loads_gives_views_of_one_copy_and_only_the_tensors_wanted():
+    import io
+
+    # a/idx follows 3 float32s, so its int64s are not 8-aligned in the bytes: it is read as a copy
+    t = {"a/K": torch.arange(4, dtype=torch.float32), "a/U": torch.arange(6, dtype=torch.float64).reshape(2, 3),
+         "a/V": torch.arange(3, dtype=torch.float32), "a/idx": torch.tensor([1, 4], dtype=torch.int64),
+         "e": torch.zeros(0, 2)}
+    raw = tensorio.dumps(t)
+    back, _ = tensorio.loads(raw, lambda name: not name.endswith("/K"))
+    assert sorted(back) == ["a/U", "a/V", "a/idx", "e"]
+    assert all(torch.equal(back[k], t[k]) and back[k].dtype == t[k].dtype for k in back)
+    assert back["a/idx"].data_ptr() % 8 == 0
+    offsets = {name: offset for name, (_, offset) in tensorio.read_layout(io.BytesIO(raw)).tensors.items()}
+    assert back["a/V"].data_ptr() - back["a/U"].data_ptr() == offsets["a/V"] - offsets["a/U"]  # one buffer
+    back["a/U"][0, 0] = 7.0  # writable, and the caller's bytes are untouched
+    assert tensorio.loads(raw)[0]["a/U"][0, 0] == 0.0
+
+
 def _two_tensor_file(tmp_path):
     t = {"w": torch.arange(12, dtype=torch.float32).reshape(3, 4), "b": torch.arange(5, dtype=torch.bfloat16)}
     path = tmp_path / "src.safetensors"

@@ -42,8 +42,9 @@ class WeightDelta:
             or self.U.shape[0] != k
             or self.V.shape[0] != self.d_model
             or self.U.shape[1] != self.V.shape[1]
-            or (k and (int(self.idx.min()) < 0 or int(self.idx.max()) >= self.d_ff))
             or (k > 1 and not bool((self.idx[1:] > self.idx[:-1]).all()))
+            # increasing, so the ends bound it (two reductions fewer, per weight of every delta read)
+            or (k and (int(self.idx[0]) < 0 or int(self.idx[-1]) >= self.d_ff))
             or (self.K is not None and (self.K.dim() != 2 or self.K.shape[0] != self.d_ff))
         )
         if bad:
@@ -122,9 +123,11 @@ class Delta:
         )
 
     @classmethod
-    def from_bytes(cls, data: bytes, oid: str = "?") -> Delta:
+    def from_bytes(cls, data: bytes, oid: str = "?", keys: bool = True) -> Delta:
+        """The delta stored as `data`; without its keys K (`keys=False`) for what only sums
+        factors (materialising a state), which then reads three of each weight's four tensors."""
         try:
-            tensors, metadata = tensorio.loads(data)
+            tensors, metadata = tensorio.loads(data, None if keys else lambda name: not name.endswith("/K"))
             meta = json.loads(metadata["nmkevc"])
             weights = []
             for name, m in meta["weights"].items():

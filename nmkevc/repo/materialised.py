@@ -80,11 +80,7 @@ class MaterialisedCache:
     @staticmethod
     def tensors(raw: dict[str, tuple[tensorio.TensorSpec, memoryview]]) -> dict[str, torch.Tensor]:
         """`get_raw`'s bytes as tensors (sharing the bytes read, no copy)."""
-        import torch
-
-        return {name: (torch.frombuffer(buf, dtype=getattr(torch, spec.dtype)) if spec.nbytes
-                       else torch.empty(0, dtype=getattr(torch, spec.dtype))).reshape(spec.shape)
-                for name, (spec, buf) in raw.items()}
+        return {name: tensorio.tensor_view(buf, spec) for name, (spec, buf) in raw.items()}
 
     def put(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
         """Store the tensors of state `key` (best effort: a cache that cannot be written is

@@ -173,7 +173,7 @@ class Repo:
 
     def read_object(self, oid: str) -> tuple[str, bytes]:
         """(kind, payload) of any object, verified against its id."""
-        return decode(self.store.read_raw(oid), oid)
+        return decode(self.store.read_raw(oid))  # verified as it was read
 
     def is_commit(self, oid: str) -> bool:
         try:
@@ -184,12 +184,15 @@ class Repo:
     def commit(self, oid: str) -> Commit:
         return self.graph.commit(oid)
 
-    def delta(self, oid: str) -> Delta:
+    def delta(self, oid: str, keys: bool = True) -> Delta:
+        """The delta `oid`; `keys=False`: possibly without its keys K (see `plan_of`)."""
         d = self._deltas.get(oid)
         if d is None:
             from ..deltas.delta import Delta
 
-            d = Delta.from_bytes(self.store.get(oid, DELTA_KIND), oid)
+            d = Delta.from_bytes(self.store.get(oid, DELTA_KIND), oid, keys=keys)
+            if not keys:
+                return d  # the cache holds whole deltas only
             self._deltas[oid] = d
             while len(self._deltas) > DELTA_CACHE_SIZE:
                 self._deltas.popitem(last=False)
@@ -267,11 +270,14 @@ class Repo:
         """Delta ids of an ordered commit list, plus stored deltas not yet committed."""
         return [d for _, d in self.graph.deltas_of(commits)] + [d for d in extra]
 
-    def plan_of(self, commits: list[str], extra: Sequence[str] = ()) -> dict[str, list[tuple[str, WeightDelta]]]:
-        """The plan of any effective set (e.g. a merge not yet committed), plus extra deltas."""
+    def plan_of(self, commits: list[str], extra: Sequence[str] = (),
+                keys: bool = True) -> dict[str, list[tuple[str, WeightDelta]]]:
+        """The plan of any effective set (e.g. a merge not yet committed), plus extra deltas;
+        `keys=False` for sums of factors only (materialising), where a delta not already held
+        is read without its keys K and not kept."""
         out: dict[str, list[tuple[str, WeightDelta]]] = {}
         for did in self.delta_ids(commits, extra):
-            for w in self.delta(did).weights:
+            for w in self.delta(did, keys).weights:
                 out.setdefault(w.name, []).append((did, w))
         return out
 

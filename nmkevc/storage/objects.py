@@ -52,16 +52,29 @@ def object_id(raw: bytes) -> str:
 
 def decode(raw: bytes, expected_id: str | None = None) -> tuple[str, bytes]:
     """Split canonical bytes into (kind, payload), checking size and (optionally) identity."""
-    if expected_id is not None and object_id(raw) != expected_id:
+    if expected_id is not None:
+        verify(raw, expected_id)
+    kind, start = parse_header(raw, expected_id)
+    return kind, raw[start:]
+
+
+def verify(raw: bytes, expected_id: str) -> None:
+    """Refuse canonical bytes that do not hash to their id."""
+    if object_id(raw) != expected_id:
         raise CorruptObjectError(f"object {expected_id[:12]} is corrupt (hash mismatch)")
-    head, sep, payload = raw.partition(b"\0")
-    if not sep or b" " not in head:
+
+
+def parse_header(raw: bytes, expected_id: str | None = None) -> tuple[str, int]:
+    """(kind, where the payload starts) of canonical bytes whose header states the payload's
+    size; the payload is not copied (a delta's is hundreds of kilobytes, read by the thousand)."""
+    end = raw.find(b"\0")
+    if end < 0 or b" " not in raw[:end]:
         raise CorruptObjectError(f"object {(expected_id or '?')[:12]} has no valid header")
-    kind_b, size_b = head.split(b" ", 1)
+    kind_b, size_b = raw[:end].split(b" ", 1)
     kind = kind_b.decode("ascii", "replace")
-    if kind not in KINDS or not size_b.isdigit() or int(size_b) != len(payload):
+    if kind not in KINDS or not size_b.isdigit() or int(size_b) != len(raw) - end - 1:
         raise CorruptObjectError(f"object {(expected_id or '?')[:12]} has a bad header")
-    return kind, payload
+    return kind, end + 1
 
 
 def is_object_id(text: str) -> bool:

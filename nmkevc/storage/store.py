@@ -11,7 +11,18 @@ import zstandard
 from ..errors import CorruptObjectError, ObjectNotFoundError, RevisionError
 from .faults import crash_point
 from .fsutil import atomic_write
-from .objects import KINDS, MAX_BYTES, MAX_RATIO, RATIO_FLOOR, decode, encode, is_object_id, object_id
+from .objects import (
+    KINDS,
+    MAX_BYTES,
+    MAX_RATIO,
+    RATIO_FLOOR,
+    decode,
+    encode,
+    is_object_id,
+    object_id,
+    parse_header,
+    verify,
+)
 
 #: Bytes of decompressed output read to learn an object's header ("kind size\0").
 _HEADER_PEEK = 40
@@ -81,8 +92,8 @@ class ObjectStore:
         except FileNotFoundError:
             raise ObjectNotFoundError(f"object {oid[:12]} not found") from None
 
-    def read_raw(self, oid: str) -> bytes:
-        """Decompressed canonical bytes, verified against the id."""
+    def read_raw(self, oid: str, want: str | None = None) -> bytes:
+        """Decompressed canonical bytes, verified against the id (and, given `want`, of that kind)."""
         if not is_object_id(oid):
             raise ObjectNotFoundError(f"{oid!r} is not an object id")
         try:
@@ -92,21 +103,21 @@ class ObjectStore:
         except OSError as e:
             raise CorruptObjectError(f"object {oid[:12]} cannot be read ({e.strerror})") from None
         try:
-            raw = decompress_object(oid, data)
+            raw = decompress_object(oid, data, want=want)
         except CorruptObjectError as e:  # a local object: say how to find out more
             raise CorruptObjectError(f"{e}; run 'nmkevc fsck'") from None
-        decode(raw, expected_id=oid)
+        verify(raw, oid)
+        kind = parse_header(raw, oid)[0]
+        if want is not None and kind != want:
+            raise CorruptObjectError(f"object {oid[:12]} is a {kind}, expected a {want}")
         return raw
 
     def get(self, oid: str, kind: str | None = None) -> bytes:
         """The payload of an object, checked for integrity and (optionally) kind."""
-        got_kind, payload = decode(self.read_raw(oid), expected_id=None)
-        if kind is not None and got_kind != kind:
-            raise CorruptObjectError(f"object {oid[:12]} is a {got_kind}, expected a {kind}")
-        return payload
+        return decode(self.read_raw(oid, want=kind))[1]
 
     def kind(self, oid: str) -> str:
-        return decode(self.read_raw(oid))[0]
+        return parse_header(self.read_raw(oid))[0]
 
     def __iter__(self) -> Iterator[str]:
         if not self.root.exists():
@@ -143,24 +154,37 @@ def check_compressed(oid: str, data: bytes, want: str | None = None) -> tuple[st
     """(kind, payload) of received object bytes, refused unless they hash to `oid`, are
     of kind `want` (when given) and stay within the caps for untrusted objects."""
     kind, payload = decode(decompress_object(oid, data, want=want, untrusted=True), expected_id=oid)
-    if want is not None and kind != want:  # pragma: no cover - decompress_object checked the header
+    if want is not None and kind != want:
         raise CorruptObjectError(f"object {oid[:12]} is a {kind}, expected a {want}")
     return kind, payload
+
+
+def _corrupt(oid: str, why: str) -> CorruptObjectError:
+    return CorruptObjectError(f"object {oid[:12]} is corrupt ({why})")
+
+
+def frame_size(oid: str, data: bytes) -> int:
+    """The canonical size an object file's frame header declares (nothing is decompressed)."""
+    try:
+        declared = zstandard.get_frame_parameters(data).content_size
+    except zstandard.ZstdError:
+        raise _corrupt(oid, "cannot decompress") from None
+    if declared == zstandard.CONTENTSIZE_UNKNOWN:
+        raise _corrupt(oid, "its frame does not declare its size")
+    return declared
 
 
 def peek_header(oid: str, data: bytes) -> tuple[str, int, int]:
     """(kind, payload size, declared canonical size) read from an object file's frame
     header and the first bytes of its output, without decompressing the rest."""
     def corrupt(why: str) -> CorruptObjectError:
-        return CorruptObjectError(f"object {oid[:12]} is corrupt ({why})")
+        return _corrupt(oid, why)
 
+    declared = frame_size(oid, data)
     try:
-        declared = zstandard.get_frame_parameters(data).content_size
         head = zstandard.ZstdDecompressor().stream_reader(data).read(_HEADER_PEEK)
     except zstandard.ZstdError:
         raise corrupt("cannot decompress") from None
-    if declared == zstandard.CONTENTSIZE_UNKNOWN:
-        raise corrupt("its frame does not declare its size")
     head, sep, _ = head.partition(b"\0")
     kind_b, _, size_b = head.partition(b" ")
     kind = kind_b.decode("ascii", "replace")
@@ -175,12 +199,16 @@ def peek_header(oid: str, data: bytes) -> tuple[str, int, int]:
 def decompress_object(oid: str, data: bytes, want: str | None = None, untrusted: bool = False) -> bytes:
     """The canonical bytes inside an object file (not yet checked against oid).
 
-    The size is known before anything is allocated: the frame must declare it and agree
-    with the object's own header, and it must be within the kind's cap (and, for an
-    untrusted object, the expected kind and a plausible compression ratio)."""
-    kind, _, declared = peek_header(oid, data)
-    if want is not None and kind != want:
-        raise CorruptObjectError(f"object {oid[:12]} is a {kind}, expected a {want}")
+    The size is known before anything is allocated: the frame must declare it, and it must
+    be within the kind's cap (and, for an untrusted object, a plausible compression ratio).
+    Given the kind wanted, its cap applies and the caller checks the kind on the output
+    (after the hash): peeking at the header first would cost a block's decompression (half
+    of a delta's) and bound nothing more. With none wanted, the header is peeked at for the
+    kind, and must agree with the frame on the size."""
+    if want is None:
+        kind, _, declared = peek_header(oid, data)
+    else:
+        kind, declared = want, frame_size(oid, data)
     if declared > MAX_BYTES[kind]:
         raise CorruptObjectError(f"object {oid[:12]} is refused: a {kind} of {declared} bytes "
                                  f"exceeds the limit of {MAX_BYTES[kind]}")

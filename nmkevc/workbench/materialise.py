@@ -30,7 +30,7 @@ def materialise(repo: Repo, base_id: str, commits: list[str], weights: BaseWeigh
     cached = _cached_state(repo, key, weights)
     if cached is not None:
         return MaterialisedCache.tensors(cached)
-    return _compute_state(repo, key, commits, weights, extra)
+    return _compute_state(repo, key, commits, weights, extra, keys=True)
 
 
 def materialised_buffers(repo: Repo, base_id: str, commits: list[str], weights: BaseWeights) -> dict[str, object]:
@@ -40,7 +40,7 @@ def materialised_buffers(repo: Repo, base_id: str, commits: list[str], weights: 
     cached = _cached_state(repo, key, weights)
     if cached is not None:
         return {name: buf for name, (_, buf) in cached.items()}
-    return {name: tensor_buffer(t) for name, t in _compute_state(repo, key, commits, weights).items()}
+    return {name: tensor_buffer(t) for name, t in _compute_state(repo, key, commits, weights, keys=False).items()}
 
 
 def is_long(repo: Repo, commits: list[str], extra: Sequence[str] = ()) -> bool:
@@ -57,10 +57,12 @@ def _cached_state(repo: Repo, key: str, weights: BaseWeights) -> dict | None:
 
 
 def _compute_state(repo: Repo, key: str, commits: list[str], weights: BaseWeights,
-                   extra: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+                   extra: Sequence[str] = (), keys: bool = True) -> dict[str, torch.Tensor]:
+    """`keys`: read the deltas whole, and keep them in the repository's cache, where a model's
+    sync and an edit's key statistics read them next; an export needs only their factors."""
     from ..deltas.compose import apply_to_weight
 
-    plan = repo.plan_of(commits, extra)
+    plan = repo.plan_of(commits, extra, keys=keys)
     out = {name: apply_to_weight(weights.get(name), [w for _, w in entries])
            for name, entries in sorted(plan.items())}
     if is_long(repo, commits, extra):
