@@ -211,18 +211,10 @@ def count_edit(repo, tokenizer, out, reqs: list, shape, dtype: str):
 
 
 def earlier_edits(repo, commit) -> bool:
-    """Whether any ancestor carries a delta (then C of earlier edits enters the solve)."""
-    todo, seen = list(commit.parents), set()
-    while todo:
-        cid = todo.pop()
-        if cid in seen:
-            continue
-        seen.add(cid)
-        c = repo.commit(cid)
-        if c.delta:
-            return True
-        todo.extend(c.parents)
-    return False
+    """Whether the edited state already carried deltas (then C of earlier edits enters the solve):
+    the parent's effective set, as the repository computes it."""
+    plumbing = repo.plumbing
+    return any(plumbing.delta_ids(plumbing.effective(parent)) for parent in commit.parents[:1])
 
 
 def run_case(tree: Path, args: list[str]) -> dict:

@@ -1,0 +1,87 @@
+"""Where a lifelong run's specificity goes: each batch's neighbourhood prompts, scored on the
+unedited model, right after the batch's own commit, and after every later commit.
+
+The run's specificity at T averages the neighbours of all T facts so far, so a falling curve
+mixes two causes: a batch's own edit spilling onto its neighbours (immediate bleed, read at its
+own commit) and later edits eroding the neighbours of earlier ones (read at later commits).
+This reads the run's repository (the branch of each method, one commit per batch) and splits
+them, per batch. The figures go to specificity_by_batch.json beside results.json.
+
+    python benchmarks/lifelong_specificity.py --repo OUT/repo --results DIR [--methods a,b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+
+def batch_commits(plumbing, tip: str, n_batches: int) -> list[str]:
+    """The last `n_batches` commits of the branch's first-parent chain, oldest first, and the
+    commit they start from (the unedited state)."""
+    chain = [tip]
+    while len(chain) <= n_batches:
+        parents = plumbing.commit(chain[-1]).parents
+        if not parents:
+            raise SystemExit(f"error: the branch has fewer than {n_batches} batch commits")
+        chain.append(parents[0])
+    return list(reversed(chain))
+
+
+def specificity_by_batch(repo, cases: list, batch: int, commits: list[str]) -> list[dict]:
+    """Per batch b: specificity of its neighbourhood prompts unedited, then at every commit from
+    its own on; the immediate bleed (own commit − unedited) and the later erosion (last − own)."""
+    from nmkevc.evaluation.metrics import evaluate_requests
+
+    base, after = commits[0], commits[1:]
+    scores: dict[tuple[int, int], float] = {}
+    for t, cid in enumerate([base, *after]):
+        state = repo.load_model(cid)
+        for b in range(len(after) if t == 0 else t):
+            report = evaluate_requests(state.model, state.tokenizer, cases[b * batch:(b + 1) * batch])
+            scores[(b, t)] = report.specificity
+    out = []
+    for b in range(len(after)):
+        own, last = scores[(b, b + 1)], scores[(b, len(after))]
+        out.append({"batch": b + 1, "unedited": round(scores[(b, 0)], 4),
+                    "at_commit": {str((t) * batch): round(scores[(b, t)], 4) for t in range(b + 1, len(after) + 1)},
+                    "own_edit": round(own - scores[(b, 0)], 4), "later_edits": round(last - own, 4)})
+    return out
+
+
+def main() -> None:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repo", required=True, help="The lifelong run's repository (OUT/repo).")
+    ap.add_argument("--results", required=True, help="The results folder (results.json; the output goes there).")
+    ap.add_argument("--methods", default=None, help="Comma-separated methods of results.json (default: all).")
+    args = ap.parse_args()
+    from nmkevc import Repository
+    from nmkevc.porcelain.datasets import eval_cases
+
+    results_dir = Path(args.results)
+    res = json.loads((results_dir / "results.json").read_text())
+    info, batch = res["info"], res["batch_size"]
+    cases = eval_cases(info["dataset"], res["edits"], seed=info["seed"], neighbours=info["neighbours"],
+                       split=info["split"])
+    repo = Repository.open(args.repo)
+    branches = repo.plumbing.branches()
+    methods = args.methods.split(",") if args.methods else list(res["methods"])
+    out_path = results_dir / "specificity_by_batch.json"
+    data = json.loads(out_path.read_text()) if out_path.exists() else {"methods": {}}
+    for method in methods:
+        branch = res["branches"].get(method)
+        if branch not in branches:
+            print(f"{method}: branch {branch} is not in {args.repo}; skipped")
+            continue
+        done = max(p["edits"] for p in res["points"] if p["method"] == method)
+        commits = batch_commits(repo.plumbing, branches[branch], done // batch)
+        data["methods"][method] = {"batches": specificity_by_batch(repo, cases, batch, commits)}
+        out_path.write_text(json.dumps(data, indent=1) + "\n")
+        print(method, json.dumps(data["methods"][method]))
+
+
+if __name__ == "__main__":
+    main()
