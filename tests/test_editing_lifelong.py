@@ -80,13 +80,13 @@ def published(method, **kw):
 
 
 def test_defaults_differ_from_published_only_by_mpes():
-    """NMKE's default turns MPES on (k = 2, chosen on the dev split: docs/method.md); everything
-    else, and every other method, is the published form until measured otherwise."""
+    """NMKE's and AlphaEdit's default turns MPES on (k = 2, chosen on the dev split: docs/method.md);
+    everything else, and MEMIT (not measured), is the published form."""
     for method in ("nmke", "alphaedit", "memit"):
         default, pub = hp_for(method).to_json(), published(method).to_json()
         changed = {k for k in default if default[k] != pub[k]}
-        assert changed == ({"z_stop_top1"} if method == "nmke" else set())
-    assert hp_for("nmke").z_stop_top1 == 2
+        assert changed == ({"z_stop_top1"} if method != "memit" else set())
+    assert hp_for("nmke").z_stop_top1 == hp_for("alphaedit").z_stop_top1 == 2
 
 
 def off_for(method):
@@ -364,7 +364,8 @@ def test_memit_frobenius_is_a_ridge_on_memits_solve(setup):
 
 # -- the fields --------------------------------------------------------------------------------------------
 def test_fields_default_off_validate_and_replay_old_commits():
-    """Every option off by default but NMKE's MPES (k = 2); a commit stored before them replays off."""
+    """Every option off by default but MPES (k = 2) of NMKE and AlphaEdit; a commit stored before
+    them replays off."""
     hp, memit = EditHparams(), EditHparams(method="memit")
     got = {k: getattr(hp, k) for k in off_for("nmke")} | {"memit_frobenius": memit.memit_frobenius}
     assert got == {**OFF, "z_stop_top1": 2}

@@ -43,11 +43,6 @@ class NmkeHparams(AlphaEditHparams):
     #: docs/figures/ridge.json). The forms are `MASKED_UPDATES` below.
     masked_update: str = "published"
 
-    # -- lifelong default (docs/method.md, "Lifelong mechanisms"; `preset="published"` turns it off)
-    #: MPES on by default: on the countryinfo dev split (T = 300, batches of 100) it halved the
-    #: perplexity drift of the published form and edited ~40% faster, at equal efficacy
-    z_stop_top1: int = 2
-
     def _convert(self) -> None:
         super()._convert()
         self.mask_bounds = tuple(float(x) for x in self.mask_bounds)
