@@ -19,8 +19,8 @@ individually and summarised by their median.
 
 Code trees: `--tree label=PATH` runs the same cases against another checkout (e.g. a
 worktree of an older commit, as "before"), so before and after come from one script.
-Figures are merged into a JSON file (default docs/figures/editing.json, committed; `--out
-/tmp/x.json` for a trial run); `--markdown` rewrites the generated tables in docs/benchmarks.md
+Figures are merged into a JSON file (default docs/figures/editing.json, committed; `--out`
+another path for a trial run); `--markdown` rewrites the generated tables in docs/benchmarks.md
 (and the README's sentence) from docs/figures/editing.json; with another `--out` it only prints them.
 
     python benchmarks/editing.py --methods nmke,alphaedit,memit --batches 1,10 --repeat 3

@@ -156,9 +156,9 @@ class LayerInputs:
         return {self.adapter.mlp_out_module(self.model, layer): grab(layer) for layer in self.layers}
 
     def _record(self, batch: Batch, upto: int, keep: bool = False) -> tuple[list[LayerCall], torch.Tensor]:
-        """One pass of `batch` through layer `upto`: how each layer was called and h, the tap's
-        output at the subject's last token of every row when the pass reaches it; `keep` (all
-        rows): also every layer input from `low` up, the keys and `low`'s activations."""
+        """One pass of `batch` through layer `upto`: how each layer was called and, for the rewrite
+        rows, h (the tap's output at each row's subject token) when the pass reaches the tap;
+        `keep` (all rows): every layer input from `low` up, the keys and `low`'s activations instead."""
         modules = self.modules[: upto + 1]
         inputs: list[torch.Tensor | None] | None = [None] * len(modules) if keep else None
         got = {}
@@ -173,7 +173,7 @@ class LayerInputs:
         if inputs is not None:
             self.inputs = {j: inputs[j] for j in range(self.low, len(modules))}
             self.inputs[len(modules)] = got["out"]
-        h = got["out"][batch.rows, batch.subject_pos].float().T.contiguous() if upto == self.tap else None
+        h = None if keep or upto != self.tap else got["out"][batch.rows, batch.subject_pos].float().T.contiguous()
         return list(calls), h
 
     def _advance(self, layer: int) -> None:
