@@ -119,6 +119,14 @@ def test_moment_series_is_within_its_bound_and_far_pairs_are_exact():
     part = _exact_lse(unembed, w_n, base, coef, rows, 1 << 20)
     assert torch.isinf(part[1]).all() and torch.isinf(part[0, [0, 2, 3]]).all()
     assert (part[0, [1, 5]].double() - ref[0, [1, 5]]).abs().max() < 1e-5
+    # a few neurons only (B's other columns are never computed), in any order
+    few = [torch.tensor([7, 1]), torch.tensor([], dtype=torch.long), torch.tensor([1]), torch.tensor([20, 3]),
+           torch.tensor([], dtype=torch.long)]
+    part = _exact_lse(unembed, w_n, base, coef, few, 1 << 20)
+    for p, idx in enumerate(few):
+        if idx.numel():
+            assert (part[p, idx].double() - ref[p, idx]).abs().max() < 1e-5
+        assert torch.isinf(part[p, [i for i in range(d_ff) if i not in idx.tolist()]]).all()
 
 
 @torch.no_grad()
@@ -155,3 +163,42 @@ def test_residual_is_the_stream_entering_the_mlp(model_dirs):
         h.remove()
     expected = seen["x"][batch.rows, batch.last]
     torch.testing.assert_close(readout.layers[2].r, expected, rtol=1e-5, atol=1e-6)
+
+
+@torch.no_grad()
+def test_power_moments_keep_every_product_operand_a_normal_float(monkeypatch):
+    """B spanning 30 orders of magnitude: its powers would reach denormals (a slow path of the
+    CPU); the moments still equal Σ_v q_v B_v^k (float64) and no operand of the products is a
+    nonzero below UNDERFLOW, whose products with each other stay normal floats."""
+    gen = torch.Generator().manual_seed(1)
+    vocab, d_ff, n_p, order = 400, 12, 3, attribution.MOMENTS_ORDER
+    b = torch.randn(vocab, d_ff, generator=gen) * torch.logspace(-30, 0, vocab)[:, None]
+    b[:, 0] *= 1e-3  # a column whose own scale is small: the powers go through b / its maximum
+    q = torch.softmax(torch.randn(n_p, vocab, generator=gen) * 4, -1)
+    smallest = []
+    real_matmul = torch.Tensor.__matmul__
+
+    def watched(x, y):
+        for t in (x, y):
+            nonzero = t.abs()[t != 0]
+            smallest.append(float(nonzero.min()) if nonzero.numel() else float("inf"))
+        return real_matmul(x, y)
+
+    monkeypatch.setattr(torch.Tensor, "__matmul__", watched)
+    moments = torch.zeros(order + 1, n_p, d_ff, dtype=torch.float64)
+    attribution._add_power_moments(moments, q, b, b.abs().amax(0))
+    monkeypatch.undo()
+    assert min(smallest) >= attribution.UNDERFLOW
+    assert attribution.UNDERFLOW**2 >= torch.finfo(torch.float32).tiny
+    b64, q64 = b.double(), q.double()
+    for k in range(1, order + 1):
+        ref = q64 @ b64**k
+        size = q64 @ b64.abs() ** k  # the moment's own scale (its terms may cancel)
+        assert ((moments[k] - ref).abs() <= 1e-6 * size + 1e-300).all(), k
+    # the stages never let a kept power fall below UNDERFLOW before the next stage, and what they
+    # leave out is far below the series' own truncation bound
+    stages = attribution.underflow_stages()
+    ends = [k for k, _ in stages[1:]] + [order + 1]
+    for (_, theta), end in zip(stages, ends, strict=True):
+        assert theta ** (end - 1) >= attribution.UNDERFLOW * (1 - 1e-9)
+    assert attribution.underflow_bound() < 1e-10

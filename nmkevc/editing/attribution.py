@@ -34,6 +34,11 @@ MOMENTS_MIN_PROMPTS = 12
 #: τ^(K+1) e^(2τ) / (K+1)! is 1.3e-9 at K = 16, τ = 1.75
 MOMENTS_ORDER = 16
 MOMENTS_RADIUS = 1.75
+#: the smallest nonzero magnitude an operand of the moment products may have (2^-62): any product
+#: of two such operands is still a normal float32 (≥ 2^-124), never a denormal. Denormal operands
+#: or results send the CPU's products and multiplies down a slow path, and on SmolLM2's B the
+#: powers B^k reach them (docs/method.md, Step 2).
+UNDERFLOW = 2.0**-62
 
 
 @dataclass
@@ -175,7 +180,8 @@ def _moment_lse(unembed: torch.Tensor, w_n: torch.Tensor, base: torch.Tensor, co
         M_k = q · B^k   (one (P × vocab) · (vocab × d_ff) product per order k).
     Truncated after order K, each term's remainder is at most τ^(K+1) e^τ / (K+1)! with
     τ = |coef[p, i]| · max_v |B[v, i]|, and the sum is at least e^(−τ), so the log-sum-exp is
-    off by at most τ^(K+1) e^(2τ) / (K+1)! — below 2e-9 for τ ≤ MOMENTS_RADIUS. Returns the
+    off by at most τ^(K+1) e^(2τ) / (K+1)! — below 2e-9 for τ ≤ MOMENTS_RADIUS (plus the
+    underflow terms `_add_power_moments` and q < UNDERFLOW drop: below 1e-10). Returns the
     values and the mask of pairs with τ beyond the radius, which the caller takes exactly."""
     n_p, d_ff = coef.shape
     vocab = unembed.shape[0]
@@ -185,14 +191,12 @@ def _moment_lse(unembed: torch.Tensor, w_n: torch.Tensor, base: torch.Tensor, co
     b_max = torch.zeros(d_ff)
     for v0 in range(0, vocab, v_chunk):
         b = unembed[v0 : v0 + v_chunk] @ w_n  # (Vc, d_ff)
-        torch.maximum(b_max, b.abs().amax(0), out=b_max)
+        scale = b.abs().amax(0)
+        torch.maximum(b_max, scale, out=b_max)
         q = torch.exp(base[:, v0 : v0 + v_chunk] - lse0[:, None])  # (P, Vc)
+        q.masked_fill_(q < UNDERFLOW, 0.0)
         moments[0] += q.sum(-1, dtype=torch.float64)[:, None]
-        power = b.clone()
-        for k in range(1, MOMENTS_ORDER + 1):
-            moments[k] += q @ power
-            if k < MOMENTS_ORDER:
-                power.mul_(b)
+        _add_power_moments(moments, q, b, scale)
     c = coef.double()
     series = moments[MOMENTS_ORDER] / math.factorial(MOMENTS_ORDER)
     for k in range(MOMENTS_ORDER - 1, -1, -1):  # Horner
@@ -200,6 +204,47 @@ def _moment_lse(unembed: torch.Tensor, w_n: torch.Tensor, base: torch.Tensor, co
     lse = (lse0[:, None].double() + series.clamp_min(1e-300).log()).float()
     return lse, coef.abs() * b_max > MOMENTS_RADIUS
 
+
+
+def underflow_stages(order: int = MOMENTS_ORDER) -> list[tuple[int, float]]:
+    """(k, θ): from order k on, the entries of B/s (s: the chunk's column maximum) below θ in
+    magnitude are left out of the powers. Stages start at orders 1, 2, 4, 8, ...; θ of a stage is
+    the smallest magnitude whose powers stay ≥ UNDERFLOW until the next stage starts, so no
+    power is ever a nonzero float below UNDERFLOW. What is left out at stage (k, θ) changes the
+    series by at most (τθ)^k e^(τθ) / k! per unit of probability (τ ≤ MOMENTS_RADIUS):
+    `underflow_bound` sums it (1e-11 at K = 16)."""
+    starts = [1]
+    while starts[-1] * 2 <= order:
+        starts.append(starts[-1] * 2)
+    ends = [*starts[1:], order + 1]
+    return [(k, UNDERFLOW ** (1.0 / (end - 1))) for k, end in zip(starts, ends, strict=True)]
+
+
+def underflow_bound(order: int = MOMENTS_ORDER, radius: float = MOMENTS_RADIUS) -> float:
+    """The most the underflow stages change Σ_v q_v exp(c·B_v) inside the radius (absolute; the
+    sum itself is at least e^(−radius))."""
+    return sum((radius * t) ** k * math.exp(radius * t) / math.factorial(k) for k, t in underflow_stages(order))
+
+
+def _add_power_moments(moments: torch.Tensor, q: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> None:
+    """moments[k] += q · b^k for k = 1..K (float64 accumulators), through the powers of the
+    column-normalised u = b / scale so that every operand of every product is 0 or at least
+    UNDERFLOW in magnitude (see `underflow_stages`); the scale's powers come back in float64."""
+    s = scale.clamp_min(torch.finfo(torch.float32).tiny)
+    unit = b / s
+    s64 = s.double()
+    s_k = torch.ones_like(s64)
+    stages = dict(underflow_stages(moments.shape[0] - 1))
+    power = None
+    for k in range(1, moments.shape[0]):
+        if k in stages:
+            drop = unit.abs() < stages[k]
+            unit.masked_fill_(drop, 0.0)
+            if power is not None:
+                power.masked_fill_(drop, 0.0)
+        power = unit.clone() if power is None else power.mul_(unit)
+        s_k = s_k * s64
+        moments[k] += (q @ power).double().mul_(s_k)
 
 def _exact_lse(unembed: torch.Tensor, w_n: torch.Tensor, base: torch.Tensor, coef: torch.Tensor,
                rows: list[torch.Tensor], chunk_elements: int) -> torch.Tensor:
@@ -216,17 +261,21 @@ def _exact_lse(unembed: torch.Tensor, w_n: torch.Tensor, base: torch.Tensor, coe
     todo = [(p, idx) for p, idx in enumerate(rows) if idx.numel()]
     if not todo:
         return lse
-    w_t = w_n.T.contiguous()  # (d_ff, d_model)
+    # only the columns of B some prompt needs (after the moment form: a few neurons of many)
+    need = torch.unique(torch.cat([idx for _, idx in todo]))
+    at = torch.full((d_ff,), -1, dtype=torch.long)
+    at[need] = torch.arange(need.numel())
+    w_t = w_n.T[need].contiguous()  # (needed neurons, d_model)
     buf = torch.empty(block)
     for v0 in range(0, vocab, v_chunk):
-        b_t = w_t @ unembed[v0 : v0 + v_chunk].T  # (d_ff, Vc): B[v0:v0+Vc, :]ᵀ, contiguous
+        b_t = w_t @ unembed[v0 : v0 + v_chunk].T  # (needed, Vc): those columns of B[v0:v0+Vc, :]ᵀ
         vc = b_t.shape[1]
         i_blk = max(1, min(d_ff, block // vc))
         for p, idx in todo:
-            whole = idx.numel() == d_ff
+            whole = idx.numel() == d_ff  # then every neuron is needed, in order
             for j0 in range(0, idx.numel(), i_blk):
                 sel = slice(j0, j0 + i_blk) if whole else idx[j0 : j0 + i_blk]
-                rows_b = b_t[sel]
+                rows_b = b_t[sel] if whole else b_t[at[sel]]
                 x = buf[: rows_b.shape[0] * vc].view(rows_b.shape[0], vc)
                 torch.mul(coef[p, sel, None], rows_b, out=x)
                 x.add_(base[p, None, v0 : v0 + vc])
