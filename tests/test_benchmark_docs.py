@@ -24,6 +24,25 @@ def test_z_floor_block_is_generated_from_its_json():
     assert _block(mod.DOC, mod.BEGIN, mod.END) == mod.markdown(data)
 
 
+def test_z_profile_block_is_generated_from_its_json():
+    mod = _bench("z_profile")
+    data = json.loads(mod.DEFAULT_OUT.read_text()) if mod.DEFAULT_OUT.exists() else None
+    assert _block(mod.DOC, mod.BEGIN, mod.END) == mod.markdown(data)
+
+
+def test_z_profile_text_states_what_the_run_measured():
+    mod = _bench("z_profile")
+    run = {"date": "2026-01-01", "machine": "m", "load_before": 0.1, "load_after": 0.2, "facts": 3, "steps": 2,
+           "templates": 6, "pack_tokens": 256, "seconds": 9.5, "profiled_seconds": 10.0, "product_share": 0.7,
+           "product_gflops": 100.0, "best_gflops": 150.0, "rates_gflops": {"a": 150.0},
+           "floor_ratio_estimate": 2.14, "floor_ratio_products_only": 1.5,
+           "top_ops": [{"op": "aten::mm", "share": 0.7, "calls": 4}]}
+    text = mod.markdown({"runs": [run]})
+    assert "**70%**" in text and "**100.0 GFLOP/s**" in text and "2.14×" in text and "1.5×" in text
+    assert "mm 70.0%" in text
+    assert mod.markdown(None).startswith("No profile")
+
+
 def test_editing_table_is_generated_from_its_json():
     mod = _bench("editing")
     body = mod.markdown(mod.DEFAULT_OUT) + "\n\n" + mod.ratios(mod.DEFAULT_OUT)
