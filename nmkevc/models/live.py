@@ -41,9 +41,10 @@ class LiveModel:
 
     @classmethod
     def load(cls, model_dir: Path, state_key: str | None = None, frozen: bool = False,
-             runtime: Runtime | None = None) -> LiveModel:
+             runtime: Runtime | None = None, tokenizer=None) -> LiveModel:
+        """`tokenizer`: the base's, when the caller already loaded it (it takes ~2 s to load)."""
         model, adapter = load_model(model_dir, runtime)
-        return cls(model_dir, model, load_tokenizer(model_dir), adapter, BaseWeights(model_dir, adapter),
+        return cls(model_dir, model, tokenizer or load_tokenizer(model_dir), adapter, BaseWeights(model_dir, adapter),
                    state_key=state_key, frozen=frozen)
 
     def parameter(self, name: str) -> torch.nn.Parameter:

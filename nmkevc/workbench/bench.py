@@ -171,7 +171,8 @@ class Workbench:
         model_dir = self.base_dir(base_id, progress=progress)
         if self._live is None or self._live_base != base_id:
             self._live = None
-            self._live = LiveModel.load(model_dir, runtime=self.runtime)
+            self._live = LiveModel.load(model_dir, runtime=self.runtime, tokenizer=self._tokenizers.get(base_id))
+            self._tokenizers.setdefault(base_id, self._live.tokenizer)
             self._live_base = base_id
         key = self.repo.state_key(base_id, commits, extra)
         if self._live.state_key != key:
@@ -192,7 +193,8 @@ class Workbench:
             self._base_model = None
             key = self.repo.state_key(base_id, [])
             self._base_model = (base_id, LiveModel.load(self.base_dir(base_id, progress=progress), key, frozen=True,
-                                                       runtime=self.runtime))
+                                                       runtime=self.runtime, tokenizer=self._tokenizers.get(base_id)))
+            self._tokenizers.setdefault(base_id, self._base_model[1].tokenizer)
         live = self._base_model[1]
         return ModelState(live, live.state_key or "", f"base {base_id[:12]}")
 
