@@ -13,8 +13,8 @@ z / floor is about best / (share × rate). With the products at their own rate, 
 other operation would still leave z at best / rate of its floor; with all the time in products
 at the best rate it would reach it. The figures say which of the two a faster z must change.
 
-    python benchmarks/z_profile.py [--facts 10] [--steps 5]   # merges a run into docs/figures/z_profile.json
-    python benchmarks/z_profile.py --markdown                 # only rewrite docs/benchmarks.md's block
+    python benchmarks/z_profile.py [--facts 10] [--steps 5] [--pack-tokens N]  # a run into z_profile.json
+    python benchmarks/z_profile.py --markdown   # only rewrite docs/benchmarks.md's block
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -36,7 +37,7 @@ END = "<!-- z-profile:end -->"
 PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm")
 
 
-def profile_z(facts: int, steps: int, rate_seconds: float) -> dict:
+def profile_z(facts: int, steps: int, rate_seconds: float, pack_tokens: int | None = None) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -48,6 +49,8 @@ def profile_z(facts: int, steps: int, rate_seconds: float) -> dict:
     from nmkevc.editing.hooks import frozen_eval
     from nmkevc.editing.methods.nmke import NmkeHparams
     from nmkevc.editing.zopt import PACK_TOKENS, optimise_z
+
+    pack_tokens = pack_tokens or PACK_TOKENS
     from nmkevc.models.embedded import embedded_model_dir
     from nmkevc.models.loading import load_model, load_tokenizer
 
@@ -61,11 +64,11 @@ def profile_z(facts: int, steps: int, rate_seconds: float) -> dict:
     load0 = round(os.getloadavg()[0], 2)
     with frozen_eval(model):
         t0 = time.perf_counter()
-        optimise_z(model, tokenizer, adapter, reqs, templates, layer, hp)
+        optimise_z(model, tokenizer, adapter, reqs, templates, layer, hp, pack_tokens=pack_tokens)
         seconds = time.perf_counter() - t0
         with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
             t0 = time.perf_counter()
-            optimise_z(model, tokenizer, adapter, reqs, templates, layer, hp)
+            optimise_z(model, tokenizer, adapter, reqs, templates, layer, hp, pack_tokens=pack_tokens)
             profiled = time.perf_counter() - t0
     load1 = round(os.getloadavg()[0], 2)
     events = prof.key_averages()
@@ -75,7 +78,7 @@ def profile_z(facts: int, steps: int, rate_seconds: float) -> dict:
     product_gflop = sum(e.flops for e in products) / 1e9
     top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
     d_model, d_ff = adapter.dims(model, layer)
-    shapes = {**floors.matmul_shapes(d_model, d_ff, PACK_TOKENS), **floors.matmul_shapes(d_model, d_ff, 1024)}
+    shapes = {**floors.matmul_shapes(d_model, d_ff, pack_tokens), **floors.matmul_shapes(d_model, d_ff, 1024)}
     rates = {k: round(floors.throughput(*v, seconds=rate_seconds), 1) for k, v in shapes.items()}
     rate = product_gflop / product_seconds
     best = max(rates.values())
@@ -85,7 +88,8 @@ def profile_z(facts: int, steps: int, rate_seconds: float) -> dict:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
                    f"torch {torch.__version__}",
         "load_before": load0, "load_after": load1,
-        "facts": facts, "steps": steps, "templates": len(templates), "pack_tokens": PACK_TOKENS,
+        "facts": facts, "steps": steps, "templates": len(templates), "pack_tokens": pack_tokens,
+        "peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "seconds": round(seconds, 2), "profiled_seconds": round(profiled, 2),
         "profiled_self_seconds": round(total, 2),
         "product_seconds": round(product_seconds, 2), "product_share": round(share, 3),
@@ -108,7 +112,7 @@ def markdown(data: dict | None) -> str:
             f"Profiled {r['date']} ([z_profile.json](figures/z_profile.json); {r['machine']}; 1-minute load "
             f"{r['load_before']} before, {r['load_after']} after). z for {r['facts']} facts × {r['templates']} "
             f"templates, {r['steps']} Adam steps each, packs of {r['pack_tokens']} re-run tokens: "
-            f"{r['seconds']} s ({r['profiled_seconds']} s under the profiler). "
+            f"{r['seconds']} s ({r['profiled_seconds']} s under the profiler), peak {r['peak_mib']} MiB. "
             f"**{100 * r['product_share']:.0f}%** of the profiled time is in matrix products, which run at "
             f"**{r['product_gflops']} GFLOP/s** against a best of {r['best_gflops']} GFLOP/s at the replay's "
             f"shapes ({', '.join(f'{k} {v}' for k, v in r['rates_gflops'].items())}). So z stands about "
@@ -131,14 +135,17 @@ def main() -> None:
     ap.add_argument("--facts", type=int, default=10)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--rate-seconds", type=float, default=3.0)
+    ap.add_argument("--pack-tokens", type=int, default=None, help="re-run tokens per pack (default: the engine's)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
     if not args.markdown:
-        result = profile_z(args.facts, args.steps, args.rate_seconds)
+        result = profile_z(args.facts, args.steps, args.rate_seconds, args.pack_tokens)
         data = json.loads(args.out.read_text()) if args.out.exists() else {"runs": []}
-        runs = [r for r in data["runs"] if r["facts"] != result["facts"]] + [result]
-        args.out.write_text(json.dumps({"runs": sorted(runs, key=lambda r: -r["facts"])}, indent=1) + "\n")
+        key = (result["facts"], result["pack_tokens"])  # a run of the same facts and packing is replaced
+        runs = [r for r in data["runs"] if (r["facts"], r["pack_tokens"]) != key] + [result]
+        runs.sort(key=lambda r: (-r["facts"], r["pack_tokens"]))
+        args.out.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
         print(json.dumps(result, indent=1))
     if args.out.resolve() == DEFAULT_OUT.resolve():
         write_markdown(args.out)
