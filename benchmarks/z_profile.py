@@ -13,7 +13,7 @@ z / floor is about best / (share × rate). With the products at their own rate, 
 other operation would still leave z at best / rate of its floor; with all the time in products
 at the best rate it would reach it. The figures say which of the two a faster z must change.
 
-    python benchmarks/z_profile.py [--facts 10] [--steps 5] [--pack-tokens N]  # a run into z_profile.json
+    python benchmarks/z_profile.py [--facts 10] [--steps 5] [--pack-tokens N] [--threads N]
     python benchmarks/z_profile.py --markdown   # only rewrite docs/benchmarks.md's block
 """
 
@@ -88,7 +88,8 @@ def profile_z(facts: int, steps: int, rate_seconds: float, pack_tokens: int | No
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
                    f"torch {torch.__version__}",
         "load_before": load0, "load_after": load1,
-        "facts": facts, "steps": steps, "templates": len(templates), "pack_tokens": pack_tokens,
+        "threads": torch.get_num_threads(), "facts": facts, "steps": steps, "templates": len(templates),
+        "pack_tokens": pack_tokens,
         "peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "seconds": round(seconds, 2), "profiled_seconds": round(profiled, 2),
         "profiled_self_seconds": round(total, 2),
@@ -100,6 +101,10 @@ def profile_z(facts: int, steps: int, rate_seconds: float, pack_tokens: int | No
         "top_ops": [{"op": e.key, "share": round(e.self_cpu_time_total / 1e6 / total, 3), "calls": e.count}
                     for e in top],
     }
+
+
+def _key(run: dict) -> tuple:
+    return run["facts"], run["pack_tokens"], run["threads"]
 
 
 def markdown(data: dict | None) -> str:
@@ -136,15 +141,19 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--rate-seconds", type=float, default=3.0)
     ap.add_argument("--pack-tokens", type=int, default=None, help="re-run tokens per pack (default: the engine's)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
     if not args.markdown:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         result = profile_z(args.facts, args.steps, args.rate_seconds, args.pack_tokens)
         data = json.loads(args.out.read_text()) if args.out.exists() else {"runs": []}
-        key = (result["facts"], result["pack_tokens"])  # a run of the same facts and packing is replaced
-        runs = [r for r in data["runs"] if (r["facts"], r["pack_tokens"]) != key] + [result]
-        runs.sort(key=lambda r: (-r["facts"], r["pack_tokens"]))
+        runs = [r for r in data["runs"] if _key(r) != _key(result)] + [result]  # the same setting is replaced
+        runs.sort(key=lambda r: (-r["facts"], r["pack_tokens"], -r["threads"]))
         args.out.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
         print(json.dumps(result, indent=1))
     if args.out.resolve() == DEFAULT_OUT.resolve():

@@ -32,10 +32,10 @@ def test_z_profile_block_is_generated_from_its_json():
 
 def test_z_profile_text_states_what_the_run_measured():
     mod = _bench("z_profile")
-    run = {"date": "2026-01-01", "machine": "m", "load_before": 0.1, "load_after": 0.2, "facts": 3, "steps": 2,
-           "templates": 6, "pack_tokens": 256, "peak_mib": 900, "seconds": 9.5, "profiled_seconds": 10.0,
-           "product_share": 0.7,
-           "product_gflops": 100.0, "best_gflops": 150.0, "rates_gflops": {"a": 150.0},
+    run = {"date": "2026-01-01", "machine": "m", "load_before": 0.1, "load_after": 0.2, "threads": 2, "facts": 3,
+           "steps": 2, "templates": 6, "pack_tokens": 256, "peak_mib": 900, "seconds": 9.5,
+           "profiled_seconds": 10.0, "product_share": 0.7, "product_gflops": 100.0, "best_gflops": 150.0,
+           "rates_gflops": {"a": 150.0},
            "floor_ratio_estimate": 2.14, "floor_ratio_products_only": 1.5,
            "top_ops": [{"op": "aten::mm", "share": 0.7, "calls": 4}]}
     text = mod.markdown({"runs": [run]})
