@@ -205,7 +205,6 @@ def _moment_lse(unembed: torch.Tensor, w_n: torch.Tensor, base: torch.Tensor, co
     return lse, coef.abs() * b_max > MOMENTS_RADIUS
 
 
-
 def underflow_stages(order: int = MOMENTS_ORDER) -> list[tuple[int, float]]:
     """(k, θ): from order k on, the entries of B/s (s: the chunk's column maximum) below θ in
     magnitude are left out of the powers. Stages start at orders 1, 2, 4, 8, ...; θ of a stage is
@@ -245,6 +244,7 @@ def _add_power_moments(moments: torch.Tensor, q: torch.Tensor, b: torch.Tensor, 
         power = unit.clone() if power is None else power.mul_(unit)
         s_k = s_k * s64
         moments[k] += (q @ power).double().mul_(s_k)
+
 
 def _exact_lse(unembed: torch.Tensor, w_n: torch.Tensor, base: torch.Tensor, coef: torch.Tensor,
                rows: list[torch.Tensor], chunk_elements: int) -> torch.Tensor:
