@@ -124,3 +124,27 @@ def test_edit_with_the_projected_masked_update(repo, run):
     assert commit.method["hparams"]["masked_update"] == "projected"
     assert all(0 < x["info"]["mask_nullspace_kept"] <= x["neurons"] for x in
                Repository.open(repo.root).show(outcome["commit"]).to_json()["weights"])
+
+
+def test_the_check_before_an_edit_scores_the_rewrite_prompt_alone(repo, run, monkeypatch):
+    """Before the edit only P(new) on the rewrite prompt is recorded, so only that is scored;
+    the paraphrases and the true answer are scored after the edit, as the commit reports them."""
+    import nmkevc.evaluation.metrics as metrics
+
+    seen = []
+    real = metrics.evaluate_requests
+
+    def recording(model, tokenizer, requests, *a, **kw):
+        seen.append([(r.target_true, tuple(r.paraphrases), tuple(r.neighborhood)) for r in requests])
+        return real(model, tokenizer, requests, *a, **kw)
+
+    monkeypatch.setattr(metrics, "evaluate_requests", recording)
+    code, out, err = run(repo, "edit", "-s", "France", "-p", "The capital of {} is", "-t", "Rome",
+                         "--target-true", "Paris", "--paraphrase", "France's capital city is", "--layers", "1-2",
+                         "--stats-tokens", "400", "--json", "--set", "z_steps=3")
+    assert code == 0, err
+    before, after = seen
+    assert before == [(None, (), ())]
+    assert after == [("Paris", ("France's capital city is",), ())]
+    (check,) = json.loads(out)[0]["checks"]
+    assert 0 <= check["p_before"] <= 1 and "generalization" in check

@@ -151,7 +151,9 @@ def run_edit(bench: Workbench, base_id: str, commits: list[str], requests: list[
     `EditRun.delta_id`."""
     hp = with_layers(bench, base_id, hp)
     inputs = gather(bench, base_id, commits, hp, corpus, stats_tokens, progress)
-    before = check_requests(inputs.state, requests)
+    # before the edit only P(new) on the rewrite prompt is recorded: its paraphrases and
+    # neighbours (most of the check's forward passes) are scored after the edit alone
+    before = check_requests(inputs.state, [rewrite_only(r) for r in requests])
     delta, info = compute_delta(inputs, requests, hp, progress)
     did = bench.repo.put_delta(delta)
     after = check_requests(bench.model_of(base_id, commits, [did]), requests)
@@ -162,6 +164,11 @@ def run_edit(bench: Workbench, base_id: str, commits: list[str], requests: list[
     info["evaluation"] = {"requests": checks}
     info["health"] = state_health(bench, base_id, commits, inputs.sigmas, extra=[did], batch=delta)
     return EditRun(hp, delta, did, info)
+
+
+def rewrite_only(request: EditRequest) -> EditRequest:
+    """The request with its rewrite prompt and new target alone (nothing else to score)."""
+    return replace(request, target_true=None, paraphrases=(), neighborhood=())
 
 
 def check_requests(state: ModelState, requests: Sequence[EditRequest]) -> list[dict]:
