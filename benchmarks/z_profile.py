@@ -117,7 +117,7 @@ def markdown(data: dict | None) -> str:
             f"Profiled {r['date']} ([z_profile.json](figures/z_profile.json); {r['machine']}; 1-minute load "
             f"{r['load_before']} before, {r['load_after']} after). z for {r['facts']} facts × {r['templates']} "
             f"templates, {r['steps']} Adam steps each, packs of {r['pack_tokens']} re-run tokens: "
-            f"{r['seconds']} s ({r['profiled_seconds']} s under the profiler), peak {r['peak_mib']} MiB. "
+            f"{r['seconds']} s ({r['profiled_seconds']} s under the profiler), peak {r['peak_mib']} MiB with the profiler's records. "
             f"**{100 * r['product_share']:.0f}%** of the profiled time is in matrix products, which run at "
             f"**{r['product_gflops']} GFLOP/s** against a best of {r['best_gflops']} GFLOP/s at the replay's "
             f"shapes ({', '.join(f'{k} {v}' for k, v in r['rates_gflops'].items())}). So z stands about "
