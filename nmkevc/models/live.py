@@ -44,8 +44,9 @@ class LiveModel:
              runtime: Runtime | None = None, tokenizer=None) -> LiveModel:
         """`tokenizer`: the base's, when the caller already loaded it (it takes ~2 s to load)."""
         model, adapter = load_model(model_dir, runtime)
-        return cls(model_dir, model, tokenizer or load_tokenizer(model_dir), adapter, BaseWeights(model_dir, adapter),
-                   state_key=state_key, frozen=frozen)
+        tokenizer = load_tokenizer(model_dir) if tokenizer is None else tokenizer
+        return cls(model_dir, model, tokenizer, adapter, BaseWeights(model_dir, adapter), state_key=state_key,
+                   frozen=frozen)
 
     def parameter(self, name: str) -> torch.nn.Parameter:
         try:

@@ -166,13 +166,12 @@ class Workbench:
 
         The live model is shared: handles given out earlier for another state refuse use
         from now on (StaleModelError) rather than answer for this one."""
-        from ..models.live import LiveModel, ModelState
+        from ..models.live import ModelState
 
         model_dir = self.base_dir(base_id, progress=progress)
         if self._live is None or self._live_base != base_id:
             self._live = None
-            self._live = LiveModel.load(model_dir, runtime=self.runtime, tokenizer=self._tokenizers.get(base_id))
-            self._tokenizers.setdefault(base_id, self._live.tokenizer)
+            self._live = self._load(base_id, model_dir)
             self._live_base = base_id
         key = self.repo.state_key(base_id, commits, extra)
         if self._live.state_key != key:
@@ -183,18 +182,26 @@ class Workbench:
             self._live.sync(self.repo.plan_of(commits, extra), key, ready)
         return ModelState(self._live, key, label or "a revision")
 
+    def _load(self, base_id: str, model_dir, state_key: str | None = None, frozen: bool = False):
+        """A model of the base, sharing the one tokenizer this workbench keeps for it."""
+        from ..models.live import LiveModel
+
+        live = LiveModel.load(model_dir, state_key, frozen=frozen, runtime=self.runtime,
+                              tokenizer=self._tokenizers.get(base_id))
+        self._tokenizers.setdefault(base_id, live.tokenizer)
+        return live
+
     def base_model(self, base_id: str, progress: Progress = None) -> ModelState:
         """The unedited base, from a model of its own (loaded on first use, then kept with
         this object): statistics, context templates and base references read it without
         moving the live model anyone else holds."""
-        from ..models.live import LiveModel, ModelState
+        from ..models.live import ModelState
 
         if self._base_model is None or self._base_model[0] != base_id:
             self._base_model = None
             key = self.repo.state_key(base_id, [])
-            self._base_model = (base_id, LiveModel.load(self.base_dir(base_id, progress=progress), key, frozen=True,
-                                                       runtime=self.runtime, tokenizer=self._tokenizers.get(base_id)))
-            self._tokenizers.setdefault(base_id, self._base_model[1].tokenizer)
+            self._base_model = (base_id, self._load(base_id, self.base_dir(base_id, progress=progress), key,
+                                                    frozen=True))
         live = self._base_model[1]
         return ModelState(live, live.state_key or "", f"base {base_id[:12]}")
 
