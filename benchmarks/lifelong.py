@@ -17,7 +17,8 @@ The methods are interleaved batch by batch by default (--no-interleave: one meth
 the other): a run stopped part-way then compares every method at the same number of edits.
 
     python benchmarks/lifelong.py [--edits 1000] [--batch 100] [--methods nmke,alphaedit,memit]
-                                  [--eval-every 1] [--no-interleave] [--hours H] [--out DIR] [--results DIR]
+                                  [--eval-every 1] [--measure-every 1] [--no-interleave] [--hours H]
+                                  [--out DIR] [--results DIR]
     python benchmarks/lifelong.py --markdown    # only rewrite docs/results.md from --results
     python benchmarks/lifelong.py --merge DIR   # add the methods of another results folder to --results
 
@@ -62,6 +63,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-every", type=int, default=1,
                     help="Evaluate all edits so far every K batches (and the first and last).")
+    ap.add_argument("--measure-every", type=int, default=1,
+                    help="Measure retention, perplexity and fluency every K batches and at every full evaluation.")
     ap.add_argument("--no-interleave", action="store_true", help="Run the methods one after the other.")
     ap.add_argument("--hours", type=float, default=None,
                     help="Start no batch that would end after this many hours (at the last batch's time): "
@@ -93,6 +96,8 @@ def command(args: argparse.Namespace) -> str:
     parts = ["python benchmarks/lifelong.py", f"--edits {args.edits}", f"--batch {args.batch}",
              f"--methods {args.methods}", f"--dataset {args.dataset}", f"--split {args.split}",
              f"--seed {args.seed}", f"--neighbours {args.neighbours}", f"--eval-every {args.eval_every}"]
+    if args.measure_every != 1:
+        parts.append(f"--measure-every {args.measure_every}")
     if args.no_interleave:
         parts.append("--no-interleave")
     # --out and --repo are where the work happens, not what is measured: not recorded (no machine paths)
@@ -198,7 +203,8 @@ def main() -> None:
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"}
     run = repo.lifelong(args.dataset, args.edits, args.batch, split_top(args.methods), out_dir=args.out,
                         results_dir=args.results, seed=args.seed, neighbours=args.neighbours, split=args.split,
-                        eval_every=args.eval_every, interleave=not args.no_interleave, info=info, log=log,
+                        eval_every=args.eval_every, measure_every=args.measure_every,
+                        interleave=not args.no_interleave, info=info, log=log,
                         on_batch=None if args.no_docs else (lambda _run: write_docs(args.results)),
                         deadline=deadline)
     if not args.no_docs:

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from nmkevc.errors import NmkevcError
 from nmkevc.evaluation.lifelong import LifelongRun, run_lifelong
 from nmkevc.evaluation.lifelong_report import markdown_table, write_outputs
 from nmkevc.evaluation.metrics import EvalCase
@@ -131,6 +132,8 @@ def test_lifelong_cli(model_dirs, tmp_path, capsys):
     assert Repository.open(tmp_path / "repo").resolve("HEAD") == head
     assert main(["-C", str(tmp_path / "repo"), "lifelong", "-d", str(facts), "-n", "9"]) == 2
     assert "asked for 9 edits" in capsys.readouterr().err
+    assert main([*args[:-1], "--measure-every", "0"]) == 1
+    assert "measuring every 0 batches: it must be at least 1" in capsys.readouterr().err
 
 
 _OLD_FORMAT_KEYS = ("fluency", "base_specificity", "eval_seconds")
@@ -199,7 +202,44 @@ def test_lifelong_evaluates_all_edits_every_k_batches(model_dirs, tmp_path):
     assert all(p.retention is not None and p.fluency is None for p in run.points)
     assert all((p.specificity is None) == (p.base_specificity is None) for p in run.points)
     assert run.info["fluency"] is None and "base_fluency" not in run.info
-    assert run.points[0].retention == run.points[0].efficacy  # at the first batch, all edits are the first batch
+    assert run.points[0].retention == run.points[0].efficacy  # at the first batch, all edits are the first ones
+    assert run.info["retention_edits"] == 100
+
+
+def test_lifelong_measures_every_k_batches_and_retains_the_first_edits_across_batches(model_dirs, tmp_path,
+                                                                                     monkeypatch):
+    """Small batches: retention covers the first RETENTION_EDITS edits, not the first batch, and
+    retention, perplexity and fluency are measured every k-th batch and at full evaluations only."""
+    from nmkevc import Repository
+    from nmkevc.evaluation import lifelong
+    from nmkevc.evaluation.lifelong import measurement_due
+    from nmkevc.evaluation.lifelong_report import markdown_table
+
+    assert [measurement_due(b, 7, 2, 3) for b in range(7)] == [True, True, True, True, False, True, True]
+    monkeypatch.setattr(lifelong, "RETENTION_EDITS", 2)
+    repo = Repository.init(tmp_path / "repo", base=str(model_dirs["llama"]))
+    run = run_lifelong(repo, _cases_with_neighbours(), batch_size=1, methods=("memit",), log=lambda _: None,
+                       perplexity_every=1, hparams_overrides={"layers": [1, 2]}, eval_every=4, measure_every=2,
+                       fluency_prompts=1, fluency_tokens=4)
+    measured = [p.retention is not None for p in run.points]
+    assert measured == [True, True, False, True, True]  # first (full), 2nd, 4th (full), last (full)
+    assert [p.perplexity is not None for p in run.points] == measured
+    assert [p.fluency is not None for p in run.points] == measured
+    assert [p.efficacy is not None for p in run.points] == [True, False, False, True, True]
+    assert run.info["retention_edits"] == 2 and run.info["sessions"][-1]["measure_every"] == 2
+    # at the 2nd batch (a measurement only) retention is the efficacy of both first edits, as a full
+    # evaluation at the 4th batch reads it from its first two records
+    assert run.points[0].retention == run.points[0].efficacy
+    from nmkevc.evaluation.metrics import evaluate_requests
+
+    cases = _cases_with_neighbours()
+    for i in (1, 4):
+        state = repo.load_model(run.points[i].commit)
+        assert run.points[i].retention == evaluate_requests(state.model, state.tokenizer, cases[:2]).efficacy
+    assert "retention (first 2)" in markdown_table(run)
+    with pytest.raises(NmkevcError, match="measuring every 0 batches"):
+        run_lifelong(repo, _cases_with_neighbours(), batch_size=1, methods=("memit",), log=lambda _: None,
+                     measure_every=0)
 
 
 def test_lifelong_interleaves_methods_and_resumes(model_dirs, tmp_path):
@@ -262,7 +302,8 @@ def test_results_block_reports_a_partial_run_as_partial():
     # unedited model misses; retention 0.9 meets 0.85; perplexity +2% meets +10%; fluency 5.1 is within 0.2 of 5.3
     assert "0.900 ✓" in nmke_row and "0.850 ✓" in nmke_row and "-0.100 ✗" in nmke_row and "+2.00% ✓" in nmke_row
     assert "| 0.900 ✓ | +2.00% ✓ | 5.10 ✓ |" in nmke_row
-    assert "highest retention of the first batch: alphaedit (0.950)" in block
+    assert "highest retention of the first 100 edits: alphaedit (0.950)" in block  # no record: the 1st batch
+    assert "retention (first 100) |" in block
     assert "](results/x/retention.png)" in block and "`python benchmarks/lifelong.py --edits 300`" in block
     # nmke got further: its latest full evaluation is shown too, apart from the comparison
     later = block.split("Further, each method's latest", 1)[1]
@@ -278,7 +319,7 @@ def test_results_block_reports_a_partial_run_as_partial():
     block = results_markdown(run, "results/x")
     later = block.split("Further, each method's latest", 1)[1]
     assert "| nmke | 300 |" in later and "| alphaedit | 300 |" in later and "| memit |" not in later
-    assert "At T = 300, highest retention of the first batch: nmke, alphaedit" in later
+    assert "At T = 300, highest retention of the first 100 edits: nmke, alphaedit" in later
     assert "highest specificity: nmke (0.780)" in later
     run.methods.remove("memit")
     run.points.pop()

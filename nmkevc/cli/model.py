@@ -223,8 +223,10 @@ def dataset_build(name, out, seed, relations, max_per_relation, split):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--neighbours", type=int, default=5, show_default=True, help="Neighbourhood prompts per fact.")
 @click.option("--eval-every", type=int, default=1, show_default=True,
-              help="Evaluate all edits so far every K batches (and the first and last); retention, "
-                   "perplexity and fluency after every batch.")
+              help="Evaluate all edits so far every K batches (and the first and last).")
+@click.option("--measure-every", type=int, default=1, show_default=True,
+              help="Measure retention (the first 100 edits), perplexity and fluency every K batches and at "
+                   "every full evaluation (for runs of many small batches).")
 @click.option("--interleave", is_flag=True,
               help="Run the methods batch by batch, so a run stopped part-way compares them at the same T.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
@@ -232,7 +234,7 @@ def dataset_build(name, out, seed, relations, max_per_relation, split):
 @json_option
 @click.pass_context
 def lifelong(ctx, source, edits, batch_size, methods, out_dir, results_dir, split, seed, neighbours, eval_every,
-             interleave, settings, as_json):
+             measure_every, interleave, settings, as_json):
     """Sequential editing benchmark: EDITS facts in batches, per method, each on its own branch.
 
     Checkpoints after every batch in --out; run the same command again to resume."""
@@ -240,7 +242,8 @@ def lifelong(ctx, source, edits, batch_size, methods, out_dir, results_dir, spli
 
     run = open_repo(ctx).lifelong(
         source, edits, batch_size, split_top(methods) if methods else None, out_dir=out_dir, seed=seed,
-        neighbours=neighbours, split=split, eval_every=eval_every, interleave=interleave, results_dir=results_dir,
+        neighbours=neighbours, split=split, eval_every=eval_every, measure_every=measure_every,
+        interleave=interleave, results_dir=results_dir,
         log=(lambda line: None) if as_json else (lambda line: click.echo(line, err=True)),
         **dict(parse_setting(x) for x in settings))
     if as_json:

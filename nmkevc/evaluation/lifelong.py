@@ -76,7 +76,7 @@ class BatchPoint:
     efficacy: float | None
     generalization: float | None
     specificity: float | None
-    #: efficacy of the first batch's edits on the current model (forgetting = its drop)
+    #: efficacy of the first edits (`retention_edits`) on the current model (forgetting = its drop)
     retention: float | None
     perplexity: float | None
     perplexity_change: float | None
@@ -226,9 +226,25 @@ def fluency_setting(cases: list, prompts: int, max_new_tokens: int) -> dict | No
             "decoding": "greedy", "score": FLUENCY_SCORE}
 
 
+#: retention is the efficacy of the first this many edits (issue #21's goal), whatever the batch size
+RETENTION_EDITS = 100
+
+
+def retention_edits(run: LifelongRun) -> int:
+    """How many first edits a run's retention covers: RETENTION_EDITS, recorded in run.info; runs
+    recorded before it was (retention then meant the first batch) say nothing, so their batch size."""
+    return int(run.info.get("retention_edits", run.batch_size))
+
+
+def measurement_due(b: int, n_batches: int, measure_every: int, eval_every: int) -> bool:
+    """Whether batch b (0-based) measures retention, perplexity and fluency: every
+    `measure_every`-th batch and at every full evaluation (so the first and the last)."""
+    return (b + 1) % measure_every == 0 or full_evaluation_due(b, n_batches, eval_every)
+
+
 def full_evaluation_due(b: int, n_batches: int, eval_every: int) -> bool:
     """Whether batch `b` (0-based) is evaluated on all edits so far: the first, every
-    `eval_every`-th and the last; the others measure retention of the first batch only."""
+    `eval_every`-th and the last (the others may measure retention: `measurement_due`)."""
     return b == 0 or (b + 1) % eval_every == 0 or b == n_batches - 1
 
 
@@ -313,6 +329,7 @@ def run_lifelong(
     checkpoint: Path | None = None,
     eval_every: int = 1,
     interleave: bool = False,
+    measure_every: int = 1,
     fluency_prompts: int = 5,
     fluency_tokens: int = 50,
     info: dict | None = None,
@@ -325,17 +342,20 @@ def run_lifelong(
     batch and resume from what the file holds.
 
     `eval_every` k > 1 evaluates all edits so far only every k-th batch (and the first and
-    last); every batch still measures retention, perplexity and fluency. `interleave` runs
-    the methods batch by batch. Neither changes the figures, so neither is part of the
-    fingerprint: a run may resume with other values. `info` is merged into run.info (e.g. the
+    last); `measure_every` k > 1 measures retention (efficacy of the first RETENTION_EDITS edits),
+    perplexity and fluency only every k-th batch and at those full evaluations (the other
+    points hold None: for runs of many small batches). `interleave` runs the methods batch by
+    batch. None of them changes the figures, so none is part of the fingerprint: a run may
+    resume with other values. `info` is merged into run.info (e.g. the
     command that reproduces the run); `on_batch` is called after every checkpoint. With
     `deadline` (a time.time() value) no batch is started that would, at the method's last
     batch time, end after it: a session that ends on time loses no work."""
     methods = tuple(methods)
     if batch_size < 1:
         raise NmkevcError("batch size must be at least 1")
-    if eval_every < 1:
-        raise NmkevcError(f"evaluating every {eval_every} batches: it must be at least 1")
+    for what, k in (("evaluating", eval_every), ("measuring", measure_every)):
+        if k < 1:
+            raise NmkevcError(f"{what} every {k} batches: it must be at least 1")
     fingerprint = run_fingerprint(cases, batch_size, methods, hparams_overrides)
     run = load_checkpoint(checkpoint, fingerprint) if checkpoint else None
     if run is None:
@@ -352,13 +372,16 @@ def run_lifelong(
     n_batches = -(-len(cases) // batch_size)
     t_session = time.time()
     session = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "edits_at_start": run.progress(),
-               "eval_every": eval_every, "interleave": interleave, "batches": 0, "seconds": 0.0}
+               "eval_every": eval_every, "measure_every": measure_every, "interleave": interleave,
+               "batches": 0, "seconds": 0.0}
     run.info.setdefault("sessions", []).append(session)
 
     root = repo.resolve("HEAD")
     while repo.commit(root).parents:  # the root of HEAD's first-parent line
         root = repo.commit(root).parents[0]
-    first = cases[:batch_size]
+    if "retention_edits" not in run.info:  # a checkpoint from before it was recorded keeps its first batch
+        run.info["retention_edits"] = run.batch_size if run.points else RETENTION_EDITS
+    first = cases[: retention_edits(run)]
     # the unedited model's references, measured once per run (and for points of a checkpoint
     # written before they existed)
     if perplexity_every and "base_perplexity" not in run.info:
@@ -413,19 +436,19 @@ def run_lifelong(
 
         t1 = time.time()
         full = full_evaluation_due(b, n_batches, eval_every)
+        measure = measurement_due(b, n_batches, measure_every, eval_every)
         if full:
             _extend_base(repo, root, run, cases, len(done))
         state = repo.load_model(out.commit)
+        rep = retention = flu = ppl = None
         if full:
             rep = evaluate_requests(state.model, state.tokenizer, done)
             retention = _mean([r.efficacy for r in rep.records[: len(first)]])
-        else:
-            rep, retention = None, evaluate_requests(state.model, state.tokenizer, first).efficacy
-        flu = None
-        if fluency:
+        elif measure:
+            retention = evaluate_requests(state.model, state.tokenizer, first[: len(done)]).efficacy
+        if fluency and measure:
             flu = round(generation_entropy(state.model, state.tokenizer, fluency["prompts"], fluency_tokens), 4)
-        ppl = None
-        if perplexity_every and (b % perplexity_every == 0 or b == n_batches - 1):
+        if measure and perplexity_every and (b % perplexity_every == 0 or b == n_batches - 1):
             ppl = repo.perplexity(out.commit, base_ppl=base_ppl)
         fractions = [x["neurons"] / x["d_ff"] for x in out.layers]
         point = BatchPoint(

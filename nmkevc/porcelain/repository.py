@@ -286,8 +286,8 @@ class Repository:
     def lifelong(self, source: str | Path = "countryinfo", edits: int | None = 1000, batch_size: int = 100,
                  methods: list[str] | None = None, out_dir: str | Path | None = None, seed: int = 0,
                  neighbours: int = 5, split: str | None = "test", log=print, results_dir: str | Path | None = None,
-                 eval_every: int = 1, interleave: bool = False, info: dict | None = None,
-                 on_batch=None, deadline: float | None = None, **overrides):
+                 eval_every: int = 1, interleave: bool = False, measure_every: int = 1,
+                 info: dict | None = None, on_batch=None, deadline: float | None = None, **overrides):
         """The lifelong-editing benchmark: `edits` facts in sequential batches, per method, each
         method on its own branch; figures after every batch. With `out_dir`, a checkpoint is
         written there after every batch and a second call with the same arguments resumes;
@@ -295,7 +295,8 @@ class Repository:
         after every batch, so a run stopped part-way leaves its figures so far. Methods that
         results.json already holds and this call does not run are kept there (see
         `merge_runs`: one method per session on machines that keep no files).
-        `eval_every`, `interleave`, `deadline`: see `run_lifelong`; `info` is recorded in results.json."""
+        `eval_every`, `measure_every`, `interleave`, `deadline`: see `run_lifelong`; `info` is
+        recorded in results.json."""
         from ..editing import EditHparams
         from ..editing.hparams import parse_arm
         from ..editing.registry import get_method, method_names
@@ -329,6 +330,7 @@ class Repository:
 
         run = run_lifelong(self, cases, batch_size, methods, log=log, hparams_overrides=overrides or None,
                            checkpoint=checkpoint, eval_every=eval_every, interleave=interleave,
+                           measure_every=measure_every,
                            info={"dataset": str(source), "seed": seed, "split": split, "neighbours": neighbours,
                                  **(info or {})},
                            on_batch=after_batch, deadline=deadline)
