@@ -130,6 +130,29 @@ def test_moment_series_is_within_its_bound_and_far_pairs_are_exact():
 
 
 @torch.no_grad()
+def test_exact_form_gives_pairs_beyond_the_shift_free_bound_their_own_maximum():
+    """Pairs with τ̄ beyond SHIFT_FREE_BOUND would overflow the one-pass sum; they are still exact."""
+    gen = torch.Generator().manual_seed(1)
+    vocab, d_model, d_ff, n_p = 400, 16, 32, 3
+    unembed = torch.randn(vocab, d_model, generator=gen)
+    w_n = torch.randn(d_model, d_ff, generator=gen) * 0.1
+    base = torch.randn(n_p, vocab, generator=gen) * 3
+    coef = torch.randn(n_p, d_ff, generator=gen)
+    coef[1, :8] = torch.tensor([400.0, -400.0, 300.0, -250.0, 500.0, 450.0, 60.0, -80.0])
+    bound = coef.abs() * unembed.norm(dim=1).max() * w_n.norm(dim=0)
+    beyond = bound > attribution.SHIFT_FREE_BOUND
+    assert beyond[1, :8].all() and beyond.float().mean() < 0.2
+    ref = _lse_reference(unembed, w_n, base, coef)
+    # the one-pass sum overflows float32 for the largest of them: why they take the other path
+    b = unembed @ w_n
+    one_pass = torch.exp(base[1, :, None] - base[1].max() + coef[1, None, :8] * b[:, :8]).sum(0)
+    assert torch.isinf(one_pass).any()
+    for chunk in (1 << 20, 1000):  # one vocabulary chunk, and several
+        got = _exact_lse(unembed, w_n, base, coef, [torch.arange(d_ff)] * n_p, chunk)
+        assert ((got.double() - ref).abs() / ref.abs().clamp_min(1)).max() < 1e-6
+
+
+@torch.no_grad()
 def test_readout_uses_true_last_tokens(loaded):
     """Padding must not move what is read: each padded row equals its unpadded run."""
     model, tok = loaded
@@ -186,7 +209,7 @@ def test_power_moments_keep_every_product_operand_a_normal_float(monkeypatch):
 
     monkeypatch.setattr(torch.Tensor, "__matmul__", watched)
     moments = torch.zeros(order + 1, n_p, d_ff, dtype=torch.float64)
-    attribution._add_power_moments(moments, q, b, b.abs().amax(0))
+    attribution._add_power_moments(moments, q, b.clone(), b.abs().amax(0))  # it overwrites b
     monkeypatch.undo()
     assert min(smallest) >= attribution.UNDERFLOW
     assert attribution.UNDERFLOW**2 >= torch.finfo(torch.float32).tiny

@@ -39,6 +39,11 @@ MOMENTS_RADIUS = 1.75
 #: or results send the CPU's products and multiplies down a slow path, and on SmolLM2's B the
 #: powers B^k reach them (docs/method.md, Step 2).
 UNDERFLOW = 2.0**-62
+#: the exact form's one-pass bound: for a pair with τ̄ = |coef| · max_v ‖U_v‖ · ‖w_n[:, i]‖ ≤ this,
+#: every exp(base − max base + coef · B) is ≤ e^40 (no overflow) and their sum is ≥ e^-40 (the
+#: top base token's term), so the terms float32 flushes to zero (< e^-87) change it by less than
+#: vocab · e^-47 relatively: no per-pair maximum is needed. On SmolLM2 ~0.1% of pairs are beyond it.
+SHIFT_FREE_BOUND = 40.0
 
 
 @dataclass
@@ -189,14 +194,18 @@ def _moment_lse(unembed: torch.Tensor, w_n: torch.Tensor, base: torch.Tensor, co
     lse0 = torch.logsumexp(base, -1)
     moments = torch.zeros(MOMENTS_ORDER + 1, n_p, d_ff, dtype=torch.float64)
     b_max = torch.zeros(d_ff)
+    # two chunk-sized buffers, reused: a fresh 25 MB tensor per pass costs page faults that take
+    # longer than the pass itself
+    bufs = torch.empty(2, v_chunk, d_ff)
     for v0 in range(0, vocab, v_chunk):
-        b = unembed[v0 : v0 + v_chunk] @ w_n  # (Vc, d_ff)
-        scale = b.abs().amax(0)
+        vc = min(v_chunk, vocab - v0)
+        b = torch.matmul(unembed[v0 : v0 + vc], w_n, out=bufs[0, :vc])  # (Vc, d_ff)
+        scale = torch.abs(b, out=bufs[1, :vc]).amax(0)
         torch.maximum(b_max, scale, out=b_max)
-        q = torch.exp(base[:, v0 : v0 + v_chunk] - lse0[:, None])  # (P, Vc)
+        q = torch.exp(base[:, v0 : v0 + vc] - lse0[:, None])  # (P, Vc)
         q.masked_fill_(q < UNDERFLOW, 0.0)
         moments[0] += q.sum(-1, dtype=torch.float64)[:, None]
-        _add_power_moments(moments, q, b, scale)
+        _add_power_moments(moments, q, b, scale, bufs[1, :vc])
     c = coef.double()
     series = moments[MOMENTS_ORDER] / math.factorial(MOMENTS_ORDER)
     for k in range(MOMENTS_ORDER - 1, -1, -1):  # Horner
@@ -225,23 +234,29 @@ def underflow_bound(order: int = MOMENTS_ORDER, radius: float = MOMENTS_RADIUS) 
     return sum((radius * t) ** k * math.exp(radius * t) / math.factorial(k) for k, t in underflow_stages(order))
 
 
-def _add_power_moments(moments: torch.Tensor, q: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> None:
+def _add_power_moments(moments: torch.Tensor, q: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
+                       work: torch.Tensor | None = None) -> None:
     """moments[k] += q · b^k for k = 1..K (float64 accumulators), through the powers of the
     column-normalised u = b / scale so that every operand of every product is 0 or at least
-    UNDERFLOW in magnitude (see `underflow_stages`); the scale's powers come back in float64."""
+    UNDERFLOW in magnitude (see `underflow_stages`); the scale's powers come back in float64.
+    b is overwritten (it becomes u); `work`, b's shape, holds the powers (allocated if None).
+
+    A stage's drop is one pass (hardshrink: |u| ≤ θ → 0). The running power needs no drop of
+    its own: it is next multiplied by the shrunk u, which zeroes the same entries, and until
+    then it is ≥ UNDERFLOW there (the previous stage's bound), never a denormal."""
     s = scale.clamp_min(torch.finfo(torch.float32).tiny)
-    unit = b / s
+    unit = b.div_(s)
+    power = torch.empty_like(b) if work is None else work
     s64 = s.double()
     s_k = torch.ones_like(s64)
     stages = dict(underflow_stages(moments.shape[0] - 1))
-    power = None
     for k in range(1, moments.shape[0]):
         if k in stages:
-            drop = unit.abs() < stages[k]
-            unit.masked_fill_(drop, 0.0)
-            if power is not None:
-                power.masked_fill_(drop, 0.0)
-        power = unit.clone() if power is None else power.mul_(unit)
+            torch.hardshrink(unit, stages[k], out=unit)
+        if k == 1:
+            power.copy_(unit)
+        else:
+            power.mul_(unit)
         s_k = s_k * s64
         moments[k] += (q @ power).double().mul_(s_k)
 
@@ -251,8 +266,10 @@ def _exact_lse(unembed: torch.Tensor, w_n: torch.Tensor, base: torch.Tensor, coe
     """logsumexp_v (base[p, v] + coef[p, i] · B[v, i]) exactly for the neurons rows[p] of each
     prompt p (P × d_ff; other entries −inf), B computed one vocabulary chunk at a time.
 
-    The exponentials are taken in blocks small enough to stay in the CPU cache, with every
-    pass (scale, shift, max, exp, sum) in place on one buffer; results merge chunk by chunk."""
+    The exponentials are taken in blocks small enough to stay in the CPU cache. A pair whose
+    bound τ̄ (`SHIFT_FREE_BOUND`) allows it takes three passes per block: one fused multiply-add
+    against base − max(base), exp, sum, summed across chunks as plain numbers. Only the rare pair
+    beyond the bound needs its own maximum subtracted first (seven passes, merged in log space)."""
     n_p, d_ff = coef.shape
     vocab = unembed.shape[0]
     v_chunk = _vocab_chunk(vocab, d_ff, chunk_elements)
@@ -261,29 +278,59 @@ def _exact_lse(unembed: torch.Tensor, w_n: torch.Tensor, base: torch.Tensor, coe
     todo = [(p, idx) for p, idx in enumerate(rows) if idx.numel()]
     if not todo:
         return lse
+    # τ̄[p, i] = |coef| · max_v ‖U_v‖ · ‖w_n[:, i]‖ ≥ |coef| · max_v |B[v, i]| (Cauchy–Schwarz)
+    bound = coef.abs() * (unembed.norm(dim=1).max() * w_n.norm(dim=0))
+    far = [(p, idx[bound[p, idx] > SHIFT_FREE_BOUND]) for p, idx in todo]
+    far = [(p, idx) for p, idx in far if idx.numel()]
+    peak0 = base.amax(-1, keepdim=True)
+    shifted = base - peak0
+    total = torch.zeros(n_p, d_ff, dtype=torch.float64)
     # only the columns of B some prompt needs (after the moment form: a few neurons of many)
     need = torch.unique(torch.cat([idx for _, idx in todo]))
     at = torch.full((d_ff,), -1, dtype=torch.long)
     at[need] = torch.arange(need.numel())
     w_t = w_n.T[need].contiguous()  # (needed neurons, d_model)
+    far_lse = torch.full((n_p, d_ff), float("-inf"))
     buf = torch.empty(block)
+    b_buf = torch.empty(need.numel() * v_chunk)  # reused chunk to chunk (no page faults per chunk)
     for v0 in range(0, vocab, v_chunk):
-        b_t = w_t @ unembed[v0 : v0 + v_chunk].T  # (needed, Vc): those columns of B[v0:v0+Vc, :]ᵀ
-        vc = b_t.shape[1]
+        vc = min(v_chunk, vocab - v0)
+        # (needed, Vc): those columns of B[v0:v0+Vc, :]ᵀ
+        b_t = torch.matmul(w_t, unembed[v0 : v0 + vc].T, out=b_buf[: need.numel() * vc].view(-1, vc))
         i_blk = max(1, min(d_ff, block // vc))
-        for p, idx in todo:
-            whole = idx.numel() == d_ff  # then every neuron is needed, in order
-            for j0 in range(0, idx.numel(), i_blk):
-                sel = slice(j0, j0 + i_blk) if whole else idx[j0 : j0 + i_blk]
-                rows_b = b_t[sel] if whole else b_t[at[sel]]
-                x = buf[: rows_b.shape[0] * vc].view(rows_b.shape[0], vc)
-                torch.mul(coef[p, sel, None], rows_b, out=x)
-                x.add_(base[p, None, v0 : v0 + vc])
-                peak = x.amax(-1, keepdim=True)
-                x.sub_(peak).exp_()
-                part = x.sum(-1).log_().add_(peak[:, 0])
-                lse[p, sel] = torch.logaddexp(lse[p, sel], part)
+        # every needed pair in one pass (the far ones' values here are discarded below)
+        for p, sel, rows_b in _row_blocks(todo, b_t, at, d_ff, i_blk):
+            x = buf[: rows_b.shape[0] * vc].view(rows_b.shape[0], vc)
+            torch.addcmul(shifted[p, v0 : v0 + vc], coef[p, sel, None], rows_b, out=x)
+            total[p, sel] += x.exp_().sum(-1)
+        for p, sel, rows_b in _row_blocks(far, b_t, at, d_ff, i_blk):
+            x = buf[: rows_b.shape[0] * vc].view(rows_b.shape[0], vc)
+            torch.mul(coef[p, sel, None], rows_b, out=x)
+            x.add_(base[p, None, v0 : v0 + vc])
+            peak = x.amax(-1, keepdim=True)
+            x.sub_(peak).exp_()
+            part = x.sum(-1).log_().add_(peak[:, 0])
+            far_lse[p, sel] = torch.logaddexp(far_lse[p, sel], part)
+    near = total.log_().float().add_(peak0)
+    for p, idx in todo:
+        lse[p, idx] = near[p, idx]
+    for p, idx in far:
+        lse[p, idx] = far_lse[p, idx]
     return lse
+
+
+def _row_blocks(todo, b_t: torch.Tensor, at: torch.Tensor, d_ff: int, i_blk: int):
+    """(p, neurons, their rows of b_t) in blocks of at most i_blk neurons, for each (p, idx) of
+    todo: a plain slice when idx is every neuron in order, else a gather. Block by block, every
+    prompt in turn, so that a block's rows of b_t are still in cache for the next prompt."""
+    longest = max((idx.numel() for _, idx in todo), default=0)
+    for j0 in range(0, longest, i_blk):
+        for p, idx in todo:
+            if j0 >= idx.numel():
+                continue
+            whole = idx.numel() == d_ff
+            sel = slice(j0, j0 + i_blk) if whole else idx[j0 : j0 + i_blk]
+            yield p, sel, (b_t[sel] if whole else b_t[at[sel]])
 
 
 def attribution_scores(
