@@ -97,15 +97,20 @@ def _lse_reference(unembed, w_n, base, coef):
     return torch.logsumexp(base.double()[:, None, :] + coef.double()[:, :, None] * b.T[None], -1)
 
 
-@torch.no_grad()
-def test_moment_series_is_within_its_bound_and_far_pairs_are_exact():
-    """Inside the radius the series meets its error bound; outside it every pair is taken exactly."""
-    gen = torch.Generator().manual_seed(0)
-    vocab, d_model, d_ff, n_p = 300, 16, 24, 5
+def _synthetic_lse_case(seed: int, vocab: int, d_ff: int, n_p: int, d_model: int = 16):
+    """Random unembedding, normed W, base logits and coefficients (unit scale) for the lse forms."""
+    gen = torch.Generator().manual_seed(seed)
     unembed = torch.randn(vocab, d_model, generator=gen)
     w_n = torch.randn(d_model, d_ff, generator=gen) * 0.1
     base = torch.randn(n_p, vocab, generator=gen) * 3
-    coef = torch.randn(n_p, d_ff, generator=gen)
+    return unembed, w_n, base, torch.randn(n_p, d_ff, generator=gen)
+
+
+@torch.no_grad()
+def test_moment_series_is_within_its_bound_and_far_pairs_are_exact():
+    """Inside the radius the series meets its error bound; outside it every pair is taken exactly."""
+    d_ff = 24
+    unembed, w_n, base, coef = _synthetic_lse_case(0, vocab=300, d_ff=d_ff, n_p=5)
     coef[0, :6] = torch.tensor([40.0, -40.0, 30.0, -30.0, 50.0, 45.0])  # far outside the radius
     ref = _lse_reference(unembed, w_n, base, coef)
     series, far = _moment_lse(unembed, w_n, base, coef, 1 << 20)
@@ -132,12 +137,8 @@ def test_moment_series_is_within_its_bound_and_far_pairs_are_exact():
 @torch.no_grad()
 def test_exact_form_gives_pairs_beyond_the_shift_free_bound_their_own_maximum():
     """Pairs with τ̄ beyond SHIFT_FREE_BOUND would overflow the one-pass sum; they are still exact."""
-    gen = torch.Generator().manual_seed(1)
-    vocab, d_model, d_ff, n_p = 400, 16, 32, 3
-    unembed = torch.randn(vocab, d_model, generator=gen)
-    w_n = torch.randn(d_model, d_ff, generator=gen) * 0.1
-    base = torch.randn(n_p, vocab, generator=gen) * 3
-    coef = torch.randn(n_p, d_ff, generator=gen)
+    d_ff, n_p = 32, 3
+    unembed, w_n, base, coef = _synthetic_lse_case(1, vocab=400, d_ff=d_ff, n_p=n_p)
     coef[1, :8] = torch.tensor([400.0, -400.0, 300.0, -250.0, 500.0, 450.0, 60.0, -80.0])
     bound = coef.abs() * unembed.norm(dim=1).max() * w_n.norm(dim=0)
     beyond = bound > attribution.SHIFT_FREE_BOUND
