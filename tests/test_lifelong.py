@@ -417,6 +417,11 @@ def test_a_method_run_alone_joins_the_published_results_of_the_others():
         merge_runs(earlier, run, cases[:4] + [cases[0]], None)
     with pytest.raises(Exception, match="another run"):
         merge_runs(earlier, run, cases, {"layers": [1]})
+    # results measured when retention meant the first batch (2 edits here) do not join a run of the first 100
+    run.info["retention_edits"] = 100
+    with pytest.raises(Exception, match="retention on the first 2 edits, this run on the first 100"):
+        merge_runs(earlier, run, cases, None)
+    del run.info["retention_edits"]
     run.info["fluency"] = {"prompts": ["b"], "max_new_tokens": 5}
     with pytest.raises(Exception, match="fluency"):
         merge_runs(earlier, run, cases, None)

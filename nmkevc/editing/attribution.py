@@ -42,7 +42,7 @@ UNDERFLOW = 2.0**-62
 #: the exact form's one-pass bound: for a pair with τ̄ = |coef| · max_v ‖U_v‖ · ‖w_n[:, i]‖ ≤ this,
 #: every exp(base − max base + coef · B) is ≤ e^40 (no overflow) and their sum is ≥ e^-40 (the
 #: top base token's term), so the terms float32 flushes to zero (< e^-87) change it by less than
-#: vocab · e^-47 relatively: no per-pair maximum is needed. On SmolLM2 ~0.1% of pairs are beyond it.
+#: vocab · e^-47 relatively: no per-pair maximum is needed (the rare pairs beyond it keep theirs).
 SHIFT_FREE_BOUND = 40.0
 
 

@@ -194,6 +194,9 @@ def merge_runs(earlier: LifelongRun, run: LifelongRun, cases: list, overrides: d
     if earlier.info.get("fluency") and run.info.get("fluency") and earlier.info["fluency"] != run.info["fluency"]:
         raise NmkevcError("the published results measured fluency with other settings (prompts, tokens); "
                           "they cannot share a table with this run")
+    if retention_edits(earlier) != retention_edits(run):
+        raise NmkevcError(f"the published results measured retention on the first {retention_edits(earlier)} "
+                          f"edits, this run on the first {retention_edits(run)}; they cannot share a table")
     methods = [m for m in earlier.methods if m in kept or m in run.methods]
     methods += [m for m in run.methods if m not in methods]
     order = {m: i for i, m in enumerate(methods)}
@@ -231,9 +234,10 @@ RETENTION_EDITS = 100
 
 
 def retention_edits(run: LifelongRun) -> int:
-    """How many first edits a run's retention covers: RETENTION_EDITS, recorded in run.info; runs
-    recorded before it was (retention then meant the first batch) say nothing, so their batch size."""
-    return int(run.info.get("retention_edits", run.batch_size))
+    """How many first edits a run's retention covers, as recorded in run.info. A run that records
+    nothing: if it has points, it was measured before the record existed, when retention meant
+    the first batch (its batch size); if not, it is about to start, with RETENTION_EDITS."""
+    return int(run.info.get("retention_edits", run.batch_size if run.points else RETENTION_EDITS))
 
 
 def measurement_due(b: int, n_batches: int, measure_every: int, eval_every: int) -> bool:
@@ -379,9 +383,8 @@ def run_lifelong(
     root = repo.resolve("HEAD")
     while repo.commit(root).parents:  # the root of HEAD's first-parent line
         root = repo.commit(root).parents[0]
-    if "retention_edits" not in run.info:  # a checkpoint from before it was recorded keeps its first batch
-        run.info["retention_edits"] = run.batch_size if run.points else RETENTION_EDITS
-    first = cases[: retention_edits(run)]
+    run.info["retention_edits"] = retention_edits(run)  # a checkpoint from before the record keeps its own
+    first = cases[: run.info["retention_edits"]]
     # the unedited model's references, measured once per run (and for points of a checkpoint
     # written before they existed)
     if perplexity_every and "base_perplexity" not in run.info:
