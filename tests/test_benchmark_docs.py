@@ -71,3 +71,24 @@ def test_view_page_sizes_in_the_docs_are_the_measured_ones():
     for entry in data.values():
         assert f"{entry['bytes']:,}" in doc
     assert f"{data['synthetic-1000']['record_as_plain_json_bytes']:,}" in doc
+
+
+def test_lifelong_blocks_in_results_md_are_generated_from_their_json():
+    """Every committed lifelong run's results and diagnosis blocks in docs/results.md, headline or
+    not, are what its results.json and diagnosis.json generate (a run's figures cannot drift)."""
+    lifelong, diagnosis = _bench("lifelong"), _bench("lifelong_diagnosis")
+    assert lifelong.HEADLINE == diagnosis.DEFAULT_RESULTS
+    doc = lifelong.DOC
+    text = doc.read_text()
+    checked = 0
+    for results in sorted((ROOT / "docs" / "results").iterdir()):
+        begin, end = lifelong.doc_markers(results, doc)
+        if begin in text:
+            assert _block(doc, begin, end) == lifelong.results_block(results, doc).strip("\n")
+            checked += 1
+        begin, end = diagnosis.markers(results)
+        if begin in text:
+            data, res = diagnosis.read(results)
+            assert _block(doc, begin, end) == diagnosis.markdown(data, res, f"results/{results.name}")
+            checked += 1
+    assert checked >= 2  # at least the headline's two blocks
