@@ -16,6 +16,7 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Union
 
@@ -53,11 +54,12 @@ class TensorSpec:
     dtype: str
     shape: tuple[int, ...]
 
-    @property
+    # computed once per spec: reading a long history's deltas asks for them ~100,000 times
+    @cached_property
     def itemsize(self) -> int:
         return DTYPE_CODES[dtype_name(self.dtype)][1]
 
-    @property
+    @cached_property
     def nbytes(self) -> int:
         n = 1
         for s in self.shape:
@@ -84,9 +86,14 @@ def _header(specs: list[TensorSpec], metadata: dict[str, str] | None) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-def tensor_buffer(t: torch.Tensor):
+def tensor_buffer(t: torch.Tensor | numpy.ndarray):
     """The tensor's bytes as a buffer (no copy for a contiguous CPU tensor): what a file
-    write takes directly, where `tensor_bytes` would copy 500 MB once more on export."""
+    write takes directly, where `tensor_bytes` would copy 500 MB once more on export. A numpy
+    array (what a torch-free export computes) gives its bytes the same way."""
+    if not hasattr(t, "detach"):
+        import numpy as np
+
+        return np.ascontiguousarray(t).reshape(-1).view(np.uint8) if t.size else b""
     import torch  # loaded already: t is a tensor
 
     t = t.detach().contiguous().cpu()
@@ -115,9 +122,42 @@ def loads(data: bytes, want: Callable[[str], bool] | None = None) -> tuple[dict[
     tensors whose names it accepts.
 
     The tensors are views of one writable copy of `data`, not a copy each (safetensors' own
-    reader makes one per tensor): a long history's export reads a thousand deltas. The
-    bytes must be what safetensors accepts: string metadata, and tensors that fill the data
-    section exactly, without gaps or overlaps."""
+    reader makes one per tensor): a long history's export reads a thousand deltas."""
+    layout = checked_layout(data)
+    buf = bytearray(data)
+    return {name: tensor_view(buf, spec, offset) for name, (spec, offset) in layout.tensors.items()
+            if want is None or want(name)}, layout.metadata
+
+
+def loads_arrays(data: bytes, want: Callable[[str], bool] | None = None,
+                 ) -> tuple[dict[str, numpy.ndarray], dict[str, str]]:
+    """`loads` without torch: numpy arrays (read-only views of `data`) for what only reads
+    numbers (an export sums a thousand deltas' factors and needs no torch for it). A dtype
+    numpy lacks (bfloat16) is a ValueError."""
+    import numpy as np
+
+    layout = checked_layout(data)
+    out = {}
+    for name, (spec, offset) in layout.tensors.items():
+        if want is None or want(name):
+            dtype = np.dtype(numpy_dtype(spec.dtype)).newbyteorder("<")
+            out[name] = np.frombuffer(data, dtype=dtype, count=spec.nbytes // spec.itemsize,
+                                      offset=offset).reshape(spec.shape)
+    return out, layout.metadata
+
+
+def numpy_dtype(dtype: str) -> str:
+    """The numpy name of a dtype (they match but for bfloat16, which numpy has not: ValueError)."""
+    name = dtype_name(dtype)
+    if name == "bfloat16":
+        raise ValueError("numpy has no bfloat16")
+    return name
+
+
+def checked_layout(data: bytes) -> Layout:
+    """The layout of safetensors bytes held whole, checked as safetensors' own reader checks
+    them: string metadata, and tensors that fill the data section exactly, without gaps or
+    overlaps (ValueError otherwise)."""
     layout = read_layout(io.BytesIO(data))
     meta = layout.metadata
     if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
@@ -129,9 +169,7 @@ def loads(data: bytes, want: Callable[[str], bool] | None = None) -> tuple[dict[
         at += spec.nbytes
     if at != len(data):
         raise ValueError("the safetensors data section is not the rest of the bytes")
-    buf = bytearray(data)
-    return {name: tensor_view(buf, spec, offset) for name, (spec, offset) in layout.tensors.items()
-            if want is None or want(name)}, layout.metadata
+    return layout
 
 
 def tensor_view(buf: bytearray | memoryview, spec: TensorSpec, offset: int = 0) -> torch.Tensor:

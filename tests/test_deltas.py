@@ -82,3 +82,46 @@ def test_mask_overlap_scores():
     # the score reads the summed side: two deltas that cancel leave no mass
     assert neuron_masses([a, opposite]).abs().max() < 1e-9
     assert summed_out_in([a, opposite]).abs().max() < 1e-9
+
+
+
+def test_stored_factors_read_without_torch_are_the_deltas_own():
+    # what an export sums (numpy views of the stored bytes, keys not read) is what Delta.from_bytes reads
+    import numpy as np
+
+    from nmkevc.deltas.stored import Factors, read_factors
+
+    data = Delta((wd([2, 5], name="b"), wd([1, 3, 4], rank=3, orientation="in_out", name="a"))).to_bytes()
+    factors, weights = read_factors(data), Delta.from_bytes(data).weights
+    assert [f.name for f in factors] == [w.name for w in weights] == ["a", "b"]
+    for f, w in zip(factors, weights):
+        assert isinstance(f, Factors)
+        assert (f.layer, f.orientation, f.d_model, f.d_ff, f.rank) == \
+            (w.layer, w.orientation, w.d_model, w.d_ff, w.rank)
+        for a, t in ((f.idx, w.idx), (f.U, w.U), (f.V, w.V)):
+            assert isinstance(a, np.ndarray) and np.array_equal(a, t.numpy())
+
+
+def _payload(idx: list[int]) -> bytes:
+    """A delta object's bytes written directly, so that its factors may break the rules."""
+    import json
+
+    from nmkevc import tensorio
+
+    w = wd([1, 2])
+    tensors = {"w/idx": torch.tensor(idx, dtype=torch.int64), "w/U": torch.zeros(len(idx), 2), "w/V": w.V}
+    meta = {"format": 1, "info": {}, "weights": {"w": {"layer": 0, "orientation": "out_in", "d_model": 8,
+                                                      "d_ff": 12, "info": {}}}}
+    return tensorio.dumps(tensors, {"nmkevc": json.dumps(meta)})
+
+
+def test_stored_factors_refuse_what_from_bytes_refuses():
+    from nmkevc.deltas.stored import read_factors
+
+    good = Delta((wd([1, 2]),)).to_bytes()
+    assert read_factors(_payload([1, 2]))[0].rank == 2
+    for payload in (b"not a delta", good[:-8], _payload([4, 1]), _payload([1, 12]), _payload([-1, 3])):
+        with pytest.raises(CorruptObjectError):
+            read_factors(payload, "y" * 64)
+        with pytest.raises(CorruptObjectError):
+            Delta.from_bytes(payload, "y" * 64)

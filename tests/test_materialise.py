@@ -237,19 +237,38 @@ def test_fresh_model_of_a_long_history_is_the_reference_sum_cached_or_not(repo):
     assert model_bytes(cold, commits[-2]) == ref(commits[-2])
 
 
-def test_export_of_a_cached_state_needs_no_torch_and_writes_the_same_bytes(repo, tmp_path):
-    # a long history's second export reads the materialised cache and copies the rest of the
-    # base file to file: the fresh process never imports torch, and the file is the same
+def test_export_of_a_long_history_needs_no_torch_cold_or_cached(repo, tmp_path):
+    # the first export of a long history reads the deltas' factors and sums them with numpy; the
+    # second reads the materialised cache; both copy the rest of the base file to file. Neither
+    # fresh process imports torch, and both write the reference bytes
     _history(repo, MIN_DELTAS + 1)
-    repo.export("HEAD", tmp_path / "cold")
+    want = _reference_directory(repo, "HEAD")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-c", _BLOCK, "-C", str(repo.root), "export", "HEAD", str(tmp_path / "warm")],
-                       env=env, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    names = sorted(p.name for p in (tmp_path / "cold").iterdir())
-    assert names == sorted(p.name for p in (tmp_path / "warm").iterdir())
-    for name in names:
-        assert (tmp_path / "cold" / name).read_bytes() == (tmp_path / "warm" / name).read_bytes(), name
+    got = {}
+    for label in ("cold", "warm"):
+        r = subprocess.run([sys.executable, "-c", _BLOCK, "-C", str(repo.root), "export", "HEAD",
+                            str(tmp_path / label)], env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert len(list(repo.plumbing.materialised.dir.glob("*.safetensors"))) == 1, label
+        got[label] = {p.name: p.read_bytes() for p in (tmp_path / label).iterdir()}
+        for name, data in want.items():
+            assert got[label][name] == data, (label, name)
+    assert got["cold"] == got["warm"]
+
+
+def test_a_bfloat16_base_is_summed_as_before(tmp_path):
+    # numpy has no bfloat16: such a base's weights are cast by torch, to the same bytes as the definition
+    import tiny
+    from transformers import AutoModelForCausalLM
+
+    base = tiny.make_model_dir(tmp_path / "base")
+    AutoModelForCausalLM.from_pretrained(base).to(torch.bfloat16).save_pretrained(base)
+    repo = Repository.init(tmp_path / "repo", base=str(base))
+    weights = repo.workbench.base_model(repo.commit().base).weights
+    assert {s.dtype for s in weights.specs()} == {"bfloat16"}
+    _history(repo, 3)
+    got = _export_tensors(repo, "HEAD", tmp_path / "out")
+    assert got == _reference_tensors(repo, "HEAD")
 
 
 def test_an_edit_on_a_long_history_leaves_its_state_cached(repo, tmp_path):

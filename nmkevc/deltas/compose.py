@@ -4,65 +4,117 @@ All deltas touching a weight are concatenated along the rank axis (in the effect
 set's canonical order) and applied as a single float64 product, then added to the
 float64 base and cast once to the base dtype. One product is fast; float64 with a
 fixed order makes the bytes depend only on the effective set.
+
+The sums are numpy's, whoever asks: a model's weights (tensors, `apply_to_weight`) and
+an export that never loads torch (arrays, `apply_array`) get the same bytes. A delta
+here is anything with a weight delta's factors (`WeightDelta` with tensors, or
+`stored.Factors` with arrays).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import numpy
+    import torch
 
-from .delta import Delta, WeightDelta
+    from .delta import Delta
+
+#: base dtypes whose float64 → dtype cast numpy rounds as torch does (once, to nearest even):
+#: `apply_array` serves these; a float16 or bfloat16 base is cast by torch (`apply_to_weight`)
+NUMPY_EXACT_CASTS = ("float32", "float64")
 
 
-def stacked_factors(deltas: Sequence[WeightDelta]) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(U_full d_ff × R, V_full d_model × R) in float64 so that Σ ΔW = V_full U_fullᵀ.
+def stacked_arrays(deltas: Sequence) -> tuple[numpy.ndarray, numpy.ndarray] | None:
+    """(U_full d_ff × R, V_full d_model × R) float64 arrays so that Σ ΔW = V_full U_fullᵀ.
 
-    Delta i owns columns [c_i, c_i + r_i) of both; its U goes to rows idx_i. Both are torch's
-    own buffers (the product sees the layout and alignment it always has, so its bytes do
-    not change), filled through numpy views: a row-indexed block store per delta, converting
-    to float64 (exactly) on the way, where torch would copy each factor to float64 first and
-    U_full went through its transpose (~2x slower for 1000 deltas)."""
-    deltas = [d for d in deltas if d.idx.numel() and d.rank]
+    Delta i owns columns [c_i, c_i + r_i) of both; its U goes to rows idx_i: a row-indexed
+    block store per delta, converting to float64 (exactly) on the way."""
+    import numpy as np
+
+    deltas = [d for d in deltas if d.idx.shape[0] and d.rank]
     if not deltas:
         return None
     d_ff, d_model = deltas[0].d_ff, deltas[0].d_model
     total_r = sum(d.rank for d in deltas)
-    u_full = torch.zeros(d_ff, total_r, dtype=torch.float64)
-    v_full = torch.empty(d_model, total_r, dtype=torch.float64)
-    u, v = u_full.numpy(), v_full.numpy()
+    u = np.zeros((d_ff, total_r), dtype=np.float64)
+    v = np.empty((d_model, total_r), dtype=np.float64)
     col = 0
     for d in deltas:
-        u[_numpy(d.idx), col : col + d.rank] = _numpy(d.U)
-        v[:, col : col + d.rank] = _numpy(d.V)
+        u[_array(d.idx), col : col + d.rank] = _array(d.U)
+        v[:, col : col + d.rank] = _array(d.V)
         col += d.rank
-    return u_full, v_full
+    return u, v
 
 
-def _numpy(t: torch.Tensor):
-    """A delta's tensor as numpy sees it: no copy, but for bfloat16 (which numpy lacks: widened exactly)."""
+def _array(t):
+    """A delta's factor as numpy sees it: no copy, but for bfloat16 tensors (numpy lacks the
+    type: widened exactly)."""
+    if not hasattr(t, "detach"):
+        return t
     t = t.detach().cpu()
-    return (t.double() if t.dtype == torch.bfloat16 else t).numpy()
+    return (t.double() if str(t.dtype) == "torch.bfloat16" else t).numpy()
 
 
-def summed_out_in(deltas: Sequence[WeightDelta]) -> torch.Tensor | None:
-    """Σ ΔW (d_model × d_ff, float64) of deltas on one weight, or None if there are none."""
-    factors = stacked_factors(deltas)
-    if factors is None:
+def stacked_factors(deltas: Sequence) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`stacked_arrays` as tensors (sharing the arrays)."""
+    import torch
+
+    arrays = stacked_arrays(deltas)
+    return None if arrays is None else (torch.from_numpy(arrays[0]), torch.from_numpy(arrays[1]))
+
+
+def summed_array(deltas: Sequence) -> numpy.ndarray | None:
+    """Σ ΔW (d_model × d_ff, float64 array) of deltas on one weight, or None if there are none."""
+    arrays = stacked_arrays(deltas)
+    if arrays is None:
         return None
-    u_full, v_full = factors
+    u_full, v_full = arrays
     return v_full @ u_full.T
 
 
-def apply_to_weight(base: torch.Tensor, deltas: Sequence[WeightDelta]) -> torch.Tensor:
-    """base + Σ ΔW, computed in float64 and cast to the base dtype; base if no deltas."""
-    total = summed_out_in(deltas)
-    if total is None:
-        return base
+def summed_out_in(deltas: Sequence) -> torch.Tensor | None:
+    """`summed_array` as a tensor."""
+    import torch
+
+    total = summed_array(deltas)
+    return None if total is None else torch.from_numpy(total)
+
+
+def _oriented(total: numpy.ndarray, deltas: Sequence, shape: tuple[int, ...]) -> numpy.ndarray:
     if deltas[0].orientation == "in_out":
         total = total.T
-    if tuple(total.shape) != tuple(base.shape):
-        raise ValueError(f"delta shape {tuple(total.shape)} does not match weight {tuple(base.shape)}")
+    if tuple(total.shape) != tuple(shape):
+        raise ValueError(f"delta shape {tuple(total.shape)} does not match weight {tuple(shape)}")
+    return total
+
+
+def apply_array(base: numpy.ndarray, deltas: Sequence) -> numpy.ndarray:
+    """base + Σ ΔW for a base array of a `NUMPY_EXACT_CASTS` dtype, computed in float64 and
+    cast to the base dtype (C order); base if no deltas."""
+    import numpy as np
+
+    if str(base.dtype) not in NUMPY_EXACT_CASTS:
+        raise ValueError(f"apply_array casts to {', '.join(NUMPY_EXACT_CASTS)} only, not {base.dtype}")
+    total = summed_array(deltas)
+    if total is None:
+        return base
+    total = _oriented(total, deltas, base.shape)
+    # the float64 sum in place (addition commutes; the base widens exactly): no two more copies
+    np.add(total, base, out=total)
+    return np.ascontiguousarray(total.astype(base.dtype))
+
+
+def apply_to_weight(base: torch.Tensor, deltas: Sequence) -> torch.Tensor:
+    """base + Σ ΔW, computed in float64 and cast to the base dtype; base if no deltas."""
+    import torch
+
+    total = summed_array(deltas)
+    if total is None:
+        return base
+    total = torch.from_numpy(_oriented(total, deltas, tuple(base.shape)))
     # the float64 sum in place (addition commutes; the base widens exactly): no two more copies
     return total.add_(base).to(base.dtype).contiguous()
 
@@ -70,6 +122,10 @@ def apply_to_weight(base: torch.Tensor, deltas: Sequence[WeightDelta]) -> torch.
 def combine(deltas: Sequence[Delta]) -> Delta:
     """One delta equal to the sum of several: per weight, the union of neuron indices,
     factors concatenated along the rank axis, keys along the key axis."""
+    import torch
+
+    from .delta import Delta, WeightDelta
+
     by_name: dict[str, list[WeightDelta]] = {}
     for d in deltas:
         for w in d.weights:

@@ -14,9 +14,7 @@ import torch
 
 from .. import tensorio
 from ..errors import CorruptObjectError
-
-FORMAT = 1
-ORIENTATIONS = ("out_in", "in_out")
+from .stored import FORMAT, check_shapes, weight_records
 
 
 @dataclass(frozen=True)
@@ -33,22 +31,7 @@ class WeightDelta:
     info: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        k = int(self.idx.numel())
-        bad = (
-            self.orientation not in ORIENTATIONS
-            or self.idx.dim() != 1
-            or self.U.dim() != 2
-            or self.V.dim() != 2
-            or self.U.shape[0] != k
-            or self.V.shape[0] != self.d_model
-            or self.U.shape[1] != self.V.shape[1]
-            or (k > 1 and not bool((self.idx[1:] > self.idx[:-1]).all()))
-            # increasing, so the ends bound it (two reductions fewer, per weight of every delta read)
-            or (k and (int(self.idx[0]) < 0 or int(self.idx[-1]) >= self.d_ff))
-            or (self.K is not None and (self.K.dim() != 2 or self.K.shape[0] != self.d_ff))
-        )
-        if bad:
-            raise CorruptObjectError(f"delta for {self.name} has inconsistent shapes")
+        check_shapes(self)
 
     @property
     def rank(self) -> int:
@@ -123,29 +106,16 @@ class Delta:
         )
 
     @classmethod
-    def from_bytes(cls, data: bytes, oid: str = "?", keys: bool = True) -> Delta:
-        """The delta stored as `data`; without its keys K (`keys=False`) for what only sums
-        factors (materialising a state), which then reads three of each weight's four tensors."""
+    def from_bytes(cls, data: bytes, oid: str = "?") -> Delta:
+        """The delta stored as `data` (what only sums factors reads them without torch:
+        `stored.read_factors`)."""
         try:
-            tensors, metadata = tensorio.loads(data, None if keys else lambda name: not name.endswith("/K"))
-            meta = json.loads(metadata["nmkevc"])
-            weights = []
-            for name, m in meta["weights"].items():
-                weights.append(
-                    WeightDelta(
-                        name=name,
-                        layer=int(m["layer"]),
-                        orientation=m["orientation"],
-                        d_model=int(m["d_model"]),
-                        d_ff=int(m["d_ff"]),
-                        idx=tensors[f"{name}/idx"],
-                        U=tensors[f"{name}/U"],
-                        V=tensors[f"{name}/V"],
-                        K=tensors.get(f"{name}/K"),
-                        info=m.get("info") or {},
-                    )
-                )
-            return cls(weights=tuple(weights), info=meta.get("info") or {})
+            tensors, metadata = tensorio.loads(data)
+            records, info = weight_records(metadata)
+            weights = [WeightDelta(r.name, r.layer, r.orientation, r.d_model, r.d_ff, tensors[f"{r.name}/idx"],
+                                   tensors[f"{r.name}/U"], tensors[f"{r.name}/V"], tensors.get(f"{r.name}/K"),
+                                   r.info) for r in records]
+            return cls(weights=tuple(weights), info=info)
         except CorruptObjectError:
             raise
         except Exception:  # any malformed payload is corruption, never a crash

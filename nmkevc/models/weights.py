@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 from safetensors import safe_open
 
 from ..errors import BaseMismatchError, NmkevcError
-from ..tensorio import ByteRange, TensorSpec, read_layout
+from ..tensorio import ByteRange, TensorSpec, numpy_dtype, read_layout
 
 if TYPE_CHECKING:
+    import numpy
     import torch
 
     from .adapters import ArchAdapter
@@ -109,6 +110,23 @@ class BaseWeights:
             h = safe_open(f, framework="pt")
             self._handles[f] = h
         return h.get_tensor(name)
+
+    def array(self, name: str) -> numpy.ndarray:
+        """The tensor as a numpy array read straight from its file (no torch; ValueError for
+        a dtype numpy lacks, bfloat16)."""
+        import numpy as np
+
+        r, spec = self.byte_range(name), self.spec(name)
+        dtype = np.dtype(numpy_dtype(spec.dtype)).newbyteorder("<")
+        try:
+            with open(r.path, "rb") as fh:
+                fh.seek(r.offset)
+                out = np.fromfile(fh, dtype=dtype, count=r.nbytes // spec.itemsize)
+        except OSError as e:
+            raise NmkevcError(f"cannot read {r.path}: {e.strerror or e}") from None
+        if out.nbytes != r.nbytes:
+            raise NmkevcError(f"{r.path} ends before its header says")
+        return out.reshape(spec.shape)
 
     def byte_range(self, name: str) -> ByteRange:
         """Where the tensor's bytes lie in its file (export copies them without reading them)."""

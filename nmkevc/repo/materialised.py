@@ -27,6 +27,7 @@ from .. import tensorio
 from ..storage.fsutil import atomic_write
 
 if TYPE_CHECKING:
+    import numpy
     import torch
 
 #: states kept on disk (each holds every edited weight once: 17.7 MiB for 5 layers of SmolLM2-135M)
@@ -82,8 +83,8 @@ class MaterialisedCache:
         """`get_raw`'s bytes as tensors (sharing the bytes read, no copy)."""
         return {name: tensorio.tensor_view(buf, spec) for name, (spec, buf) in raw.items()}
 
-    def put(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
-        """Store the tensors of state `key` (best effort: a cache that cannot be written is
+    def put(self, key: str, tensors: dict[str, torch.Tensor | numpy.ndarray]) -> None:
+        """Store the tensors (or arrays) of state `key` (best effort: a cache that cannot be written is
         simply not there next time), then drop the oldest states beyond KEEP."""
         meta = json.dumps({"state": key, "sha256": _digest({n: tensorio.tensor_buffer(t) for n, t in tensors.items()})},
                           sort_keys=True)

@@ -1,8 +1,8 @@
 """A state's edited weights: base + Σ its deltas, computed once and kept for long histories.
 
-The sums are the deltas layer's (`deltas.compose.apply_to_weight`, float64 in canonical
-order); where they are kept is the repository's (`repo.materialised`). An export of a
-cached state reads bytes back without loading torch at all.
+The sums are the deltas layer's (`deltas.compose`, float64 in canonical order); where they
+are kept is the repository's (`repo.materialised`). An export computes a state, or reads a
+cached one back, without loading torch at all.
 """
 
 from __future__ import annotations
@@ -30,17 +30,27 @@ def materialise(repo: Repo, base_id: str, commits: list[str], weights: BaseWeigh
     cached = _cached_state(repo, key, weights)
     if cached is not None:
         return MaterialisedCache.tensors(cached)
-    return _compute_state(repo, key, commits, weights, extra, keys=True)
+    return _compute_state(repo, key, commits, weights, extra)
 
 
 def materialised_buffers(repo: Repo, base_id: str, commits: list[str], weights: BaseWeights) -> dict[str, object]:
-    """{weight name: its bytes} of `materialise`, where a cached state is read without
-    loading torch (an export of a long, cached history starts in well under a second)."""
+    """{weight name: its bytes} of `materialise`, computed or read back without loading torch
+    (for a base numpy casts exactly, `NUMPY_EXACT_CASTS`): an export starts at once."""
+    from ..deltas.compose import NUMPY_EXACT_CASTS, apply_array, apply_to_weight
+
     key = repo.state_key(base_id, commits)
     cached = _cached_state(repo, key, weights)
     if cached is not None:
         return {name: buf for name, (_, buf) in cached.items()}
-    return {name: tensor_buffer(t) for name, t in _compute_state(repo, key, commits, weights, keys=False).items()}
+    out = {}
+    for name, factors in sorted(repo.factor_plan(commits).items()):
+        if weights.spec(name).dtype in NUMPY_EXACT_CASTS:
+            out[name] = apply_array(weights.array(name), factors)
+        else:
+            out[name] = apply_to_weight(weights.get(name), factors)
+    if is_long(repo, commits):
+        repo.materialised.put(key, out)
+    return {name: tensor_buffer(t) for name, t in out.items()}
 
 
 def is_long(repo: Repo, commits: list[str], extra: Sequence[str] = ()) -> bool:
@@ -57,12 +67,12 @@ def _cached_state(repo: Repo, key: str, weights: BaseWeights) -> dict | None:
 
 
 def _compute_state(repo: Repo, key: str, commits: list[str], weights: BaseWeights,
-                   extra: Sequence[str] = (), keys: bool = True) -> dict[str, torch.Tensor]:
-    """`keys`: read the deltas whole, and keep them in the repository's cache, where a model's
-    sync and an edit's key statistics read them next; an export needs only their factors."""
+                   extra: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+    """Reads the deltas whole and keeps them in the repository's cache, where a model's sync
+    and an edit's key statistics read them next."""
     from ..deltas.compose import apply_to_weight
 
-    plan = repo.plan_of(commits, extra, keys=keys)
+    plan = repo.plan_of(commits, extra)
     out = {name: apply_to_weight(weights.get(name), [w for _, w in entries])
            for name, entries in sorted(plan.items())}
     if is_long(repo, commits, extra):
