@@ -14,28 +14,15 @@ import torch
 
 from .. import tensorio
 from ..errors import CorruptObjectError
-from .stored import FORMAT, check_shapes, weight_records
+from .stored import FORMAT, Factors, weight_records
 
 
 @dataclass(frozen=True)
-class WeightDelta:
-    name: str
-    layer: int
-    orientation: str
-    d_model: int
-    d_ff: int
-    idx: torch.Tensor  # (k,) int64, sorted, unique
-    U: torch.Tensor  # (k, r) float32
-    V: torch.Tensor  # (d_model, r) float32
+class WeightDelta(Factors):
+    """One weight's change: its factors as tensors (idx, U, V), the edit's keys and its record."""
+
     K: torch.Tensor | None = None  # (d_ff, n) float32
     info: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        check_shapes(self)
-
-    @property
-    def rank(self) -> int:
-        return int(self.U.shape[1])
 
     @property
     def shape(self) -> tuple[int, int]:

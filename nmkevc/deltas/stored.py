@@ -18,6 +18,7 @@ from ..errors import CorruptObjectError
 
 if TYPE_CHECKING:
     import numpy
+    import torch
 
 FORMAT = 1
 ORIENTATIONS = ("out_in", "in_out")
@@ -67,17 +68,18 @@ def check_shapes(w) -> None:
 
 @dataclass(frozen=True)
 class Factors:
-    """One weight's factors as numpy arrays, ΔW[:, idx] = V Uᵀ (viewed d_model × d_ff): what
-    summing a state needs of a stored delta (no keys, no torch)."""
+    """One weight's factors, ΔW[:, idx] = V Uᵀ (viewed d_model × d_ff): what summing a state
+    needs of a stored delta. `read_factors` gives them as numpy arrays (no keys, no torch);
+    a `WeightDelta` is one with tensors, the keys and the record."""
 
     name: str
     layer: int
     orientation: str
     d_model: int
     d_ff: int
-    idx: numpy.ndarray  # (k,) int64, sorted, unique
-    U: numpy.ndarray  # (k, r) float32
-    V: numpy.ndarray  # (d_model, r) float32
+    idx: numpy.ndarray | torch.Tensor  # (k,) int64, sorted, unique
+    U: numpy.ndarray | torch.Tensor  # (k, r) float32
+    V: numpy.ndarray | torch.Tensor  # (d_model, r) float32
 
     def __post_init__(self) -> None:
         check_shapes(self)

@@ -199,7 +199,7 @@ class Repo:
             self._deltas.move_to_end(oid)
         return d
 
-    def factors(self, oid: str) -> tuple[WeightDelta | Factors, ...]:
+    def factors(self, oid: str) -> tuple[Factors, ...]:
         """Each weight's factors of delta `oid`, for what only sums them: the held delta's own,
         else read without torch and without its keys, and not kept (a long history's export)."""
         d = self._deltas.get(oid)
@@ -287,7 +287,7 @@ class Repo:
                 out.setdefault(w.name, []).append((did, w))
         return out
 
-    def factor_plan(self, commits: list[str], extra: Sequence[str] = ()) -> dict[str, list[WeightDelta | Factors]]:
+    def factor_plan(self, commits: list[str], extra: Sequence[str] = ()) -> dict[str, list[Factors]]:
         """weight name → its deltas' factors in canonical order (`plan_of` for sums only, read
         by `factors`: no torch, no keys)."""
         ids = self.delta_ids(commits, extra)
@@ -298,7 +298,7 @@ class Repo:
                 read = list(pool.map(self.factors, ids))
         else:
             read = [self.factors(i) for i in ids]
-        out: dict[str, list[WeightDelta | Factors]] = {}
+        out: dict[str, list[Factors]] = {}
         for weights in read:
             for w in weights:
                 out.setdefault(w.name, []).append(w)
