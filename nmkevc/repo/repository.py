@@ -19,7 +19,6 @@ import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -290,17 +289,9 @@ class Repo:
     def factor_plan(self, commits: list[str], extra: Sequence[str] = ()) -> dict[str, list[Factors]]:
         """weight name → its deltas' factors in canonical order (`plan_of` for sums only, read
         by `factors`: no torch, no keys)."""
-        ids = self.delta_ids(commits, extra)
-        # reading a delta is mostly hashing and decompressing, which release the GIL: a
-        # thousand of them take about half the time on two threads (the order stays canonical)
-        if len(ids) > 1:
-            with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-                read = list(pool.map(self.factors, ids))
-        else:
-            read = [self.factors(i) for i in ids]
         out: dict[str, list[Factors]] = {}
-        for weights in read:
-            for w in weights:
+        for did in self.delta_ids(commits, extra):
+            for w in self.factors(did):
                 out.setdefault(w.name, []).append(w)
         return out
 
