@@ -5,7 +5,8 @@ changes and nothing it does not claim to:
 - `z_stop_top1` (MPES): a request stops once its target is top-1 on all its rewrite rows;
 - `z_norm_anchor`: ||z|| ≤ anchor · ||h|| of the unedited base model, per request;
 - `z_weights="base"`: δ is found on the base model, Step 4's residual on the current one;
-- `memit_frobenius`: MEMIT's solve gains λ_F I (ENCORE's Frobenius term on the update).
+- `memit_frobenius`: MEMIT's solve gains λ_F I (ENCORE's Frobenius term on the update);
+- `memit_prior`: MEMIT's solve gains μ C, the earlier edits' keys (ENCORE's MEMIT keeps them).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ TINY = dict(z_lr=0.5, z_steps=25, z_clamp=4.0, z_weight_decay=0.0, ridge=1e-4, r
 LAYERS = [1, 2]
 L_M = LAYERS[-1]
 #: every lifelong option, off
-OFF = dict(z_stop_top1=0, z_norm_anchor=None, z_weights="current", memit_frobenius=0.0)
+OFF = dict(z_stop_top1=0, z_norm_anchor=None, z_weights="current", memit_frobenius=0.0, memit_prior=0.0)
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
@@ -362,21 +363,51 @@ def test_memit_frobenius_is_a_ridge_on_memits_solve(setup):
         hp_for("alphaedit", memit_frobenius=lam_f)
 
 
+def test_memit_prior_keeps_memits_outputs_at_earlier_edits_keys(setup):
+    """ENCORE's C term: U = (λ0 Σ + μ C + K Kᵀ)⁻¹ K; with μ = 0 (as published) a given C is not
+    read at all, and with it on the update moves the earlier edit's keys less."""
+    _, model, tok, _, sigma, proj = setup
+    earlier = run(model, tok, hp_for("memit"), sigma, proj, reqs=[REQS[1]])
+    prior = {u.layer: u.keys.double() @ u.keys.double().T for u in earlier.updates}
+
+    def edit(hp, cov):
+        return compute_edit(model, tok, [REQS[0]], hp, context_templates=TEMPLATES, projectors=None,
+                            prior_keys_cov=cov, key_second_moment=sigma)
+
+    plain = edit(hp_for("memit"), None)
+    same(plain, edit(hp_for("memit"), prior))  # off: C is given but not read
+    kept = edit(hp_for("memit", memit_prior=1.0), prior)
+    assert torch.equal(plain.z, kept.z)
+    first, before = kept.updates[0], plain.updates[0]
+    k, c = first.keys.double(), prior[first.layer]
+    a = 0.05 * sigma[first.layer].double() + c + k @ k.T
+    torch.testing.assert_close(first.U.double(), torch.linalg.solve(a, k), rtol=1e-4, atol=1e-7)
+    assert first.info["prior"] == 1.0 and "prior" not in before.info
+    old_keys = earlier.updates[0].keys.double()
+    moved = [float((u.V.double() @ u.U.double().T @ old_keys).norm()) for u in (before, first)]
+    assert moved[1] < moved[0]
+    with pytest.raises(EditRequestError, match="memit_prior"):
+        hp_for("memit", memit_prior=-1.0)
+    assert hp_for("memit", memit_prior=1.0).updated(preset="published").memit_prior == 0.0
+
+
 # -- the fields --------------------------------------------------------------------------------------------
 def test_fields_default_off_validate_and_replay_old_commits():
     """Every option off by default but MPES (k = 2) of NMKE and AlphaEdit; a commit stored before
     them replays off."""
     hp, memit = EditHparams(), EditHparams(method="memit")
-    got = {k: getattr(hp, k) for k in off_for("nmke")} | {"memit_frobenius": memit.memit_frobenius}
+    got = {k: getattr(hp, k) for k in off_for("nmke")} | {k: getattr(memit, k) for k in ("memit_frobenius",
+                                                                                       "memit_prior")}
     assert got == {**OFF, "z_stop_top1": 2}
     assert {k: getattr(memit, k) for k in off_for("memit")} == off_for("memit")
     assert {k: LEGACY[k] for k in OFF} == OFF
     assert EditHparams.from_json({"method": "nmke"}).z_weights == "current"
     for bad in (dict(z_stop_top1=-1), dict(z_stop_top1=True), dict(z_stop_top1=1.5), dict(z_norm_anchor=0),
                 dict(z_norm_anchor=-1.0), dict(z_norm_anchor=float("inf")), dict(z_norm_anchor=True),
-                dict(z_weights="rewound"), dict(memit_frobenius=-0.1), dict(memit_frobenius=float("nan"))):
+                dict(z_weights="rewound"), dict(memit_frobenius=-0.1), dict(memit_frobenius=float("nan")),
+                dict(memit_prior=-1.0), dict(memit_prior=float("inf"))):
         with pytest.raises(EditRequestError) as err:
-            EditHparams(**bad, **({"method": "memit"} if "memit_frobenius" in bad else {}))
+            EditHparams(**bad, **({"method": "memit"} if next(iter(bad)).startswith("memit") else {}))
         assert next(iter(bad)) in str(err.value) and "\n" not in str(err.value)
     on = EditHparams(z_stop_top1=2, z_norm_anchor=2.0, z_weights="base")
     assert EditHparams.from_json(on.to_json()) == on

@@ -280,4 +280,4 @@ def _check_stats(method, layers, d_ff, projectors, prior, second, needs_second: 
             square("key second moment", second, layer, required=True)
         if method.uses_projector:
             square("null-space projector", projectors, layer, required=projectors is not None)
-            square("prior key covariance", prior, layer, required=False)
+        square("prior key covariance", prior, layer, required=False)  # read by the projected methods and ENCORE's MEMIT

@@ -242,7 +242,8 @@ class NullspaceHparams(EditHparams):
 #: methods as their papers and reference code run them, none of the lifelong mechanisms
 #: (docs/method.md, "Lifelong mechanisms"); a method takes the settings its record has.
 PRESETS: dict[str, dict] = {
-    "published": {"z_stop_top1": 0, "z_norm_anchor": None, "z_weights": "current", "memit_frobenius": 0.0},
+    "published": {"z_stop_top1": 0, "z_norm_anchor": None, "z_weights": "current", "memit_frobenius": 0.0,
+                  "memit_prior": 0.0},
 }
 
 
@@ -327,6 +328,7 @@ LEGACY = {
     "z_norm_anchor": None,
     "z_weights": "current",
     "memit_frobenius": 0.0,
+    "memit_prior": 0.0,
 }
 
 CHOICES = {

@@ -313,13 +313,16 @@ def written_fraction(u_rows: torch.Tensor, keys_rows: torch.Tensor, resid: torch
 
 
 def memit_factor(keys: torch.Tensor, second_moment: torch.Tensor, lambda0: float,
-                 frobenius: float = 0.0) -> torch.Tensor:
-    """U = (λ0 Σ + λ_F I + K Kᵀ)⁻¹ K  (d_ff × n, float64); λ_F is ENCORE's Frobenius-norm term
-    λ_F ‖ΔW‖²_F on the update (0: MEMIT as published)."""
+                 frobenius: float = 0.0, prior: torch.Tensor | None = None) -> torch.Tensor:
+    """U = (λ0 Σ + λ_F I + C + K Kᵀ)⁻¹ K  (d_ff × n, float64); λ_F is ENCORE's Frobenius-norm term
+    λ_F ‖ΔW‖²_F on the update, C (already weighted) the earlier edits' keys that ENCORE's MEMIT
+    keeps (0 / None: MEMIT as published)."""
     k = keys.double()
     a = lambda0 * second_moment.double() + k @ k.T
     if frobenius:
         a = a + frobenius * torch.eye(a.shape[0], dtype=a.dtype)
+    if prior is not None:
+        a = a + prior.double()
     return torch.linalg.solve(a, k)
 
 

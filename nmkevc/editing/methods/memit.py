@@ -29,11 +29,15 @@ class MemitHparams(EditHparams):
     #: (absolute, as ENCORE's; 0 = off). The null-space methods already carry this term: their
     #: λ I in A = P(KKᵀ + C) + λI is it (docs/method.md, "Lifelong mechanisms").
     memit_frobenius: float = 0.0
+    #: μ, the weight of the earlier edits' keys C = Σ K Kᵀ (of the effective set) in MEMIT's solve:
+    #: U = (λ0 Σ + λ_F I + μ C + KKᵀ)⁻¹ K keeps the outputs MEMIT wrote at those keys, as ENCORE's
+    #: MEMIT does (μ = 1; AlphaEdit's C term, without the projection). 0 = off, as published.
+    memit_prior: float = 0.0
 
     def _check(self, bad) -> None:
         super()._check(bad)
         positive(bad, self, "memit_lambda0")
-        non_negative(bad, self, "memit_frobenius")
+        non_negative(bad, self, "memit_frobenius", "memit_prior")
 
 
 def solve(inputs: FactorInputs, hp: MemitHparams) -> Factor:
@@ -41,10 +45,14 @@ def solve(inputs: FactorInputs, hp: MemitHparams) -> Factor:
 
     if inputs.second_moment is None:
         raise EditRequestError("MEMIT needs the key second moment of every edited layer")
-    u = memit_factor(inputs.keys, inputs.second_moment, hp.memit_lambda0, hp.memit_frobenius)
+    prior = inputs.prior_cov if hp.memit_prior else None
+    u = memit_factor(inputs.keys, inputs.second_moment, hp.memit_lambda0, hp.memit_frobenius,
+                     None if prior is None else hp.memit_prior * prior.double())
     info = {"lambda0": float(hp.memit_lambda0)}
     if hp.memit_frobenius:
         info["frobenius"] = float(hp.memit_frobenius)
+    if hp.memit_prior:
+        info["prior"] = float(hp.memit_prior) if prior is not None else 0.0  # 0: no earlier edit to keep
     return Factor(zero_outside(u, inputs.mask), info)
 
 
