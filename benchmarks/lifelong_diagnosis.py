@@ -13,8 +13,12 @@ them from the run's repository and splits the edits that fail *at commit time* i
 - neither (both steps did their part, yet the fact does not hold);
 
 while forgetting (edits that held at commit time and failed later) is the retention curve of
-results.json. The figures go to diagnosis.json beside results.json (one entry per method:
-a method whose repository is gone keeps its entry) and to a generated block of docs/results.md.
+results.json. Beside each batch's disturbance of generic text (and the cumulative one) it puts
+that disturbance's floor: the least any update could move generic text while giving the edited
+keys the outputs the run's deltas give them (`least_energy`), so the damage splits into what the
+update rule adds and what writing those outputs costs at all. The figures go to diagnosis.json
+beside results.json (one entry per method: a method whose repository is gone keeps its entry)
+and to a generated block of docs/results.md.
 
     python benchmarks/lifelong_diagnosis.py --repo OUT/repo [--results DIR] [--no-docs]
     python benchmarks/lifelong_diagnosis.py --markdown [--results DIR]   # only rewrite the docs block
@@ -109,9 +113,17 @@ class Disturbance:
     """How much the edits move a layer's output on generic text: sqrt(tr(ΔW Σ ΔWᵀ) / tr(W Σ Wᵀ)),
     Σ = E[k kᵀ] of the base's keys over the statistics corpus (the relative RMS change of the
     layer's output there). The null-space projection exists to keep this small; perplexity
-    drifts as it grows. Per batch (that batch's delta) and cumulative (all batches so far)."""
+    drifts as it grows. Per batch (that batch's delta) and cumulative (all batches so far).
+
+    Beside each figure, its floor: the least disturbance of any update that gives the edited
+    keys the same outputs (`least_energy`). Per batch, for the outputs the batch's delta gives
+    its own keys; cumulative, for the outputs the sum of all deltas so far gives every batch's
+    keys. What lies between a figure and its floor is the update rule's; the floor itself is
+    the price of writing those outputs at all, whatever the rule."""
 
     def __init__(self, repo, commit):
+        import torch
+
         from nmkevc.workbench.statistics import second_moments
 
         bench = repo.workbench
@@ -124,15 +136,21 @@ class Disturbance:
         for layer, sig in self.sigma.items():
             w = self.adapter.to_out_in(weights.get(self.adapter.weight_name(layer)).float())
             self.scale[layer] = output_energy(w, sig)
+        self.chol = {layer: torch.linalg.cholesky(sig.double()) for layer, sig in self.sigma.items()}
         self.total: dict[int, object] = {}
+        self.keys: dict[int, list] = {}  # every batch's keys so far, per layer (d_ff × n each)
         from nmkevc.editing.hparams import EditHparams
 
         hp = EditHparams.from_json((commit.method or {}).get("hparams") or {})
-        self.nullspace = nullspace_shares(self.sigma, hp.nullspace)
+        # MEMIT's record has no null-space rule (it has no projector): nothing to report
+        self.nullspace = nullspace_shares(self.sigma, hp.nullspace) if hasattr(hp, "nullspace") else None
 
-    def add(self, delta) -> tuple[float | None, float | None]:
-        """(this delta's, the cumulative) disturbance, each the mean over the layers."""
-        own, cum = [], []
+    def add(self, delta) -> dict:
+        """This delta's and the cumulative disturbance, and their floors (None where the delta
+        stores no keys), each the mean over the layers."""
+        import torch
+
+        own, cum, own_floor, cum_floor = [], [], [], []
         for w in delta.weights:
             if w.layer not in self.sigma:
                 continue
@@ -140,7 +158,28 @@ class Disturbance:
             self.total[w.layer] = d if w.layer not in self.total else self.total[w.layer] + d
             for out, m in ((own, d), (cum, self.total[w.layer])):
                 out.append((output_energy(m, self.sigma[w.layer]) / self.scale[w.layer]) ** 0.5)
-        return _mean(own), _mean(cum)
+            if w.K is None or not w.K.shape[1]:
+                continue
+            k = w.K.double()
+            self.keys.setdefault(w.layer, []).append(k)
+            every = torch.cat(self.keys[w.layer], dim=1)
+            for out, m, keys in ((own_floor, d, k), (cum_floor, self.total[w.layer], every)):
+                y = m.double() @ keys
+                out.append((least_energy(y, keys, self.chol[w.layer]) / self.scale[w.layer]) ** 0.5)
+        return {"disturbance": _mean(own), "disturbance_cumulative": _mean(cum),
+                "disturbance_floor": _mean(own_floor), "disturbance_floor_cumulative": _mean(cum_floor)}
+
+
+def least_energy(y, keys, chol) -> float:
+    """tr(ΔW Σ ΔWᵀ) of the update of least Σ-energy with ΔW K = Y (K: d_ff × n keys, Y: d_model × n
+    outputs, `chol` Σ's Cholesky factor): ΔW = Y G⁺ Kᵀ Σ⁻¹ with G = Kᵀ Σ⁻¹ K, whose energy is
+    tr(Y G⁺ Yᵀ). Y is what some update writes at K, so the constraint is consistent (repeated keys
+    included: G⁺ handles them) and the floor never exceeds that update's own energy. It is the
+    Σ-weighted least-norm solution MEMIT's λ₀Σ term tends to as λ₀ → 0."""
+    import torch
+
+    g = keys.T @ torch.cholesky_solve(keys, chol)
+    return float(((y @ torch.linalg.pinv(g, hermitian=True)) * y).sum())
 
 
 def diagnose(repo, results: dict) -> dict:
@@ -161,8 +200,7 @@ def diagnose(repo, results: dict) -> dict:
             record = batch_record(info, p["edits"])
             if info.delta:
                 meter = meter or Disturbance(repo, repo.commit(p["commit"]))
-                record["disturbance"], record["disturbance_cumulative"] = meter.add(
-                    repo.plumbing.delta(info.delta))
+                record.update(meter.add(repo.plumbing.delta(info.delta)))
             batches.append(record)
         if not batches:
             continue
@@ -218,11 +256,14 @@ def markdown(data: dict, results: dict | None, link_dir: str) -> str:
     lines += ["", "Per batch (T = edits after the batch; written fraction = mean over the edited layers; "
               "disturbance = the relative RMS change of an edited layer's output on generic text, "
               "sqrt(tr(ΔW Σ ΔWᵀ) / tr(W Σ Wᵀ)) with Σ the base's key second moment on the statistics "
-              "corpus, mean over the layers, for the batch's delta and for all deltas so far):", "",
+              "corpus, mean over the layers, for the batch's delta and for all deltas so far; its floor = the "
+              "least disturbance of any update that gives the edited keys the same outputs, "
+              "tr(Y (KᵀΣ⁻¹K)⁺ Yᵀ) for keys K and outputs Y: the batch's keys and what its delta writes "
+              "there, and every batch's keys so far and what all deltas together write there):", "",
               "| method | T | efficacy at commit | failed: z missed / not written / neither | z reached | "
               "δ left > 50% | written fraction | mask fraction | disturbance: batch / cumulative | "
-              "z s | attribution s | update s |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "floor: batch / cumulative | z s | attribution s | update s |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for method, entry in data["methods"].items():
         for b in entry["batches"]:
             tm = b.get("timings") or {}
@@ -231,6 +272,7 @@ def markdown(data: dict, results: dict | None, link_dir: str) -> str:
                 f"{b['failed_unwritten']} / {b['failed_other']} | {_f(b['z_reached'])} | "
                 f"{_f(b['residual_unwritten'])} | {_f(b['written_fraction_mean'])} | {_f(b['mask_fraction_mean'])} | "
                 f"{_f(b.get('disturbance'), '.4f')} / {_f(b.get('disturbance_cumulative'), '.4f')} | "
+                f"{_f(b.get('disturbance_floor'), '.4f')} / {_f(b.get('disturbance_floor_cumulative'), '.4f')} | "
                 f"{_f(tm.get('z'), '.0f')} | {_f(tm.get('attribution'), '.0f')} | {_f(tm.get('update'), '.0f')} |")
     return "\n".join(lines)
 

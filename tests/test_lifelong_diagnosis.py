@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -53,6 +55,19 @@ def test_docs_diagnosis_block_is_generated_from_the_committed_json():
     assert block == mod.markdown(data, res, os.path.relpath(results, ROOT / "docs"))
 
 
+def _meter(mod, sigma, w):
+    import torch
+
+    meter = object.__new__(mod.Disturbance)
+    meter.sigma, meter.scale, meter.total = {3: sigma}, {3: float(torch.trace(w @ sigma @ w.T))}, {}
+    meter.chol, meter.keys = {3: torch.linalg.cholesky(sigma.double())}, {}
+    return meter
+
+
+def _delta(d, keys=None):
+    return SimpleNamespace(weights=[SimpleNamespace(layer=3, dense_out_in=lambda: d, K=keys)])
+
+
 def test_disturbance_is_the_relative_rms_output_change_on_generic_keys():
     import torch
 
@@ -60,16 +75,45 @@ def test_disturbance_is_the_relative_rms_output_change_on_generic_keys():
     torch.manual_seed(0)
     sigma = torch.randn(6, 6)
     sigma = sigma @ sigma.T  # a key second moment
-    w = torch.randn(4, 6)
-    meter = object.__new__(mod.Disturbance)
-    meter.sigma, meter.scale, meter.total = {3: sigma}, {3: float(torch.trace(w @ sigma @ w.T))}, {}
-
-    def delta(d):
-        return SimpleNamespace(weights=[SimpleNamespace(layer=3, dense_out_in=lambda d=d: d)])
-
+    meter = _meter(mod, sigma, torch.randn(4, 6))
     d1 = torch.randn(4, 6) * 0.1
-    own, cum = meter.add(delta(d1))
+    got = meter.add(_delta(d1))
     expected = (float(torch.trace(d1 @ sigma @ d1.T)) / meter.scale[3]) ** 0.5
-    assert own == cum == round(expected, 4)
-    own, cum = meter.add(delta(-d1))  # the second batch undoes the first: nothing left in total
-    assert own == round(expected, 4) and cum == 0.0
+    assert got["disturbance"] == got["disturbance_cumulative"] == round(expected, 4)
+    assert got["disturbance_floor"] is None  # a delta without keys has no floor
+    got = meter.add(_delta(-d1))  # the second batch undoes the first: nothing left in total
+    assert got["disturbance"] == round(expected, 4) and got["disturbance_cumulative"] == 0.0
+
+
+def test_disturbance_floor_is_the_least_energy_update_writing_the_same_outputs():
+    import torch
+
+    mod = _module()
+    torch.manual_seed(1)
+    d_ff, n = 8, 3
+    a = torch.randn(d_ff, d_ff, dtype=torch.float64)
+    sigma = a @ a.T + 0.1 * torch.eye(d_ff, dtype=torch.float64)
+    chol = torch.linalg.cholesky(sigma)
+    keys = torch.randn(d_ff, n, dtype=torch.float64)
+    y = torch.randn(4, n, dtype=torch.float64)
+    # the Σ-weighted least-norm solution of ΔW K = Y reaches the floor exactly ...
+    best = y @ torch.linalg.solve(keys.T @ torch.linalg.solve(sigma, keys), torch.linalg.solve(sigma, keys).T)
+    assert torch.allclose(best @ keys, y)
+    floor = mod.least_energy(y, keys, chol)
+    assert abs(floor - float(torch.trace(best @ sigma @ best.T))) < 1e-9 * floor
+    # ... and any other update writing the same outputs (plus a part the keys do not see) is above it
+    q, _ = torch.linalg.qr(keys, mode="complete")
+    other = best + torch.randn(4, d_ff - n, dtype=torch.float64) @ q[:, n:].T
+    assert torch.allclose(other @ keys, y)
+    assert float(torch.trace(other @ sigma @ other.T)) > floor
+    # a repeated key is a consistent constraint (the same output twice), not a singular failure
+    twice = torch.cat([keys, keys[:, :1]], dim=1)
+    assert abs(mod.least_energy(other @ twice, twice, chol) - floor) < 1e-6 * floor
+
+    meter = _meter(mod, sigma.float(), torch.randn(4, d_ff))
+    got = meter.add(_delta(other.float(), keys.float()))
+    assert got["disturbance_floor"] < got["disturbance"]
+    assert got["disturbance_floor"] == got["disturbance_floor_cumulative"]
+    got = meter.add(_delta(best.float(), keys.float()))  # the least-energy update: at its floor
+    assert got["disturbance_floor"] == pytest.approx(got["disturbance"], abs=2e-4)
+    assert got["disturbance_floor_cumulative"] <= got["disturbance_cumulative"] + 1e-4
