@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 #: the formats `measure_rates` times (a `Work` item in another, e.g. float16, has no floor)
 PRECISIONS = ("float32", "bfloat16", "float64")
 #: method families whose solve `update_count` knows (`method_form` maps a method to one)
-FORMS = ("nullspace", "compensated", "projected", "memit")
+FORMS = ("nullspace", "compensated", "projected", "memit", "weighted")
 #: the architectures without a gated MLP (two products per MLP, full multi-head attention)
 UNGATED = ("gpt2", "gptj", "gpt_neox")
 
@@ -270,7 +270,7 @@ def method_form(method: str, masked_update: str | None = None) -> str | None:
         return "nullspace"
     if method == "nmke":
         return {"published": "nullspace", "compensated": "compensated",
-                "projected": "projected"}.get(masked_update or "published")
+                "projected": "projected", "weighted": "weighted"}.get(masked_update or "published")
     return None
 
 
@@ -303,10 +303,11 @@ def _solve_flops(form: str, d: int, s: int, n: int, projector: bool, prior: bool
     def add(name: str, flops: float) -> None:
         out[name] = out.get(name, 0.0) + flops
 
-    if form == "memit":
-        add("gram", 2 * d * d * n)
-        add("lu", 2 * d**3 / 3)
-        add("solve", 2 * d * d * n)
+    if form in ("memit", "weighted"):  # weighted: MEMIT's solve on the mask's rows
+        k = d if form == "memit" else s
+        add("gram", 2 * k * k * n)
+        add("lu", 2 * k**3 / 3)
+        add("solve", 2 * k * k * n)
         return out
     if form == "projected":  # the null space of Σ restricted to the mask, then the null-space solve on it
         add("eigh", 4 * s**3 / 3)

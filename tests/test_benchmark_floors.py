@@ -105,6 +105,8 @@ def test_update_count_by_hand():
     comp = fl.update_count("compensated", 4, 8, 1, [3])
     assert comp.by_precision()["float64"] == pytest.approx(128 + 16 + 6 + 2 / 3 + 6)
     assert comp.by_precision()["float32"] == 2 * 4 * 3
+    weighted = fl.update_count("weighted", 4, 8, 1, [3])  # MEMIT's solve on the mask's 3 rows
+    assert weighted.by_precision()["float64"] == pytest.approx(18 + 2 * 27 / 3 + 18)
     with pytest.raises(ValueError):
         fl.update_count("unknown", 4, 8, 1, [8])
 
@@ -113,6 +115,7 @@ def test_method_forms():
     assert fl.method_form("alphaedit") == "nullspace" and fl.method_form("memit") == "memit"
     assert fl.method_form("nmke", "published") == "nullspace"
     assert fl.method_form("nmke", "compensated") == "compensated"
+    assert fl.method_form("nmke", "weighted") == "weighted"
     assert fl.method_form("someone-elses") is None
 
 

@@ -155,6 +155,51 @@ def test_projected_update_through_the_engine(setup):
         assert 0 < b.info["mask_nullspace_kept"] <= b.idx.numel() and b.info["ridge"] > 0
 
 
+def test_weighted_update_through_the_engine(setup):
+    model, tok, proj = setup
+    sigma, _ = __import__("nmkevc.editing", fromlist=["key_second_moment"]).key_second_moment(
+        model, tok, ["The capital of France is Paris.", "Rome is the capital of Italy."] * 4, [1, 2])
+    hp = EditHparams(layers=[1, 2], masked_update="weighted", weighted_lambda0=0.05, **FAST)
+    with pytest.raises(Exception, match="second moment"):
+        solve(model, tok, REQS, hp, proj)  # Σ is needed and refused up front when missing
+    res = solve(model, tok, REQS, hp, proj, sigma=sigma)
+    pub = solve(model, tok, REQS, EditHparams(layers=[1, 2], **FAST), proj).updates
+    for a, b in zip(pub, res.updates, strict=True):
+        assert b.idx.tolist() == a.idx.tolist()  # the same mask
+        assert b.info["lambda0"] == 0.05 and b.info["written_fraction"] > a.info["written_fraction"]
+
+
+def test_weighted_masked_update_is_memits_solve_on_the_mask_rows():
+    """U_S = (λ0 Σ_SS + C_SS + K_S K_Sᵀ)⁻¹ K_S, zero outside the mask; with the whole mask and no C
+    it is MEMIT's factor."""
+    from nmkevc.editing.update import memit_factor
+
+    g = torch.Generator().manual_seed(3)
+    d, n = 10, 3
+    keys = torch.randn(d, n, generator=g, dtype=torch.float64)
+    a = torch.randn(d, d, generator=g, dtype=torch.float64)
+    sigma = a @ a.T / d + 0.1 * torch.eye(d, dtype=torch.float64)
+    old = torch.randn(d, 2, generator=g, dtype=torch.float64)
+    prior = old @ old.T
+    mask = torch.zeros(d, dtype=torch.bool)
+    mask[[0, 2, 3, 7, 9]] = True
+    hp = EditHparams(masked_update="weighted", weighted_lambda0=2.0)
+    nmke = get_method("nmke")
+    inputs = FactorInputs(keys=keys, projector=None, prior_cov=prior, second_moment=sigma, mask=mask)
+    got = nmke.factor(inputs, hp)
+    s = mask.nonzero().squeeze(1)
+    want = torch.linalg.solve(2.0 * sigma[s][:, s] + prior[s][:, s] + keys[s] @ keys[s].T, keys[s])
+    torch.testing.assert_close(got.U[s], want)
+    assert not got.U[~mask].any() and got.info["lambda0"] == 2.0
+    full = nmke.factor(FactorInputs(keys=keys, projector=None, prior_cov=None, second_moment=sigma,
+                                    mask=torch.ones(d, dtype=torch.bool)), hp)
+    torch.testing.assert_close(full.U, memit_factor(keys, sigma, 2.0))
+    with pytest.raises(EditRequestError, match="second moment"):
+        nmke.factor(FactorInputs(keys=keys, projector=None, prior_cov=None, second_moment=None, mask=mask), hp)
+    with pytest.raises(EditRequestError, match="weighted_lambda0"):
+        EditHparams(masked_update="weighted", weighted_lambda0=0)
+
+
 def test_hparams_stored_before_relative_ridge_replay_as_made():
     """A commit's hparams written before `ridge_relative` / `masked_update` existed hold an
     absolute λ (ridge 10) and the published masked update: they must replay that way."""

@@ -16,6 +16,7 @@ from ..hparams import positive
 from ..registry import EditMethod, FactorInputs, register_method
 from .alphaedit import AlphaEditHparams, ridge_of
 from .alphaedit import solve as full_solve
+from .memit import MEMIT_LAMBDA0_DEFAULT
 
 if TYPE_CHECKING:
     from ..update import Factor
@@ -42,6 +43,9 @@ class NmkeHparams(AlphaEditHparams):
     #: the mask's rows, so a masked layer writes its full share; beyond the paper, measured in
     #: docs/figures/ridge.json). The forms are `MASKED_UPDATES` below.
     masked_update: str = "published"
+    #: λ0 of the "weighted" masked update, U_S = (λ0 Σ_SS + C_SS + K_S K_Sᵀ)⁻¹ K_S: MEMIT's λ0
+    #: (calibrated for SmolLM2-135M, `MEMIT_LAMBDA0_DEFAULT`); read by that form only
+    weighted_lambda0: float = MEMIT_LAMBDA0_DEFAULT
 
     def _convert(self) -> None:
         super()._convert()
@@ -50,7 +54,7 @@ class NmkeHparams(AlphaEditHparams):
 
     def _check(self, bad) -> None:
         super()._check(bad)
-        positive(bad, self, "amplification", "entropy_alpha")
+        positive(bad, self, "amplification", "entropy_alpha", "weighted_lambda0")
         v = self.attribution_chunk
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             bad("attribution_chunk must be a positive integer")
@@ -99,6 +103,19 @@ def _projected(inputs: FactorInputs, hp) -> Factor:
     return Factor(u, {"ridge": lam, "mask_nullspace_kept": kept})
 
 
+def _weighted(inputs: FactorInputs, hp) -> Factor:
+    from ..update import Factor, memit_factor
+
+    if inputs.second_moment is None:
+        raise EditRequestError("the weighted masked update needs the key second moment of every edited layer")
+    sel = inputs.mask.nonzero().squeeze(1)
+    prior = None if inputs.prior_cov is None else inputs.prior_cov.double()[sel][:, sel]
+    u = inputs.keys.double().new_zeros(inputs.keys.shape)
+    u[sel] = memit_factor(inputs.keys[sel], inputs.second_moment.double()[sel][:, sel], hp.weighted_lambda0,
+                          prior=prior)
+    return Factor(u, {"lambda0": float(hp.weighted_lambda0)})
+
+
 #: read-only: the forms are fixed here
 MASKED_UPDATES: Mapping[str, MaskedUpdate] = MappingProxyType({f.name: f for f in (
     MaskedUpdate("published", "solve for all neurons, then zero the rows outside the mask (NMKE)", full_solve),
@@ -106,6 +123,9 @@ MASKED_UPDATES: Mapping[str, MaskedUpdate] = MappingProxyType({f.name: f for f i
                  _compensated),
     MaskedUpdate("projected", "solve on the mask's rows with the null space of the preserved keys "
                  "restricted to them (beyond the paper)", _projected, uses_second_moment=True),
+    MaskedUpdate("weighted", "solve on the mask's rows with MEMIT's λ0 Σ weighting and the earlier edits' C "
+                 "in place of the null space: ENCORE's solve on the mask (beyond the paper)", _weighted,
+                 uses_second_moment=True),
 )})
 
 
