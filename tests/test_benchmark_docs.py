@@ -92,3 +92,23 @@ def test_lifelong_blocks_in_results_md_are_generated_from_their_json():
             assert _block(doc, begin, end) == diagnosis.markdown(data, res, f"results/{results.name}")
             checked += 1
     assert checked >= 2  # at least the headline's two blocks
+
+
+def test_every_lifelong_label_says_what_its_arm_ran():
+    """A lifelong arm is labelled by its settings over the defaults (`nmke:z_stop_top1=2`). When a
+    default changes, an old label comes to mean something its arm never ran (and its reproduce
+    command would run that): each committed run's labels, read with today's defaults, must give
+    the hyperparameters its commits recorded (layers aside: the model resolves them)."""
+    from nmkevc.editing.hparams import EditHparams, parse_arm
+
+    checked = 0
+    for path in sorted((ROOT / "docs" / "results").glob("*/results.json")):
+        recorded = json.loads(path.read_text())["info"].get("hparams") or {}
+        for label, rec in recorded.items():
+            name, arm = parse_arm(label)
+            today = EditHparams(method=name).updated(**arm).to_json()
+            ran = EditHparams.from_json(rec).to_json()
+            wrong = {k: (ran[k], today.get(k)) for k in ran if k != "layers" and ran[k] != today.get(k)}
+            assert not wrong, f"{path.parent.name}: {label!r} ran {wrong} (recorded, today's reading)"
+            checked += 1
+    assert checked >= 10
