@@ -141,32 +141,25 @@ def test_projected_update_keeps_the_preserved_keys_that_zeroed_rows_disturb():
     torch.testing.assert_close(u_full, nullspace_factor(keys, p.double(), prior, 0.5), rtol=1e-5, atol=1e-8)
 
 
-def test_projected_update_through_the_engine(setup):
+@pytest.mark.parametrize("form", ["projected", "weighted"])
+def test_masked_forms_reading_sigma_through_the_engine(setup, form):
+    """The forms that read Σ refuse up front without it, keep the published mask, and report
+    their own solve's figure (the mask's null space kept; λ0)."""
     model, tok, proj = setup
     sigma, _ = __import__("nmkevc.editing", fromlist=["key_second_moment"]).key_second_moment(
         model, tok, ["The capital of France is Paris.", "Rome is the capital of Italy."] * 4, [1, 2])
-    hp = EditHparams(layers=[1, 2], masked_update="projected", nullspace_keep_fraction=0.7, **FAST)
+    own = dict(nullspace_keep_fraction=0.7) if form == "projected" else dict(weighted_lambda0=0.05)
+    hp = EditHparams(layers=[1, 2], masked_update=form, **own, **FAST)
     with pytest.raises(Exception, match="second moment"):
-        solve(model, tok, REQS, hp, proj)  # Σ is needed and refused up front when missing
+        solve(model, tok, REQS, hp, proj)
     res = solve(model, tok, REQS, hp, proj, sigma=sigma)
     pub = solve(model, tok, REQS, EditHparams(layers=[1, 2], **FAST), proj).updates
     for a, b in zip(pub, res.updates, strict=True):
         assert b.idx.tolist() == a.idx.tolist()  # the same mask
-        assert 0 < b.info["mask_nullspace_kept"] <= b.idx.numel() and b.info["ridge"] > 0
-
-
-def test_weighted_update_through_the_engine(setup):
-    model, tok, proj = setup
-    sigma, _ = __import__("nmkevc.editing", fromlist=["key_second_moment"]).key_second_moment(
-        model, tok, ["The capital of France is Paris.", "Rome is the capital of Italy."] * 4, [1, 2])
-    hp = EditHparams(layers=[1, 2], masked_update="weighted", weighted_lambda0=0.05, **FAST)
-    with pytest.raises(Exception, match="second moment"):
-        solve(model, tok, REQS, hp, proj)  # Σ is needed and refused up front when missing
-    res = solve(model, tok, REQS, hp, proj, sigma=sigma)
-    pub = solve(model, tok, REQS, EditHparams(layers=[1, 2], **FAST), proj).updates
-    for a, b in zip(pub, res.updates, strict=True):
-        assert b.idx.tolist() == a.idx.tolist()  # the same mask
-        assert b.info["lambda0"] == 0.05 and b.info["written_fraction"] > a.info["written_fraction"]
+        if form == "projected":
+            assert 0 < b.info["mask_nullspace_kept"] <= b.idx.numel() and b.info["ridge"] > 0
+        else:  # solved on the mask's rows: it writes more of its share than the zeroed rows do
+            assert b.info["lambda0"] == 0.05 and b.info["written_fraction"] > a.info["written_fraction"]
 
 
 def test_weighted_masked_update_is_memits_solve_on_the_mask_rows():
