@@ -138,7 +138,10 @@ class Disturbance:
             self.scale[layer] = output_energy(w, sig)
         self.chol = {layer: torch.linalg.cholesky(sig.double()) for layer, sig in self.sigma.items()}
         self.total: dict[int, object] = {}
-        self.keys: dict[int, list] = {}  # every batch's keys so far, per layer (d_ff × n each)
+        #: every batch's keys so far and Σ⁻¹ times them, per layer (d_ff × n each): each batch's
+        #: keys are solved once, not again at every later batch's cumulative floor
+        self.keys: dict[int, list] = {}
+        self.solved: dict[int, list] = {}
         from nmkevc.editing.hparams import EditHparams
 
         hp = EditHparams.from_json((commit.method or {}).get("hparams") or {})
@@ -161,24 +164,26 @@ class Disturbance:
             if w.K is None or not w.K.shape[1]:
                 continue
             k = w.K.double()
+            sk = torch.cholesky_solve(k, self.chol[w.layer])
             self.keys.setdefault(w.layer, []).append(k)
-            every = torch.cat(self.keys[w.layer], dim=1)
-            for out, m, keys in ((own_floor, d, k), (cum_floor, self.total[w.layer], every)):
+            self.solved.setdefault(w.layer, []).append(sk)
+            every, every_sk = torch.cat(self.keys[w.layer], dim=1), torch.cat(self.solved[w.layer], dim=1)
+            for out, m, keys, solved in ((own_floor, d, k, sk), (cum_floor, self.total[w.layer], every, every_sk)):
                 y = m.double() @ keys
-                out.append((least_energy(y, keys, self.chol[w.layer]) / self.scale[w.layer]) ** 0.5)
+                out.append((least_energy(y, keys, solved) / self.scale[w.layer]) ** 0.5)
         return {"disturbance": _mean(own), "disturbance_cumulative": _mean(cum),
                 "disturbance_floor": _mean(own_floor), "disturbance_floor_cumulative": _mean(cum_floor)}
 
 
-def least_energy(y, keys, chol) -> float:
+def least_energy(y, keys, solved) -> float:
     """tr(ΔW Σ ΔWᵀ) of the update of least Σ-energy with ΔW K = Y (K: d_ff × n keys, Y: d_model × n
-    outputs, `chol` Σ's Cholesky factor): ΔW = Y G⁺ Kᵀ Σ⁻¹ with G = Kᵀ Σ⁻¹ K, whose energy is
+    outputs, `solved` = Σ⁻¹ K): ΔW = Y G⁺ Kᵀ Σ⁻¹ with G = Kᵀ Σ⁻¹ K, whose energy is
     tr(Y G⁺ Yᵀ). Y is what some update writes at K, so the constraint is consistent (repeated keys
     included: G⁺ handles them) and the floor never exceeds that update's own energy. It is the
     Σ-weighted least-norm solution MEMIT's λ₀Σ term tends to as λ₀ → 0."""
     import torch
 
-    g = keys.T @ torch.cholesky_solve(keys, chol)
+    g = keys.T @ solved
     return float(((y @ torch.linalg.pinv(g, hermitian=True)) * y).sum())
 
 

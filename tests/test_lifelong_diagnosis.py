@@ -60,7 +60,7 @@ def _meter(mod, sigma, w):
 
     meter = object.__new__(mod.Disturbance)
     meter.sigma, meter.scale, meter.total = {3: sigma}, {3: float(torch.trace(w @ sigma @ w.T))}, {}
-    meter.chol, meter.keys = {3: torch.linalg.cholesky(sigma.double())}, {}
+    meter.chol, meter.keys, meter.solved = {3: torch.linalg.cholesky(sigma.double())}, {}, {}
     return meter
 
 
@@ -99,7 +99,7 @@ def test_disturbance_floor_is_the_least_energy_update_writing_the_same_outputs()
     # the Σ-weighted least-norm solution of ΔW K = Y reaches the floor exactly ...
     best = y @ torch.linalg.solve(keys.T @ torch.linalg.solve(sigma, keys), torch.linalg.solve(sigma, keys).T)
     assert torch.allclose(best @ keys, y)
-    floor = mod.least_energy(y, keys, chol)
+    floor = mod.least_energy(y, keys, torch.cholesky_solve(keys, chol))
     assert abs(floor - float(torch.trace(best @ sigma @ best.T))) < 1e-9 * floor
     # ... and any other update writing the same outputs (plus a part the keys do not see) is above it
     q, _ = torch.linalg.qr(keys, mode="complete")
@@ -108,7 +108,7 @@ def test_disturbance_floor_is_the_least_energy_update_writing_the_same_outputs()
     assert float(torch.trace(other @ sigma @ other.T)) > floor
     # a repeated key is a consistent constraint (the same output twice), not a singular failure
     twice = torch.cat([keys, keys[:, :1]], dim=1)
-    assert abs(mod.least_energy(other @ twice, twice, chol) - floor) < 1e-6 * floor
+    assert abs(mod.least_energy(other @ twice, twice, torch.cholesky_solve(twice, chol)) - floor) < 1e-6 * floor
 
     meter = _meter(mod, sigma.float(), torch.randn(4, d_ff))
     got = meter.add(_delta(other.float(), keys.float()))
