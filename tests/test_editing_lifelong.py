@@ -428,3 +428,15 @@ def test_the_published_form_is_one_preset_away():
     assert memit.memit_frobenius == 0.0 and set(PRESETS["published"]) == set(OFF)
     with pytest.raises(EditRequestError, match="unknown preset"):
         on.updated(preset="fastest")
+
+
+def test_another_method_takes_its_own_defaults_and_what_was_set():
+    """`repo.edit(method="memit")` starts from NMKE's record: MEMIT's defaults apply (published, no
+    MPES), not NMKE's, while a setting made away from NMKE's defaults carries over; the lifelong
+    labels (`memit`) read the same way."""
+    memit = EditHparams().updated(method="memit")
+    assert memit == EditHparams(method="memit") and memit.z_stop_top1 == 0
+    set_away = EditHparams(z_steps=7, z_stop_top1=3).updated(method="memit")
+    assert (set_away.z_steps, set_away.z_stop_top1) == (7, 3)
+    back = EditHparams(method="memit").updated(method="nmke")
+    assert back == EditHparams() and back.z_stop_top1 == 2

@@ -155,9 +155,11 @@ class EditHparams:
 
     def updated(self, **changes) -> EditHparams:
         """A validated copy with `changes` applied, in the record of `changes["method"]` if that
-        is given: the fields both records have carry over; a change the record has no field for
-        is refused (unknown, or not read by that method). `preset=NAME` applies a `PRESETS`
-        entry first (the fields of it this method's record has), then the other changes."""
+        is given: of the fields both records have, those set away from this record's defaults carry
+        over and the rest take the new record's defaults (`--method memit` from NMKE's defaults is
+        MEMIT's defaults, not NMKE's MPES); a change the record has no field for is refused
+        (unknown, or not read by that method). `preset=NAME` applies a `PRESETS` entry first (the
+        fields of it this method's record has), then the other changes."""
         if "preset" in changes:
             changes = dict(changes)
             preset = preset_settings(changes.pop("preset"))
@@ -169,7 +171,11 @@ class EditHparams:
         wrong = sorted(set(changes) - own)
         if wrong:
             raise EditRequestError(not_fields(wrong, name))
-        return record.from_json({**{k: v for k, v in self.to_json().items() if k in own}, **changes})
+        mine = self.to_json()
+        if record is not type(self):
+            defaults = type(self)().to_json()
+            mine = {**record().to_json(), **{k: v for k, v in mine.items() if k != "method" and v != defaults[k]}}
+        return record.from_json({**{k: v for k, v in mine.items() if k in own}, **changes})
 
     @classmethod
     def from_json(cls, d: dict) -> EditHparams:
