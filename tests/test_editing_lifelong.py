@@ -80,14 +80,15 @@ def published(method, **kw):
     return hp_for(method, **kw).updated(preset="published")
 
 
-def test_defaults_differ_from_published_only_by_mpes():
-    """NMKE's and AlphaEdit's default turns MPES on (k = 2, chosen on the dev split: docs/method.md);
-    everything else, and MEMIT (not measured), is the published form."""
+def test_defaults_differ_from_published_only_by_the_chosen_mechanisms():
+    """The defaults turn on what the dev split chose (docs/method.md): MPES (k = 2) for every method,
+    and for MEMIT ENCORE's C term (μ = 1); everything else is the published form."""
     for method in ("nmke", "alphaedit", "memit"):
         default, pub = hp_for(method).to_json(), published(method).to_json()
         changed = {k for k in default if default[k] != pub[k]}
-        assert changed == ({"z_stop_top1"} if method != "memit" else set())
-    assert hp_for("nmke").z_stop_top1 == hp_for("alphaedit").z_stop_top1 == 2
+        assert changed == ({"z_stop_top1"} if method != "memit" else {"z_stop_top1", "memit_prior"})
+    assert hp_for("nmke").z_stop_top1 == hp_for("alphaedit").z_stop_top1 == hp_for("memit").z_stop_top1 == 2
+    assert hp_for("memit").memit_prior == 1.0
 
 
 def off_for(method):
@@ -374,8 +375,8 @@ def test_memit_prior_keeps_memits_outputs_at_earlier_edits_keys(setup):
         return compute_edit(model, tok, [REQS[0]], hp, context_templates=TEMPLATES, projectors=None,
                             prior_keys_cov=cov, key_second_moment=sigma)
 
-    plain = edit(hp_for("memit"), None)
-    same(plain, edit(hp_for("memit"), prior))  # off: C is given but not read
+    plain = edit(hp_for("memit", memit_prior=0.0), None)
+    same(plain, edit(hp_for("memit", memit_prior=0.0), prior))  # off: C is given but not read
     kept = edit(hp_for("memit", memit_prior=1.0), prior)
     assert torch.equal(plain.z, kept.z)
     first, before = kept.updates[0], plain.updates[0]
@@ -393,13 +394,14 @@ def test_memit_prior_keeps_memits_outputs_at_earlier_edits_keys(setup):
 
 # -- the fields --------------------------------------------------------------------------------------------
 def test_fields_default_off_validate_and_replay_old_commits():
-    """Every option off by default but MPES (k = 2) of NMKE and AlphaEdit; a commit stored before
-    them replays off."""
+    """Every option off by default but MPES (k = 2) and MEMIT's C term (μ = 1); a commit stored
+    before them replays off."""
     hp, memit = EditHparams(), EditHparams(method="memit")
     got = {k: getattr(hp, k) for k in off_for("nmke")} | {k: getattr(memit, k) for k in ("memit_frobenius",
                                                                                        "memit_prior")}
-    assert got == {**OFF, "z_stop_top1": 2}
-    assert {k: getattr(memit, k) for k in off_for("memit")} == off_for("memit")
+    assert got == {**OFF, "z_stop_top1": 2, "memit_prior": 1.0}
+    assert {k: getattr(memit, k) for k in off_for("memit")} == {**off_for("memit"), "z_stop_top1": 2,
+                                                               "memit_prior": 1.0}
     assert {k: LEGACY[k] for k in OFF} == OFF
     assert EditHparams.from_json({"method": "nmke"}).z_weights == "current"
     for bad in (dict(z_stop_top1=-1), dict(z_stop_top1=True), dict(z_stop_top1=1.5), dict(z_norm_anchor=0),
@@ -431,12 +433,13 @@ def test_the_published_form_is_one_preset_away():
 
 
 def test_another_method_takes_its_own_defaults_and_what_was_set():
-    """`repo.edit(method="memit")` starts from NMKE's record: MEMIT's defaults apply (published, no
-    MPES), not NMKE's, while a setting made away from NMKE's defaults carries over; the lifelong
-    labels (`memit`) read the same way."""
+    """`repo.edit(method="memit")` starts from NMKE's record: MEMIT's defaults apply, not NMKE's
+    (when MEMIT's default was published and NMKE's MPES, MPES leaked into MEMIT), while a setting
+    made away from NMKE's defaults carries over; the lifelong labels (`memit`) read the same way."""
     memit = EditHparams().updated(method="memit")
-    assert memit == EditHparams(method="memit") and memit.z_stop_top1 == 0
+    assert memit == EditHparams(method="memit")
     set_away = EditHparams(z_steps=7, z_stop_top1=3).updated(method="memit")
-    assert (set_away.z_steps, set_away.z_stop_top1) == (7, 3)
-    back = EditHparams(method="memit").updated(method="nmke")
-    assert back == EditHparams() and back.z_stop_top1 == 2
+    assert (set_away.z_steps, set_away.z_stop_top1, set_away.memit_prior) == (7, 3, 1.0)
+    published_nmke = EditHparams().updated(preset="published")
+    assert published_nmke.updated(method="memit").z_stop_top1 == 0  # set away from NMKE's 2: kept
+    assert EditHparams(method="memit").updated(method="nmke") == EditHparams()

@@ -1,5 +1,7 @@
-"""MEMIT: U = (λ0 Σ + λ_F I + K Kᵀ)⁻¹ K per layer, with no null space and no memory of
-earlier edits (λ_F is ENCORE's Frobenius-norm term, 0 as published)."""
+"""MEMIT: U = (λ0 Σ + λ_F I + μ C + K Kᵀ)⁻¹ K per layer, with no null space. By default it is
+ENCORE's MEMIT (μ = 1: the earlier edits' keys C kept; MPES in Step 1), the best MEMIT on the dev
+split; `preset=published` is MEMIT as published (μ = 0, no MPES). λ_F is ENCORE's Frobenius-norm
+term, 0 by default."""
 
 from __future__ import annotations
 
@@ -31,8 +33,12 @@ class MemitHparams(EditHparams):
     memit_frobenius: float = 0.0
     #: μ, the weight of the earlier edits' keys C = Σ K Kᵀ (of the effective set) in MEMIT's solve:
     #: U = (λ0 Σ + λ_F I + μ C + KKᵀ)⁻¹ K keeps the outputs MEMIT wrote at those keys, as ENCORE's
-    #: MEMIT does (μ = 1; AlphaEdit's C term, without the projection). 0 = off, as published.
-    memit_prior: float = 0.0
+    #: MEMIT does (μ = 1; AlphaEdit's C term, without the projection). 0 = off, as published. On by
+    #: default with MPES below: ENCORE's form beat published MEMIT and MEMIT with MPES alone on
+    #: every figure on the dev split (docs/results/lifelong-countryinfo-dev-T300-B100)
+    memit_prior: float = 1.0
+    #: MPES (EditHparams.z_stop_top1) with k = 2, as NMKE and AlphaEdit: ENCORE's Step 1
+    z_stop_top1: int = 2
 
     def _check(self, bad) -> None:
         super()._check(bad)
