@@ -9,7 +9,7 @@ import torch
 
 from nmkevc.cli.app import main
 from nmkevc.facts import EditRequest
-from nmkevc.workbench.health import output_energy, state_health
+from nmkevc.workbench.health import factored_energy, norm_growth, output_energy, state_health
 from nmkevc.workbench.statistics import second_moments
 
 
@@ -87,3 +87,19 @@ def test_merge_records_the_health_of_the_merged_state(repo):
     rep = repo.merge("main", functional=False, strategy="sum")
     assert rep.health["disturbance_cumulative"] > 0
     assert repo.commit().info["health"] == rep.health
+
+
+def test_factored_figures_equal_the_dense_ones():
+    """The figures from the factors V Uᵀ (a thin history) equal those of the dense ΔW."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(12, 30, generator=g, dtype=torch.float64)
+    a = torch.randn(30, 30, generator=g, dtype=torch.float64)
+    sigma = a @ a.T / 30
+    for rank in (1, 5):
+        u = torch.randn(30, rank, generator=g, dtype=torch.float64)
+        v = torch.randn(12, rank, generator=g, dtype=torch.float64) * 0.1
+        dense = v @ u.T
+        assert abs(factored_energy(u, v, sigma) - output_energy(dense, sigma)) < 1e-9 * output_energy(dense, sigma)
+        want = float((base + dense).norm() / base.norm()) - 1
+        assert abs(norm_growth(base, u, v, None) - want) < 1e-12
+        assert norm_growth(base, u, v, dense) == want

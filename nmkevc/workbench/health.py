@@ -37,13 +37,30 @@ def output_energy(m: torch.Tensor, sigma: torch.Tensor) -> float:
     return float(((m @ sigma) * m).sum())
 
 
+def factored_energy(u: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> float:
+    """`output_energy` of M = V Uᵀ (U d_ff × R, V d_model × R) without forming M:
+    Σ (VᵀV ⊙ Uᵀ Σ U), d_ff² R products instead of d_model d_ff² (fewer while R < d_model)."""
+    u, v = u.to(sigma.dtype), v.to(sigma.dtype)
+    return float(((v.T @ v) * (u.T @ (sigma @ u))).sum())
+
+
+def norm_growth(base: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dense: torch.Tensor | None) -> float:
+    """‖W + V Uᵀ‖_F / ‖W‖_F − 1, from the factors while they are thin:
+    ‖W + V Uᵀ‖² = ‖W‖² + 2 Σ (W U ⊙ V) + Σ (VᵀV ⊙ UᵀU)."""
+    if dense is not None:
+        return float((base + dense).norm() / base.norm()) - 1.0
+    w2 = float(base.pow(2).sum())
+    grown = w2 + 2.0 * float(((base @ u) * v).sum()) + float(((v.T @ v) * (u.T @ u)).sum())
+    return (max(grown, 0.0) / w2) ** 0.5 - 1.0
+
+
 def state_health(bench: Workbench, base_id: str, commits: list[str], sigmas: Mapping[int, torch.Tensor],
                  extra: Sequence[str] = (), batch: Delta | None = None) -> dict:
     """The health figures of the state `commits` (+ stored deltas `extra`) for the layers that
     `sigmas` covers, and of `batch` (this commit's own delta) where given."""
     import torch
 
-    from ..deltas.compose import summed_out_in
+    from ..deltas.compose import stacked_factors
 
     repo, adapter = bench.repo, bench.adapter(base_id)
     weights = bench.weights(base_id)
@@ -53,16 +70,25 @@ def state_health(bench: Workbench, base_id: str, commits: list[str], sigmas: Map
         layer = entries[0][1].layer
         sigma = sigmas.get(layer)
         base = adapter.to_out_in(weights.get(name)).to(torch.float64)
-        total = summed_out_in([w for _, w in entries])  # one product, as materialisation does
-        if total is None:
-            total = torch.zeros_like(base)
-        rec = {"norm_growth": round(float((base + total).norm() / base.norm()) - 1.0, 6)}
+        # every delta since the base as V Uᵀ (float64, as materialisation sums them); formed
+        # densely only once its rank R passes d_model, where the dense products are the cheaper
+        factors = stacked_factors([w for _, w in entries])
+        if factors is None:
+            factors = (base.new_zeros(base.shape[1], 0), base.new_zeros(base.shape[0], 0))
+        u, v = factors
+        dense = v @ u.T if u.shape[1] >= base.shape[0] else None
+        rec = {"norm_growth": round(norm_growth(base, u, v, dense), 6)}
         if sigma is not None:
+            # the base's energy in Σ's own precision (float32: a 1e-6 relative error moves a
+            # disturbance by less than its recorded 6 decimals); the deltas' small energies in float64
+            scale = output_energy(base.float(), sigma.float())
             sig = sigma.to(torch.float64)
-            scale = output_energy(base, sig)
-            rec["disturbance_cumulative"] = round((output_energy(total, sig) / scale) ** 0.5, 6)
+            cumulative = output_energy(dense, sig) if dense is not None else factored_energy(u, v, sig)
+            rec["disturbance_cumulative"] = round((cumulative / scale) ** 0.5, 6)
+            mine = stacked_factors([own[name]]) if name in own else None
             if name in own:
-                rec["disturbance"] = round((output_energy(own[name].dense_out_in(), sig) / scale) ** 0.5, 6)
+                rec["disturbance"] = round(((factored_energy(*mine, sig) if mine is not None else 0.0)
+                                            / scale) ** 0.5, 6)
         layers[str(layer)] = rec
     return {**summarise(layers.values()), "layers": layers}
 
