@@ -147,6 +147,7 @@ def edit_case(repo_dir: str, n: int, method: str, stats_tokens: int, rate_second
         "mask_fraction": round(sum(x["neurons"] / x["d_ff"] for x in out.layers) / len(out.layers), 3),
         "z_steps_mean": round(sum(out.info["editor"].get("z_steps", [0])) / n, 1),
         "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
         "load_before": load0, "load_after": load_avg(),
     }
     # after the figures above (peak RSS is the edit's): the floors, at rates measured now
@@ -525,7 +526,9 @@ def write_markdown(path: Path) -> None:
 
 
 def main() -> None:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see the README on shared cores
+    from nmkevc.threads import choose_wait
+
+    choose_wait()  # before torch loads: nmkevc.threads, as the nmkevc command does
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", default="nmke,alphaedit,memit")
     ap.add_argument("--batches", default="1,10,100", help="facts per edit, one case each (issue #22: 1, 10, 100)")

@@ -174,7 +174,8 @@ def merge(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see the README on shared cores
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # not nmkevc.threads' bounded spin: every committed
+    # arm timed its edits with passive threads, and an arm's edit seconds sit beside theirs
     args = parse_args()
     if args.merge:
         merge(args)

@@ -346,7 +346,9 @@ def update(repo, results_dir: Path, docs: bool = True) -> str:
 
 
 def main() -> None:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see the README on shared cores
+    from nmkevc.threads import choose_wait
+
+    choose_wait()  # before torch loads: nmkevc.threads, as the nmkevc command does
     ap = argparse.ArgumentParser()
     ap.add_argument("--repo", default=None, help="The lifelong run's repository (its --out/repo).")
     ap.add_argument("--results", default=str(DEFAULT_RESULTS), help="The folder of its results.json.")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 
@@ -52,7 +51,9 @@ def specificity_by_batch(repo, cases: list, batch: int, commits: list[str]) -> l
 
 
 def main() -> None:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from nmkevc.threads import choose_wait
+
+    choose_wait()  # before torch loads: nmkevc.threads, as the nmkevc command does
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repo", required=True, help="The lifelong run's repository (OUT/repo).")
     ap.add_argument("--results", required=True, help="The results folder (results.json; the output goes there).")

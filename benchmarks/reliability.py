@@ -271,7 +271,9 @@ def write_doc(data: dict) -> None:
 
 
 def main() -> None:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from nmkevc.threads import choose_wait
+
+    choose_wait()  # before torch loads: nmkevc.threads, as the nmkevc command does
     ap = argparse.ArgumentParser()
     ap.add_argument("--pushers", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=50)

@@ -217,7 +217,9 @@ class SweepScript:
 def cli(sweep: SweepScript, description: str, argv: list[str] | None = None) -> None:
     """The sweep scripts' shared command line: measure one batch and merge it into --out, or
     (--markdown) only regenerate the doc's table from --out."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see the README on shared cores
+    from nmkevc.threads import choose_wait
+
+    choose_wait()  # before torch loads: nmkevc.threads, as the nmkevc command does
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--n", type=int, default=sweep.default_n, help="dev facts in the batch")
     ap.add_argument("--seed", type=int, default=0)

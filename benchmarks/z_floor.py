@@ -96,7 +96,9 @@ def first_batch_steps(repo, requests) -> tuple[list[int] | None, dict | None, st
 
 
 def main() -> None:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see the README on shared cores
+    from nmkevc.threads import choose_wait
+
+    choose_wait()  # before torch loads: nmkevc.threads, as the nmkevc command does
     ap = argparse.ArgumentParser()
     ap.add_argument("--repo", default=None, help="A lifelong run's repository (for the measured steps and z time).")
     ap.add_argument("--n", type=int, default=100, help="Facts in the batch.")

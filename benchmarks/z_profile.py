@@ -136,7 +136,9 @@ def write_markdown(path: Path) -> None:
 
 
 def main() -> None:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see the README on shared cores
+    from nmkevc.threads import choose_wait
+
+    choose_wait()  # before torch loads: nmkevc.threads, as the nmkevc command does
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--facts", type=int, default=10)
     ap.add_argument("--steps", type=int, default=5)

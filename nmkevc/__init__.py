@@ -4,8 +4,9 @@ The Python API: `Repository` (every verb the CLI has), `EditRequest` (a fact to 
 hyperparameter records (`EditHparams(method=...)` makes the record of any method; each
 method's own: `NmkeHparams`, `AlphaEditHparams`, `MemitHparams`) and the error types, every
 one an `NmkevcError`. All but the errors are imported when first used, so `import nmkevc`
-loads neither torch nor transformers; importing it changes no environment variable either (on
-shared cores, set OMP_WAIT_POLICY=PASSIVE before torch loads, as the README says).
+loads neither torch nor transformers; importing it changes no environment variable either
+(`nmkevc.threads.choose_wait()`, called before torch loads, sets how OpenMP's threads wait, as
+the `nmkevc` command does: the README says why).
 """
 
 from __future__ import annotations
