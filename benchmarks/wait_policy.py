@@ -7,7 +7,7 @@ the choice matters both ways. This measures, on the real embedded model, Step 1 
 (a fixed number of Adam steps) and NMKE's attribution for it, in a fresh process per setting
 (the runtime reads the variables when torch loads), with the cores free and with two busy
 processes beside it. It writes docs/figures/wait_policy.json; `nmkevc`'s choice
-(`nmkevc.cli.app.wait_settings`) is read from it in docs/method.md.
+(`nmkevc.threads.choose_wait`) is read from it in docs/method.md, "Threads".
 
     python benchmarks/wait_policy.py [--repeats 2] [--steps 10]
 """

@@ -79,16 +79,14 @@ def state_health(bench: Workbench, base_id: str, commits: list[str], sigmas: Map
         dense = v @ u.T if u.shape[1] >= base.shape[0] else None
         rec = {"norm_growth": round(norm_growth(base, u, v, dense), 6)}
         if sigma is not None:
-            # the base's energy in Σ's own precision (float32: a 1e-6 relative error moves a
-            # disturbance by less than its recorded 6 decimals); the deltas' small energies in float64
-            scale = output_energy(base.float(), sigma.float())
             sig = sigma.to(torch.float64)
+            scale = output_energy(base, sig)
             cumulative = output_energy(dense, sig) if dense is not None else factored_energy(u, v, sig)
             rec["disturbance_cumulative"] = round((cumulative / scale) ** 0.5, 6)
-            mine = stacked_factors([own[name]]) if name in own else None
             if name in own:
-                rec["disturbance"] = round(((factored_energy(*mine, sig) if mine is not None else 0.0)
-                                            / scale) ** 0.5, 6)
+                mine = stacked_factors([own[name]])
+                energy = 0.0 if mine is None else factored_energy(*mine, sig)
+                rec["disturbance"] = round((energy / scale) ** 0.5, 6)
         layers[str(layer)] = rec
     return {**summarise(layers.values()), "layers": layers}
 

@@ -34,11 +34,9 @@ class MemitHparams(EditHparams):
     #: μ, the weight of the earlier edits' keys C = Σ K Kᵀ (of the effective set) in MEMIT's solve:
     #: U = (λ0 Σ + λ_F I + μ C + KKᵀ)⁻¹ K keeps the outputs MEMIT wrote at those keys, as ENCORE's
     #: MEMIT does (μ = 1; AlphaEdit's C term, without the projection). 0 = off, as published. On by
-    #: default with MPES below: ENCORE's form beat published MEMIT and MEMIT with MPES alone on
-    #: every figure on the dev split (docs/results/lifelong-countryinfo-dev-T300-B100)
+    #: default (with MPES, every method's default): ENCORE's form beat published MEMIT and MEMIT with
+    #: MPES alone on every figure on the dev split (docs/results/lifelong-countryinfo-dev-T300-B100)
     memit_prior: float = 1.0
-    #: MPES (EditHparams.z_stop_top1) with k = 2, as NMKE and AlphaEdit: ENCORE's Step 1
-    z_stop_top1: int = 2
 
     def _check(self, bad) -> None:
         super()._check(bad)
