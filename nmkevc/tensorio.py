@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Union
 
@@ -54,17 +54,15 @@ class TensorSpec:
     dtype: str
     shape: tuple[int, ...]
 
-    # computed once per spec: reading a long history's deltas asks for them ~100,000 times
-    @cached_property
+    # plain properties: reading a long history's deltas asks for them ~100,000 times, and a
+    # cached_property (which takes a lock on Python 3.11) cost more than computing them
+    @property
     def itemsize(self) -> int:
         return DTYPE_CODES[dtype_name(self.dtype)][1]
 
-    @cached_property
+    @property
     def nbytes(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n * self.itemsize
+        return math.prod(self.shape) * self.itemsize
 
 
 def _header(specs: list[TensorSpec], metadata: dict[str, str] | None) -> bytes:
@@ -272,26 +270,51 @@ Part = Union[ByteRange, bytes, bytearray, memoryview, "numpy.ndarray"]
 def write_streaming(
     fd: int,
     specs: list[TensorSpec],
-    produce: Callable[[TensorSpec], Part],
+    produce: Callable[[TensorSpec], Part | Callable[[], Part]],
     metadata: dict[str, str] | None = None,
     on_tensor: Callable[[TensorSpec], None] | None = None,
+    between: Callable[[int], None] | None = None,
 ) -> None:
     """Write a safetensors file to `fd` tensor by tensor; `produce` returns each tensor's bytes
-    (or the range of a file that holds them) when asked."""
+    (or the range of a file that holds them) when asked.
+
+    A tensor whose bytes are still being computed is produced as a call that gives them: its
+    place is left open and filled after every other tensor is written (and after
+    `between(fd)`, e.g. an fsync that puts the rest on disk while the computation runs)."""
     _write_all(fd, _header(specs, metadata))
+    later = []
     for spec in specs:
         part = produce(spec)
-        if isinstance(part, ByteRange):
-            if part.nbytes != spec.nbytes:
-                raise ValueError(f"tensor {spec.name} does not match its declared dtype/shape")
-            copy_range(part, fd)
-        else:
-            view = memoryview(part).cast("B")
-            if view.nbytes != spec.nbytes:
-                raise ValueError(f"tensor {spec.name} does not match its declared dtype/shape")
-            _write_all(fd, view)
+        if callable(part):
+            later.append((spec, os.lseek(fd, 0, os.SEEK_CUR), part))
+            os.lseek(fd, spec.nbytes, os.SEEK_CUR)
+            continue
+        _write_part(fd, spec, part)
         if on_tensor is not None:
             on_tensor(spec)
+    if not later:
+        return
+    end = os.lseek(fd, 0, os.SEEK_CUR)
+    if between is not None:
+        between(fd)
+    for spec, at, part in later:
+        os.lseek(fd, at, os.SEEK_SET)
+        _write_part(fd, spec, part())
+        if on_tensor is not None:
+            on_tensor(spec)
+    os.lseek(fd, end, os.SEEK_SET)
+
+
+def _write_part(fd: int, spec: TensorSpec, part: Part) -> None:
+    if isinstance(part, ByteRange):
+        if part.nbytes != spec.nbytes:
+            raise ValueError(f"tensor {spec.name} does not match its declared dtype/shape")
+        copy_range(part, fd)
+        return
+    view = memoryview(part).cast("B")
+    if view.nbytes != spec.nbytes:
+        raise ValueError(f"tensor {spec.name} does not match its declared dtype/shape")
+    _write_all(fd, view)
 
 
 def _write_all(fd: int, data) -> None:

@@ -234,3 +234,32 @@ def test_streaming_writes_buffers_and_file_ranges_alike(tmp_path, monkeypatch, k
     assert out.read_bytes() == src.read_bytes()
     with open(tmp_path / "bad.safetensors", "wb", buffering=0) as fh, pytest.raises(ValueError):
         tensorio.write_streaming(fh.fileno(), specs, lambda s: b"\0" * (s.nbytes - 1))
+
+
+@pytest.mark.parametrize("late", [{"w"}, {"b"}, {"w", "b"}])
+def test_streaming_fills_a_late_tensor_in_its_place(tmp_path, late):
+    # a tensor produced as a call is written after the rest (and after `between`), in its
+    # own place: the same file as written in order, every tensor reported once
+    t, src = _two_tensor_file(tmp_path)
+    with open(src, "rb") as fh:
+        layout = tensorio.read_layout(fh)
+    specs = [layout.tensors[n][0] for n in sorted(t)]
+    seen, flushed = [], []
+
+    def produce(s):
+        buf = tensorio.tensor_buffer(t[s.name])
+
+        def part():
+            assert flushed, "a late tensor was asked for before `between` ran"
+            return buf
+
+        return part if s.name in late else buf
+
+    out = tmp_path / "out.safetensors"
+    with open(out, "wb", buffering=0) as fh:
+        tensorio.write_streaming(fh.fileno(), specs, produce, metadata={"format": "pt"},
+                                 on_tensor=lambda s: seen.append(s.name),
+                                 between=lambda fd: flushed.append(os.fstat(fd).st_size))
+    assert out.read_bytes() == src.read_bytes()
+    assert sorted(seen) == sorted(t) and seen[-len(late):] == [s.name for s in specs if s.name in late]
+    assert len(flushed) == 1

@@ -30,8 +30,11 @@ NUMPY_EXACT_CASTS = ("float32", "float64")
 def stacked_arrays(deltas: Sequence) -> tuple[numpy.ndarray, numpy.ndarray] | None:
     """(U_full d_ff × R, V_full d_model × R) float64 arrays so that Σ ΔW = V_full U_fullᵀ.
 
-    Delta i owns columns [c_i, c_i + r_i) of both; its U goes to rows idx_i: a row-indexed
-    block store per delta, converting to float64 (exactly) on the way."""
+    Delta i owns columns [c_i, c_i + r_i) of both; its U goes to rows idx_i, converting to
+    float64 (exactly) on the way. Both are stored rank-major (U_full is the transpose of an
+    R × d_ff array): a delta's block is then r_i whole rows of memory, where a d_ff × R array
+    would take a page per neuron per delta (a 1000-delta sum spent as long filling U_full
+    as multiplying it)."""
     import numpy as np
 
     deltas = [d for d in deltas if d.idx.shape[0] and d.rank]
@@ -39,14 +42,14 @@ def stacked_arrays(deltas: Sequence) -> tuple[numpy.ndarray, numpy.ndarray] | No
         return None
     d_ff, d_model = deltas[0].d_ff, deltas[0].d_model
     total_r = sum(d.rank for d in deltas)
-    u = np.zeros((d_ff, total_r), dtype=np.float64)
-    v = np.empty((d_model, total_r), dtype=np.float64)
-    col = 0
+    u_t = np.zeros((total_r, d_ff), dtype=np.float64)
+    v_t = np.empty((total_r, d_model), dtype=np.float64)
+    row = 0
     for d in deltas:
-        u[_array(d.idx), col : col + d.rank] = _array(d.U)
-        v[:, col : col + d.rank] = _array(d.V)
-        col += d.rank
-    return u, v
+        u_t[row : row + d.rank, _array(d.idx)] = _array(d.U).T
+        v_t[row : row + d.rank] = _array(d.V).T
+        row += d.rank
+    return u_t.T, v_t.T
 
 
 def _array(t):

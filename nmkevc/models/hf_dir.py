@@ -45,12 +45,13 @@ def check_export_target(out: Path) -> None:
 def write_model_files(
     weights: BaseWeights,
     directory: Path,
-    produce: Callable[[TensorSpec], Part],
+    produce: Callable[[TensorSpec], Part | Callable[[], Part]],
     provenance: dict,
     progress: Callable[[int, int], None] | None = None,
 ) -> int:
-    """Write every tensor of `weights` as `produce` gives it (its bytes, or the range of a file
-    to copy them from), the base's config, tokenizer and index files, and the provenance into
+    """Write every tensor of `weights` as `produce` gives it (its bytes, the range of a file
+    to copy them from, or a call that computes them: written last, once the rest of its file
+    is on disk), the base's config, tokenizer and index files, and the provenance into
     `directory`, each file fsynced; returns the bytes of weights written."""
     directory = Path(directory)
     model_dir = weights.model_dir
@@ -66,7 +67,8 @@ def write_model_files(
     for fname, names in sorted(weights.files().items()):
         specs = [weights.spec(n) for n in names]
         with open(directory / fname, "wb", buffering=0) as fh:
-            write_streaming(fh.fileno(), specs, produce, metadata={"format": "pt"}, on_tensor=tick)
+            write_streaming(fh.fileno(), specs, produce, metadata={"format": "pt"}, on_tensor=tick,
+                            between=os.fsync)
             os.fsync(fh.fileno())
         written += (directory / fname).stat().st_size
     copies = [model_dir / name for name in AUX_FILES if (model_dir / name).is_file()]

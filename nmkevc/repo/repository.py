@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 
 Progress = Callable[[int, int], None] | None
 DELTA_CACHE_SIZE = 4096
+#: deltas from which `factor_plan` reads on several threads (a short history is read too soon to split)
+PARALLEL_READS = 32
 
 
 class Repo:
@@ -289,9 +291,17 @@ class Repo:
     def factor_plan(self, commits: list[str], extra: Sequence[str] = ()) -> dict[str, list[Factors]]:
         """weight name → its deltas' factors in canonical order (`plan_of` for sums only, read
         by `factors`: no torch, no keys)."""
+        ids = self.delta_ids(commits, extra)
+        if len(ids) < PARALLEL_READS:
+            read = map(self.factors, ids)
+        else:  # reading, decompressing and hashing release the GIL: a long history's read splits
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+                read = list(pool.map(self.factors, ids))
         out: dict[str, list[Factors]] = {}
-        for did in self.delta_ids(commits, extra):
-            for w in self.factors(did):
+        for factors in read:
+            for w in factors:
                 out.setdefault(w.name, []).append(w)
         return out
 

@@ -33,16 +33,25 @@ class ExportReport:
 
 
 def write(job: ExportJob, tmp: Path) -> ExportReport:
+    from concurrent.futures import ThreadPoolExecutor
+
     bench = job.bench
     weights = bench.weights(job.base)
-    edited = {weights.resolve(name): buf for name, buf in
-              bench.materialised_buffers(job.base, job.provenance["effective_set"], weights).items()}
+    names, compute = bench.pending_buffers(job.base, job.provenance["effective_set"], weights)
+    edited = {weights.resolve(name): name for name in names}
+    # the sums run on another thread (numpy and the file copies release the GIL) while the
+    # untouched tensors are copied and flushed; the edited ones fill their places last
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        buffers = pool.submit(compute)
 
-    def produce(spec: TensorSpec):
-        buf = edited.get(spec.name)
-        return weights.byte_range(spec.name) if buf is None else buf
+        def produce(spec: TensorSpec):
+            name = edited.get(spec.name)
+            if name is None:
+                return weights.byte_range(spec.name)
+            return lambda: buffers.result()[name]
 
-    written = write_model_files(weights, tmp, produce, job.provenance, job.progress)
+        written = write_model_files(weights, tmp, produce, job.provenance, job.progress)
+        buffers.result()  # its error, had it one, even if no file holds an edited tensor
     card.write(job, tmp, "transformers", "a full model directory (Hugging Face format)")
     return ExportReport(job.commit, str(job.target), len(weights.specs()), len(edited), written)
 
