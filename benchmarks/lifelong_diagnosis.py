@@ -133,9 +133,13 @@ class Disturbance:
         self.sigma, _ = second_moments(bench, commit.base, layers, bench.corpus(), int(corpus.get("tokens", 0)))
         weights = bench.weights(commit.base)
         self.scale = {}
+        #: per layer, the base weight's Frobenius norm and largest singular value (`spectrum`)
+        self.base_size: dict[int, tuple[float, float]] = {}
         for layer, sig in self.sigma.items():
             w = self.adapter.to_out_in(weights.get(self.adapter.weight_name(layer)).float())
             self.scale[layer] = output_energy(w, sig)
+            w = w.double()
+            self.base_size[layer] = (float(torch.linalg.norm(w)), float(torch.linalg.svdvals(w)[0]))
         self.chol = {layer: torch.linalg.cholesky(sig.double()) for layer, sig in self.sigma.items()}
         self.total: dict[int, object] = {}
         #: every batch's keys so far and Σ⁻¹ times them, per layer (d_ff × n each): each batch's
@@ -173,6 +177,22 @@ class Disturbance:
                 out.append((least_energy(y, keys, solved) / self.scale[w.layer]) ** 0.5)
         return {"disturbance": _mean(own), "disturbance_cumulative": _mean(cum),
                 "disturbance_floor": _mean(own_floor), "disturbance_floor_cumulative": _mean(cum_floor)}
+
+
+    def spectrum(self) -> dict:
+        """The cumulative update against the base weight, per layer: ‖ΔW‖_F / ‖W‖_F, σ₁(ΔW) / σ₁(W),
+        and how many singular values of ΔW exceed σ₁(W), the ones PRUNE's restraint shrinks (a
+        few large ones: a spiky update PRUNE would tame; none: a flat one it leaves as it is)."""
+        import torch
+
+        out = {}
+        for layer, total in sorted(self.total.items()):
+            norm, top = self.base_size[layer]
+            s = torch.linalg.svdvals(total.double())
+            out[str(layer)] = {"norm_growth": round(float(s.square().sum().sqrt()) / norm, 4),
+                               "top_ratio": round(float(s[0]) / top, 4), "above": int((s > top).sum()),
+                               "of": int(s.numel())}
+        return out
 
 
 def least_energy(y, keys, solved) -> float:
@@ -216,7 +236,8 @@ def diagnose(repo, results: dict) -> dict:
         for k in ("efficacy_at_commit", "z_reached", "z_at_clamp", "residual_unwritten", "residual_left_failed",
                   "residual_left_held", "written_fraction_mean", "mask_fraction_mean"):
             totals[k] = _mean([b[k] for b in batches])
-        out[method] = {"batches": batches, "totals": totals, "nullspace": nullspace}
+        out[method] = {"batches": batches, "totals": totals, "nullspace": nullspace,
+                       "spectrum": meter.spectrum() if meter is not None else None}
     return out
 
 
@@ -258,6 +279,14 @@ def markdown(data: dict, results: dict | None, link_dir: str) -> str:
         whose = f"{methods[0]}'s" if len(methods) == 1 else f"The null space of {', '.join(methods)}"
         lines += ["", f"{whose}{' null space' if len(methods) == 1 else ''} (the directions the projector "
                   f"keeps, and the share of the preserved keys' energy, trace Σ, they carry): {parts}."]
+    grown = [(method, entry["spectrum"], entry["batches"][-1]["edits"]) for method, entry in data["methods"].items()
+             if entry.get("spectrum")]
+    if grown:
+        lines += ["", "The sum of all deltas at the last T against the base weight, per edited layer: ‖ΔW‖_F / ‖W‖_F, "
+                  "σ₁(ΔW) / σ₁(W), and the singular values of ΔW above σ₁(W) (those PRUNE's restraint shrinks):", ""]
+        lines += [f"- {method} (T = {t}): " + "; ".join(
+            f"layer {k} {v['norm_growth']:.2f}, {v['top_ratio']:.2f}, {v['above']}/{v['of']}" for k, v in spec.items())
+            for method, spec, t in grown]
     lines += ["", "Per batch (T = edits after the batch; written fraction = mean over the edited layers; "
               "disturbance = the relative RMS change of an edited layer's output on generic text, "
               "sqrt(tr(ΔW Σ ΔWᵀ) / tr(W Σ Wᵀ)) with Σ the base's key second moment on the statistics "

@@ -117,3 +117,21 @@ def test_disturbance_floor_is_the_least_energy_update_writing_the_same_outputs()
     got = meter.add(_delta(best.float(), keys.float()))  # the least-energy update: at its floor
     assert got["disturbance_floor"] == pytest.approx(got["disturbance"], abs=2e-4)
     assert got["disturbance_floor_cumulative"] <= got["disturbance_cumulative"] + 1e-4
+
+
+def test_spectrum_counts_the_singular_values_prune_would_shrink():
+    import torch
+
+    mod = _module()
+    torch.manual_seed(2)
+    w = torch.randn(4, 6, dtype=torch.float64)
+    meter = _meter(mod, torch.eye(6), w.float())
+    meter.base_size = {3: (float(torch.linalg.norm(w)), float(torch.linalg.svdvals(w)[0]))}
+    q_out, _ = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64))
+    q_in, _ = torch.linalg.qr(torch.randn(6, 4, dtype=torch.float64))
+    top = meter.base_size[3][1]
+    sv = torch.tensor([3 * top, 2 * top, 0.5 * top, 0.1 * top], dtype=torch.float64)
+    meter.add(_delta((q_out * sv) @ q_in.T))  # two singular values above W's largest
+    got = meter.spectrum()["3"]
+    assert got["above"] == 2 and got["of"] == 4 and got["top_ratio"] == pytest.approx(3.0, abs=1e-3)
+    assert got["norm_growth"] == pytest.approx(float(sv.norm()) / meter.base_size[3][0], abs=1e-3)
