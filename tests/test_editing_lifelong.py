@@ -69,7 +69,8 @@ def stats(method, sigma, proj):
 
 def hp_for(method, **kw):
     """The method's record on the tiny model: the shared settings its record has, then `kw`."""
-    extra = {"memit_lambda0": 0.05} if method == "memit" else {}  # λ0 on the tiny model's Σ scale
+    # λ0 and λ_F on the tiny model's Σ scale (their default ratio, 10 : 1000)
+    extra = {"memit_lambda0": 0.05, "memit_frobenius": 0.0005} if method == "memit" else {}
     own = field_names(record_of(method))
     shared = {k: v for k, v in {**TINY, **extra}.items() if k in own}
     return EditHparams(method=method, layers=LAYERS, **{**shared, **kw})
@@ -82,13 +83,14 @@ def published(method, **kw):
 
 def test_defaults_differ_from_published_only_by_the_chosen_mechanisms():
     """The defaults turn on what the dev split chose (docs/method.md): MPES (k = 2) for every method,
-    and for MEMIT ENCORE's C term (μ = 1); everything else is the published form."""
+    and for MEMIT ENCORE's C term (μ = 1) and Frobenius term (λ_F = 10); everything else is the
+    published form."""
     for method in ("nmke", "alphaedit", "memit"):
         default, pub = hp_for(method).to_json(), published(method).to_json()
         changed = {k for k in default if default[k] != pub[k]}
-        assert changed == ({"z_stop_top1"} if method != "memit" else {"z_stop_top1", "memit_prior"})
+        assert changed == ({"z_stop_top1"} if method != "memit" else {"z_stop_top1", "memit_prior", "memit_frobenius"})
     assert hp_for("nmke").z_stop_top1 == hp_for("alphaedit").z_stop_top1 == hp_for("memit").z_stop_top1 == 2
-    assert hp_for("memit").memit_prior == 1.0
+    assert EditHparams(method="memit").memit_prior == 1.0 and EditHparams(method="memit").memit_frobenius == 10.0
 
 
 def off_for(method):
@@ -350,7 +352,7 @@ def test_memit_frobenius_is_a_ridge_on_memits_solve(setup):
     λ I is this term)."""
     _, model, tok, _, sigma, proj = setup
     lam_f = 0.5
-    plain = run(model, tok, hp_for("memit"), sigma, proj)
+    plain = run(model, tok, hp_for("memit", memit_frobenius=0.0), sigma, proj)
     frob = run(model, tok, hp_for("memit", memit_frobenius=lam_f), sigma, proj)
     assert torch.equal(plain.z, frob.z)
     first = frob.updates[0]
@@ -365,7 +367,7 @@ def test_memit_frobenius_is_a_ridge_on_memits_solve(setup):
 
 
 def test_memit_prior_keeps_memits_outputs_at_earlier_edits_keys(setup):
-    """ENCORE's C term: U = (λ0 Σ + μ C + K Kᵀ)⁻¹ K; with μ = 0 (as published) a given C is not
+    """ENCORE's C term: U = (λ0 Σ + λ_F I + μ C + K Kᵀ)⁻¹ K; with μ = 0 (as published) a given C is not
     read at all, and with it on the update moves the earlier edit's keys less."""
     _, model, tok, _, sigma, proj = setup
     earlier = run(model, tok, hp_for("memit"), sigma, proj, reqs=[REQS[1]])
@@ -381,7 +383,8 @@ def test_memit_prior_keeps_memits_outputs_at_earlier_edits_keys(setup):
     assert torch.equal(plain.z, kept.z)
     first, before = kept.updates[0], plain.updates[0]
     k, c = first.keys.double(), prior[first.layer]
-    a = 0.05 * sigma[first.layer].double() + c + k @ k.T
+    lam_f = hp_for("memit").memit_frobenius  # the default λ_F term, on the tiny model's scale
+    a = 0.05 * sigma[first.layer].double() + lam_f * torch.eye(k.shape[0], dtype=torch.float64) + c + k @ k.T
     torch.testing.assert_close(first.U.double(), torch.linalg.solve(a, k), rtol=1e-4, atol=1e-7)
     assert first.info["prior"] == 1.0 and "prior" not in before.info
     old_keys = earlier.updates[0].keys.double()
@@ -394,14 +397,14 @@ def test_memit_prior_keeps_memits_outputs_at_earlier_edits_keys(setup):
 
 # -- the fields --------------------------------------------------------------------------------------------
 def test_fields_default_off_validate_and_replay_old_commits():
-    """Every option off by default but MPES (k = 2) and MEMIT's C term (μ = 1); a commit stored
-    before them replays off."""
+    """Every option off by default but MPES (k = 2) and MEMIT's ENCORE terms (μ = 1, λ_F = 10); a
+    commit stored before them replays off."""
     hp, memit = EditHparams(), EditHparams(method="memit")
     got = {k: getattr(hp, k) for k in off_for("nmke")} | {k: getattr(memit, k) for k in ("memit_frobenius",
                                                                                        "memit_prior")}
-    assert got == {**OFF, "z_stop_top1": 2, "memit_prior": 1.0}
+    assert got == {**OFF, "z_stop_top1": 2, "memit_prior": 1.0, "memit_frobenius": 10.0}
     assert {k: getattr(memit, k) for k in off_for("memit")} == {**off_for("memit"), "z_stop_top1": 2,
-                                                               "memit_prior": 1.0}
+                                                               "memit_prior": 1.0, "memit_frobenius": 10.0}
     assert {k: LEGACY[k] for k in OFF} == OFF
     assert EditHparams.from_json({"method": "nmke"}).z_weights == "current"
     for bad in (dict(z_stop_top1=-1), dict(z_stop_top1=True), dict(z_stop_top1=1.5), dict(z_norm_anchor=0),

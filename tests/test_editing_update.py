@@ -116,7 +116,7 @@ def test_alphaedit_is_nmke_with_a_full_mask(setup):
 
 def test_memit_formula_ignores_projector_and_prior(setup):
     model, tok, sigma, proj = setup
-    hp = EditHparams(method="memit", layers=[2], memit_lambda0=2.0, memit_prior=0.0,  # as published
+    hp = EditHparams(method="memit", layers=[2], memit_lambda0=2.0, memit_prior=0.0, memit_frobenius=0.0,  # published
                      **{k: v for k, v in FAST.items() if not k.startswith("ridge")})  # MEMIT has no ridge
     junk = {2: torch.eye(sigma[2].shape[0]) * 7}
     a = solve(model, tok, REQS, hp, proj, prior=junk, sigma=sigma).updates[0]
