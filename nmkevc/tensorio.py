@@ -270,39 +270,30 @@ Part = Union[ByteRange, bytes, bytearray, memoryview, "numpy.ndarray"]
 def write_streaming(
     fd: int,
     specs: list[TensorSpec],
-    produce: Callable[[TensorSpec], Part | Callable[[], Part]],
+    produce: Callable[[TensorSpec], Part],
     metadata: dict[str, str] | None = None,
     on_tensor: Callable[[TensorSpec], None] | None = None,
-    between: Callable[[int], None] | None = None,
 ) -> None:
     """Write a safetensors file to `fd` tensor by tensor; `produce` returns each tensor's bytes
-    (or the range of a file that holds them) when asked.
-
-    A tensor whose bytes are still being computed is produced as a call that gives them: its
-    place is left open and filled after every other tensor is written (and after
-    `between(fd)`, e.g. an fsync that puts the rest on disk while the computation runs)."""
+    (or the range of a file that holds them) when asked."""
     _write_all(fd, _header(specs, metadata))
-    later = []
     for spec in specs:
-        part = produce(spec)
-        if callable(part):
-            later.append((spec, os.lseek(fd, 0, os.SEEK_CUR), part))
-            os.lseek(fd, spec.nbytes, os.SEEK_CUR)
-            continue
-        _write_part(fd, spec, part)
+        _write_part(fd, spec, produce(spec))
         if on_tensor is not None:
             on_tensor(spec)
-    if not later:
-        return
-    end = os.lseek(fd, 0, os.SEEK_CUR)
-    if between is not None:
-        between(fd)
-    for spec, at, part in later:
-        os.lseek(fd, at, os.SEEK_SET)
-        _write_part(fd, spec, part())
-        if on_tensor is not None:
-            on_tensor(spec)
-    os.lseek(fd, end, os.SEEK_SET)
+
+
+def overwrite_tensors(fh: BinaryIO, parts: dict[str, Part]) -> None:
+    """Write each named tensor's bytes over its place in the safetensors file open (read and
+    write, unbuffered) as `fh`: an export copies a base's file whole while its edited tensors
+    are computed, then puts them in."""
+    layout = read_layout(fh)
+    for name, part in parts.items():
+        if name not in layout.tensors:
+            raise ValueError(f"the file has no tensor {name!r}")
+        spec, offset = layout.tensors[name]
+        os.lseek(fh.fileno(), offset, os.SEEK_SET)
+        _write_part(fh.fileno(), spec, part)
 
 
 def _write_part(fd: int, spec: TensorSpec, part: Part) -> None:

@@ -237,29 +237,19 @@ def test_streaming_writes_buffers_and_file_ranges_alike(tmp_path, monkeypatch, k
 
 
 @pytest.mark.parametrize("late", [{"w"}, {"b"}, {"w", "b"}])
-def test_streaming_fills_a_late_tensor_in_its_place(tmp_path, late):
-    # a tensor produced as a call is written after the rest (and after `between`), in its
-    # own place: the same file as written in order, every tensor reported once
+def test_overwriting_a_tensor_in_place_gives_the_file_written_with_it(tmp_path, late):
+    # an export copies the base's file whole, then writes the edited tensors over their places:
+    # the same bytes as writing them in order; a wrong size or an unknown name is refused
     t, src = _two_tensor_file(tmp_path)
-    with open(src, "rb") as fh:
-        layout = tensorio.read_layout(fh)
-    specs = [layout.tensors[n][0] for n in sorted(t)]
-    seen, flushed = [], []
-
-    def produce(s):
-        buf = tensorio.tensor_buffer(t[s.name])
-
-        def part():
-            assert flushed, "a late tensor was asked for before `between` ran"
-            return buf
-
-        return part if s.name in late else buf
-
+    edited = {n: (v + 1 if v.dtype == torch.float32 else v * 2) for n, v in t.items()}
+    want = tmp_path / "want.safetensors"
+    want.write_bytes(tensorio.dumps({n: edited[n] if n in late else v for n, v in t.items()}, {"format": "pt"}))
     out = tmp_path / "out.safetensors"
-    with open(out, "wb", buffering=0) as fh:
-        tensorio.write_streaming(fh.fileno(), specs, produce, metadata={"format": "pt"},
-                                 on_tensor=lambda s: seen.append(s.name),
-                                 between=lambda fd: flushed.append(os.fstat(fd).st_size))
-    assert out.read_bytes() == src.read_bytes()
-    assert sorted(seen) == sorted(t) and seen[-len(late):] == [s.name for s in specs if s.name in late]
-    assert len(flushed) == 1
+    out.write_bytes(src.read_bytes())
+    with open(out, "r+b", buffering=0) as fh:
+        tensorio.overwrite_tensors(fh, {n: tensorio.tensor_buffer(edited[n]) for n in late})
+    assert out.read_bytes() == want.read_bytes()
+    with open(out, "r+b", buffering=0) as fh, pytest.raises(ValueError, match="does not match"):
+        tensorio.overwrite_tensors(fh, {"w": b"\0" * 4})
+    with open(out, "r+b", buffering=0) as fh, pytest.raises(ValueError, match="no tensor"):
+        tensorio.overwrite_tensors(fh, {"nope": b""})

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import NmkevcError
-from ..tensorio import Part, TensorSpec, write_streaming
+from ..tensorio import Part, TensorSpec, overwrite_tensors, write_streaming
 from .weights import AUX_FILES, BaseWeights
 
 #: The file beside the weights that says where they came from.
@@ -45,14 +45,18 @@ def check_export_target(out: Path) -> None:
 def write_model_files(
     weights: BaseWeights,
     directory: Path,
-    produce: Callable[[TensorSpec], Part | Callable[[], Part]],
+    produce: Callable[[TensorSpec], Part],
     provenance: dict,
     progress: Callable[[int, int], None] | None = None,
+    late: Callable[[], dict[str, Part]] | None = None,
 ) -> int:
-    """Write every tensor of `weights` as `produce` gives it (its bytes, the range of a file
-    to copy them from, or a call that computes them: written last, once the rest of its file
-    is on disk), the base's config, tokenizer and index files, and the provenance into
-    `directory`, each file fsynced; returns the bytes of weights written."""
+    """Write every tensor of `weights` as `produce` gives it (its bytes, or the range of a file
+    to copy them from), the base's config, tokenizer and index files, and the provenance into
+    `directory`, each file fsynced; returns the bytes of weights written.
+
+    `late` gives {tensor name: bytes} of tensors computed meanwhile (an export's edited weights,
+    on another thread): they are written over their places once everything else is on disk, and
+    their files fsynced again, so copying and flushing the rest overlaps the computation."""
     directory = Path(directory)
     model_dir = weights.model_dir
     total = len(weights.specs())
@@ -67,8 +71,7 @@ def write_model_files(
     for fname, names in sorted(weights.files().items()):
         specs = [weights.spec(n) for n in names]
         with open(directory / fname, "wb", buffering=0) as fh:
-            write_streaming(fh.fileno(), specs, produce, metadata={"format": "pt"}, on_tensor=tick,
-                            between=os.fsync)
+            write_streaming(fh.fileno(), specs, produce, metadata={"format": "pt"}, on_tensor=tick)
             os.fsync(fh.fileno())
         written += (directory / fname).stat().st_size
     copies = [model_dir / name for name in AUX_FILES if (model_dir / name).is_file()]
@@ -82,6 +85,14 @@ def write_model_files(
         fh.write((json.dumps(provenance, indent=2) + "\n").encode("utf-8"))
         fh.flush()
         os.fsync(fh.fileno())
+    if late is not None:
+        parts = late()
+        for fname, names in sorted(weights.files().items()):
+            mine = {n: parts[n] for n in names if n in parts}
+            if mine:
+                with open(directory / fname, "r+b", buffering=0) as fh:
+                    overwrite_tensors(fh, mine)
+                    os.fsync(fh.fileno())
     return written
 
 

@@ -210,9 +210,8 @@ class Workbench:
                     extra: Sequence[str] = ()) -> dict[str, torch.Tensor]:
         return mat.materialise(self.repo, base_id, commits, weights, extra)
 
-    def pending_buffers(self, base_id: str, commits: list[str], weights: BaseWeights,
-                        ) -> tuple[list[str], Callable[[], dict[str, object]]]:
-        return mat.pending_buffers(self.repo, base_id, commits, weights)
+    def materialised_buffers(self, base_id: str, commits: list[str], weights: BaseWeights) -> dict[str, object]:
+        return mat.materialised_buffers(self.repo, base_id, commits, weights)
 
     def keep_live_state(self, cid: str) -> bool:
         """Put the live model's edited weights into the materialised cache when it holds cid's

@@ -7,7 +7,7 @@ cached one back, without loading torch at all.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import NmkevcError
@@ -33,32 +33,24 @@ def materialise(repo: Repo, base_id: str, commits: list[str], weights: BaseWeigh
     return _compute_state(repo, key, commits, weights, extra)
 
 
-def pending_buffers(repo: Repo, base_id: str, commits: list[str], weights: BaseWeights,
-                    ) -> tuple[list[str], Callable[[], dict[str, object]]]:
-    """The names of the weights a state edits (its deltas read), and a call that gives
-    {weight name: its bytes} of `materialise`, computed or read back without loading torch
-    (for a base numpy casts exactly, `NUMPY_EXACT_CASTS`). An export starts at once, and
-    writes the untouched tensors (and puts them on disk) while another thread computes."""
+def materialised_buffers(repo: Repo, base_id: str, commits: list[str], weights: BaseWeights) -> dict[str, object]:
+    """{weight name: its bytes} of `materialise`, computed or read back without loading torch
+    (for a base numpy casts exactly, `NUMPY_EXACT_CASTS`): an export starts at once."""
     from ..deltas.compose import NUMPY_EXACT_CASTS, apply_array, apply_to_weight
 
     key = repo.state_key(base_id, commits)
     cached = _cached_state(repo, key, weights)
     if cached is not None:
-        return sorted(cached), lambda: {name: buf for name, (_, buf) in cached.items()}
-    plan = repo.factor_plan(commits)
-
-    def compute() -> dict[str, object]:
-        out = {}
-        for name, factors in sorted(plan.items()):
-            if weights.spec(name).dtype in NUMPY_EXACT_CASTS:
-                out[name] = apply_array(weights.array(name), factors)
-            else:
-                out[name] = apply_to_weight(weights.get(name), factors)
-        if is_long(repo, commits):
-            repo.materialised.put(key, out)
-        return {name: tensor_buffer(t) for name, t in out.items()}
-
-    return sorted(plan), compute
+        return {name: buf for name, (_, buf) in cached.items()}
+    out = {}
+    for name, factors in sorted(repo.factor_plan(commits).items()):
+        if weights.spec(name).dtype in NUMPY_EXACT_CASTS:
+            out[name] = apply_array(weights.array(name), factors)
+        else:
+            out[name] = apply_to_weight(weights.get(name), factors)
+    if is_long(repo, commits):
+        repo.materialised.put(key, out)
+    return {name: tensor_buffer(t) for name, t in out.items()}
 
 
 def is_long(repo: Repo, commits: list[str], extra: Sequence[str] = ()) -> bool:

@@ -1,8 +1,9 @@
 """`export --format hf`: the model at a commit as a standard Hugging Face directory.
 
-Untouched tensors are copied file to file from the base (no tensor is built for them);
+The base's files are copied file to file (no tensor is built for the untouched ones);
 only edited weights are computed, or read from the materialised cache, which needs no
-torch at all. The directory layout is the model layer's (models.hf_dir).
+torch at all, on another thread while the copy runs, and written over their places last.
+The directory layout is the model layer's (models.hf_dir).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ...models.hf_dir import write_model_files
-from ...tensorio import TensorSpec
 from ...units import human_bytes
 from . import ExportFormat, ExportJob, card, register
 
@@ -37,23 +37,20 @@ def write(job: ExportJob, tmp: Path) -> ExportReport:
 
     bench = job.bench
     weights = bench.weights(job.base)
-    names, compute = bench.pending_buffers(job.base, job.provenance["effective_set"], weights)
-    edited = {weights.resolve(name): name for name in names}
-    # the sums run on another thread (numpy and the file copies release the GIL) while the
-    # untouched tensors are copied and flushed; the edited ones fill their places last
+    # the edited weights are read and summed on another thread (file reads, decompression,
+    # hashing and numpy release the GIL) while the base's files are copied whole and flushed;
+    # they are written over their places last
     with ThreadPoolExecutor(max_workers=1) as pool:
-        buffers = pool.submit(compute)
+        pending = pool.submit(bench.materialised_buffers, job.base, job.provenance["effective_set"], weights)
 
-        def produce(spec: TensorSpec):
-            name = edited.get(spec.name)
-            if name is None:
-                return weights.byte_range(spec.name)
-            return lambda: buffers.result()[name]
+        def edited() -> dict:
+            return {weights.resolve(name): buf for name, buf in pending.result().items()}
 
-        written = write_model_files(weights, tmp, produce, job.provenance, job.progress)
-        buffers.result()  # its error, had it one, even if no file holds an edited tensor
+        written = write_model_files(weights, tmp, lambda spec: weights.byte_range(spec.name), job.provenance,
+                                    job.progress, late=edited)
+        count = len(pending.result())
     card.write(job, tmp, "transformers", "a full model directory (Hugging Face format)")
-    return ExportReport(job.commit, str(job.target), len(weights.specs()), len(edited), written)
+    return ExportReport(job.commit, str(job.target), len(weights.specs()), count, written)
 
 
 register(ExportFormat("hf", "the whole model as a Hugging Face directory", {}, write))
