@@ -180,16 +180,17 @@ class Disturbance:
 
 
     def spectrum(self) -> dict:
-        """The cumulative update against the base weight, per layer: ‖ΔW‖_F / ‖W‖_F, σ₁(ΔW) / σ₁(W),
-        and how many singular values of ΔW exceed σ₁(W), the ones PRUNE's restraint shrinks (a
-        few large ones: a spiky update PRUNE would tame; none: a flat one it leaves as it is)."""
+        """The cumulative update against the base weight, per layer: its relative size ‖ΔW‖_F / ‖W‖_F
+        (not the health figure ‖W + ΔW‖_F / ‖W‖_F − 1), σ₁(ΔW) / σ₁(W), and how many singular
+        values of ΔW exceed σ₁(W), the ones PRUNE's restraint shrinks (a few large ones: a spiky
+        update PRUNE would tame; none: a flat one it leaves as it is)."""
         import torch
 
         out = {}
         for layer, total in sorted(self.total.items()):
             norm, top = self.base_size[layer]
             s = torch.linalg.svdvals(total.double())
-            out[str(layer)] = {"norm_growth": round(float(s.square().sum().sqrt()) / norm, 4),
+            out[str(layer)] = {"size": round(float(s.square().sum().sqrt()) / norm, 4),
                                "top_ratio": round(float(s[0]) / top, 4), "above": int((s > top).sum()),
                                "of": int(s.numel())}
         return out
@@ -282,10 +283,11 @@ def markdown(data: dict, results: dict | None, link_dir: str) -> str:
     grown = [(method, entry["spectrum"], entry["batches"][-1]["edits"]) for method, entry in data["methods"].items()
              if entry.get("spectrum")]
     if grown:
-        lines += ["", "The sum of all deltas at the last T against the base weight, per edited layer: ‖ΔW‖_F / ‖W‖_F, "
-                  "σ₁(ΔW) / σ₁(W), and the singular values of ΔW above σ₁(W) (those PRUNE's restraint shrinks):", ""]
+        lines += ["", "The sum of all deltas at the last T against the base weight, per edited layer: its "
+                  "relative size ‖ΔW‖_F / ‖W‖_F, σ₁(ΔW) / σ₁(W), and the singular values of ΔW above σ₁(W) "
+                  "(those PRUNE's restraint shrinks):", ""]
         lines += [f"- {method} (T = {t}): " + "; ".join(
-            f"layer {k} {v['norm_growth']:.2f}, {v['top_ratio']:.2f}, {v['above']}/{v['of']}" for k, v in spec.items())
+            f"layer {k} {v['size']:.2f}, {v['top_ratio']:.2f}, {v['above']}/{v['of']}" for k, v in spec.items())
             for method, spec, t in grown]
     lines += ["", "Per batch (T = edits after the batch; written fraction = mean over the edited layers; "
               "disturbance = the relative RMS change of an edited layer's output on generic text, "

@@ -134,4 +134,4 @@ def test_spectrum_counts_the_singular_values_prune_would_shrink():
     meter.add(_delta((q_out * sv) @ q_in.T))  # two singular values above W's largest
     got = meter.spectrum()["3"]
     assert got["above"] == 2 and got["of"] == 4 and got["top_ratio"] == pytest.approx(3.0, abs=1e-3)
-    assert got["norm_growth"] == pytest.approx(float(sv.norm()) / meter.base_size[3][0], abs=1e-3)
+    assert got["size"] == pytest.approx(float(sv.norm()) / meter.base_size[3][0], abs=1e-3)
