@@ -73,6 +73,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--doc", default=None,
                     help="With --markdown: the doc whose block to rewrite (default docs/results.md; a run other "
                          "than the headline T = 1000 one has its block between markers named after its folder).")
+    ap.add_argument("--wait", choices=["passive", "bounded"], default="passive",
+                    help="How torch's threads wait between parallel regions: passive (every committed arm "
+                         "before 2026-12-07, so edit seconds compare) or the nmkevc command's bounded spin "
+                         "(nmkevc/threads.py). An OMP_WAIT_POLICY or GOMP_SPINCOUNT already set wins.")
     ap.add_argument("--markdown", action="store_true", help="Only rewrite docs/results.md from --results.")
     ap.add_argument("--merge", default=None, metavar="DIR",
                     help="Only add the methods of the results in DIR (same facts and batching) to --results.")
@@ -100,6 +104,8 @@ def command(args: argparse.Namespace) -> str:
         parts.append(f"--measure-every {args.measure_every}")
     if args.no_interleave:
         parts.append("--no-interleave")
+    if args.wait != "passive":
+        parts.append(f"--wait {args.wait}")
     # --out and --repo are where the work happens, not what is measured: not recorded (no machine paths)
     if args.results.resolve() != default_results(args).resolve():
         parts.append(f"--results {os.path.relpath(args.results, ROOT)}")
@@ -174,9 +180,13 @@ def merge(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # not nmkevc.threads' bounded spin: every committed
-    # arm timed its edits with passive threads, and an arm's edit seconds sit beside theirs
     args = parse_args()
+    from nmkevc.threads import choose_wait, wait_described
+
+    if args.wait == "passive":  # the default: every arm before 2026-12-07 timed its edits with passive
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # threads, and an arm's seconds sit beside theirs
+    else:
+        choose_wait()  # before torch loads, as the nmkevc command does
     if args.merge:
         merge(args)
         if not args.no_docs:
@@ -206,7 +216,8 @@ def main() -> None:
         f"torch threads {torch.get_num_threads()}; 1-min load {os.getloadavg()[0]:.1f}; results -> {args.results}")
     deadline = time.time() + args.hours * 3600 if args.hours else None
     info = {"command": command(args), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"}
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"
+                       + ("" if args.wait == "passive" else f", threads wait: {wait_described()}")}
     run = repo.lifelong(args.dataset, args.edits, args.batch, split_top(args.methods), out_dir=args.out,
                         results_dir=args.results, seed=args.seed, neighbours=args.neighbours, split=args.split,
                         eval_every=args.eval_every, measure_every=args.measure_every,

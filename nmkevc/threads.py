@@ -26,3 +26,9 @@ def choose_wait(environ: MutableMapping[str, str] = os.environ) -> None:
     if "OMP_WAIT_POLICY" in environ or "GOMP_SPINCOUNT" in environ:
         return
     environ.update(WAIT_SETTINGS)
+
+
+def wait_described(environ: MutableMapping[str, str] = os.environ) -> str:
+    """How this process's threads wait, as its environment says (for a benchmark's record)."""
+    chosen = [f"{k}={environ[k]}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in environ]
+    return ", ".join(chosen) or "libgomp's default"

@@ -112,3 +112,17 @@ def test_every_lifelong_label_says_what_its_arm_ran():
             assert not wrong, f"{path.parent.name}: {label!r} ran {wrong} (recorded, today's reading)"
             checked += 1
     assert checked >= 10
+
+
+def test_lifelong_records_how_its_threads_waited(monkeypatch):
+    """A run under the bounded spin says so in its command (so it reproduces) and in its machine
+    line (so its edit seconds are not read beside passive arms'); the passive default adds nothing."""
+    from nmkevc.threads import wait_described
+
+    mod = _bench("lifelong")
+    monkeypatch.setattr("sys.argv", ["lifelong.py", "--edits", "20", "--batch", "10", "--wait", "bounded"])
+    assert mod.command(mod.parse_args()).endswith("--wait bounded")
+    monkeypatch.setattr("sys.argv", ["lifelong.py", "--edits", "20", "--batch", "10"])
+    assert "--wait" not in mod.command(mod.parse_args())
+    assert wait_described({"GOMP_SPINCOUNT": "30000"}) == "GOMP_SPINCOUNT=30000"
+    assert wait_described({}) == "libgomp's default"
