@@ -107,9 +107,17 @@ def command(args: argparse.Namespace) -> str:
     if args.wait != "passive":
         parts.append(f"--wait {args.wait}")
     # --out and --repo are where the work happens, not what is measured: not recorded (no machine paths)
-    if args.results.resolve() != default_results(args).resolve():
+    if not is_default_results(args):
         parts.append(f"--results {os.path.relpath(args.results, ROOT)}")
     return " ".join(parts)
+
+
+def is_default_results(args: argparse.Namespace) -> bool:
+    """Whether --results names the run's default folder, in this checkout or in another one (a run
+    started from a scratch copy of the code writing into the checkout's docs/results)."""
+    default = default_results(args)
+    return args.results.resolve() == default.resolve() or \
+        args.results.resolve().parts[-3:] == default.parts[-3:]
 
 
 #: the run whose block is docs/results.md's headline (its plain markers); every other run's block,
@@ -159,7 +167,7 @@ def merge(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: no results.json in {args.merge}")
     if other.info.get("command"):  # the results now live in --results: the command need not name where they were
         other.info["command"] = re.sub(r" --results \S+", "", other.info["command"])
-        if args.results.resolve() != default_results(args).resolve():
+        if not is_default_results(args):
             other.info["command"] += f" --results {os.path.relpath(args.results, ROOT)}"
     cases = eval_cases(args.dataset, args.edits, seed=args.seed, neighbours=args.neighbours, split=args.split)
     ours = read_results(args.results)

@@ -124,5 +124,10 @@ def test_lifelong_records_how_its_threads_waited(monkeypatch):
     assert mod.command(mod.parse_args()).endswith("--wait bounded")
     monkeypatch.setattr("sys.argv", ["lifelong.py", "--edits", "20", "--batch", "10"])
     assert "--wait" not in mod.command(mod.parse_args())
+    # the default results folder of another checkout (a run from a scratch copy of the code) is not
+    # named; any other folder is
+    for results, named in (("/elsewhere/docs/results/lifelong-countryinfo-T20-B10", False), ("/x/out", True)):
+        monkeypatch.setattr("sys.argv", ["lifelong.py", "--edits", "20", "--batch", "10", "--results", results])
+        assert ("--results" in mod.command(mod.parse_args())) == named
     assert wait_described({"GOMP_SPINCOUNT": "30000"}) == "GOMP_SPINCOUNT=30000"
     assert wait_described({}) == "libgomp's default"
