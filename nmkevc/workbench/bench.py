@@ -210,7 +210,7 @@ class Workbench:
                     extra: Sequence[str] = ()) -> dict[str, torch.Tensor]:
         return mat.materialise(self.repo, base_id, commits, weights, extra)
 
-    def materialised_buffers(self, base_id: str, commits: list[str], weights: BaseWeights) -> mat.StateBuffers:
+    def materialised_buffers(self, base_id: str, commits: list[str], weights: BaseWeights) -> dict[str, object]:
         return mat.materialised_buffers(self.repo, base_id, commits, weights)
 
     def keep_live_state(self, cid: str) -> bool:

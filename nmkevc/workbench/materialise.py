@@ -7,8 +7,7 @@ cached one back, without loading torch at all.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import NmkevcError
@@ -34,36 +33,24 @@ def materialise(repo: Repo, base_id: str, commits: list[str], weights: BaseWeigh
     return _compute_state(repo, key, commits, weights, extra)
 
 
-@dataclass
-class StateBuffers:
-    """A state's edited weights as bytes, and `keep`, which puts them into the materialised
-    cache when they were computed for a long history (else it does nothing): the caller runs it
-    when the bytes are no longer awaited (an export, while it writes them)."""
-
-    buffers: dict[str, object]
-    keep: Callable[[], None]
-
-
-def materialised_buffers(repo: Repo, base_id: str, commits: list[str], weights: BaseWeights) -> StateBuffers:
+def materialised_buffers(repo: Repo, base_id: str, commits: list[str], weights: BaseWeights) -> dict[str, object]:
     """{weight name: its bytes} of `materialise`, computed or read back without loading torch
-    (for a base numpy casts exactly, `NUMPY_EXACT_CASTS`): an export starts at once. Caching a
-    computed state is left to `keep`, so that writing the cache waits on nobody."""
+    (for a base numpy casts exactly, `NUMPY_EXACT_CASTS`): an export starts at once."""
     from ..deltas.compose import NUMPY_EXACT_CASTS, apply_array, apply_to_weight
 
     key = repo.state_key(base_id, commits)
     cached = _cached_state(repo, key, weights)
     if cached is not None:
-        return StateBuffers({name: buf for name, (_, buf) in cached.items()}, lambda: None)
+        return {name: buf for name, (_, buf) in cached.items()}
     out = {}
     for name, factors in sorted(repo.factor_plan(commits).items()):
         if weights.spec(name).dtype in NUMPY_EXACT_CASTS:
             out[name] = apply_array(weights.array(name), factors)
         else:
             out[name] = apply_to_weight(weights.get(name), factors)
-    buffers = {name: tensor_buffer(t) for name, t in out.items()}
-    if not is_long(repo, commits):
-        return StateBuffers(buffers, lambda: None)
-    return StateBuffers(buffers, lambda: repo.materialised.put(key, out))
+    if is_long(repo, commits):
+        repo.materialised.put(key, out)
+    return {name: tensor_buffer(t) for name, t in out.items()}
 
 
 def is_long(repo: Repo, commits: list[str], extra: Sequence[str] = ()) -> bool:

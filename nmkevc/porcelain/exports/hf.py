@@ -39,21 +39,16 @@ def write(job: ExportJob, tmp: Path) -> ExportReport:
     weights = bench.weights(job.base)
     # the edited weights are read and summed on another thread (file reads, decompression,
     # hashing and numpy release the GIL) while the base's files are copied whole and flushed;
-    # they are written over their places last, while that thread keeps them in the cache
+    # they are written over their places last
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(bench.materialised_buffers, job.base, job.provenance["effective_set"], weights)
-        kept = []
 
         def edited() -> dict:
-            state = pending.result()
-            kept.append(pool.submit(state.keep))
-            return {weights.resolve(name): buf for name, buf in state.buffers.items()}
+            return {weights.resolve(name): buf for name, buf in pending.result().items()}
 
         written = write_model_files(weights, tmp, lambda spec: weights.byte_range(spec.name), job.provenance,
                                     job.progress, late=edited)
-        count = len(pending.result().buffers)
-        for future in kept:
-            future.result()
+        count = len(pending.result())
     card.write(job, tmp, "transformers", "a full model directory (Hugging Face format)")
     return ExportReport(job.commit, str(job.target), len(weights.specs()), count, written)
 
