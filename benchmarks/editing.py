@@ -177,6 +177,8 @@ def case_floors(repo, config: dict, tokenizer, out, reqs: list, wall: float, dty
     bf16 = "bfloat16" in (z_precision, forward)
     rates = floors.measure_rates(shape.d_model, shape.d_ff, PACK_TOKENS, rate_seconds, bfloat16=bf16)
     phases = floors.phase_figures(timings, wall, counts, rates)
+    if counts is not None:
+        floors.add_step_floor(phases["z"], counts.z, rates, shape.d_model, shape.d_ff, PACK_TOKENS, rate_seconds)
     extra = {"phases": {k: v.to_json() for k, v in phases.items()}, "rates": rates.to_json()}
     if counts is not None:
         extra["counted"] = {k: c.detail for k, c in counts.phases().items() if c is not None}
@@ -259,7 +261,8 @@ def summarise(runs: list[dict]) -> dict:
 
 
 #: the figures of a phase that vary from run to run (the rest is the count, the same in every run)
-PHASE_MEDIANS = ("seconds", "floor_seconds", "ratio", "achieved_gflops", "gflop", "gexp")
+PHASE_MEDIANS = ("seconds", "floor_seconds", "ratio", "achieved_gflops", "gflop", "gexp", "step_rate_gflops",
+                 "step_floor_seconds", "step_ratio")
 
 
 def median_phases(runs: list[dict]) -> dict:
@@ -392,6 +395,8 @@ def _cell(p: dict | None) -> str:
     how = "" if ratio is None else f"{ratio:.0f}×" if ratio >= 100 else f"{ratio:.1f}×"
     if p.get("floor_exp_seconds"):
         how += f"{', ' if how else ''}exp {_secs(p['floor_exp_seconds'])}"
+    if p.get("step_ratio") is not None:
+        how += f"; {p['step_ratio']:.1f}× at {p['step_tokens']}-row products"
     how = f" ({how})" if how else ""
     return f"{_secs(p['seconds'])} / {_secs(p['floor_seconds'])}{how}{mark}"
 

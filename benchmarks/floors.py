@@ -206,9 +206,33 @@ def z_count(shape: ModelShape, rows: ZGeometry, steps: Sequence[int], top_layer:
     c.add("unembedding", 2 * head, precision)
     c.detail = {"rows": len(rows.lengths), "packs": len(rows.packs), "upper_layers": upper,
                 "steps_mean": round(sum(steps) / len(steps), 2), "rerun_token_steps": token_steps,
-                "unembedding_reads": sum(rows.reads)}
+                "step_tokens": z_step_tokens(rows), "unembedding_reads": sum(rows.reads)}
     c.notes.append("products only: norms, the log-softmax's exponentials and the optimiser not counted")
     return c
+
+
+def z_step_tokens(rows: ZGeometry) -> int:
+    """Re-run tokens of one Adam step over every pack, before any request freezes: the most rows
+    any of that step's layer products can have, however the rows are packed (a step needs the
+    last step's δ, so no two steps share a product)."""
+    tail = [n - s for n, s in zip(rows.lengths, rows.subject_pos)]
+    return sum(max(tail[r] for r in pack) * len(pack) for pack in rows.packs)
+
+
+def step_limited_floor(count: PhaseCount, rates: Rates, layer_rate: float) -> float | None:
+    """z's floor with its layers' products at `layer_rate` GFLOP/s (the best rate this machine
+    reaches with one step's rows, `z_step_tokens`) and every other part as `floor_seconds` has it.
+    Why: the floor at the best rate assumes products as large as a pack's budget; one fact's
+    step has a few dozen rows, and a product that small runs far below that rate."""
+    total = 0.0
+    for w in count.work:
+        rate = layer_rate if w.name == "layers" else rates.best(w.precision)
+        if rate is None:
+            return None
+        total += w.flops / (rate * 1e9)
+    if count.exps:
+        total += count.exps / (rates.best_exp() * 1e9)
+    return total
 
 
 def _cut(prompts: PromptGeometry, rows: Sequence[int]) -> tuple[int, int]:
@@ -435,6 +459,12 @@ def throughput(rows: int, d_in: int, d_out: int, seconds: float = 3.0, dtype: st
     return 2 * 2 * rows * d_in * d_out * n / (time.perf_counter() - t0) / 1e9
 
 
+def step_rate(d_model: int, d_ff: int, tokens: int, seconds: float = 3.0, dtype: str = "float32") -> float:
+    """The best GFLOP/s of z's three product shapes with `tokens` rows (forward plus input gradient)."""
+    return max(throughput(*shape, seconds=seconds, dtype=dtype)
+               for shape in matmul_shapes(d_model, d_ff, tokens).values())
+
+
 def matmul_rate(size: int, seconds: float = 3.0, dtype: str = "float64") -> float:
     """GFLOP/s of a square size × size product in `dtype` (the update's d_ff-sized products)."""
     import torch
@@ -503,6 +533,12 @@ class PhaseFigures:
     inside: str | None = None
     #: phases whose time and work this one carries besides its own
     includes: list[str] = field(default_factory=list)
+    #: z only: one step's re-run tokens, the best product rate at that many rows, and the floor
+    #: and ratio with the layers' products at that rate (`step_limited_floor`)
+    step_tokens: int | None = None
+    step_rate_gflops: float | None = None
+    step_floor_seconds: float | None = None
+    step_ratio: float | None = None
     parts: dict[str, float] = field(default_factory=dict)  # GFLOP per part
     notes: list[str] = field(default_factory=list)
 
@@ -532,6 +568,24 @@ def figures(seconds: float | None, count: PhaseCount | None, rates: Rates, **ext
     if seconds:
         out.achieved_gflops = round(count.flops / seconds / 1e9, 2)
     return out
+
+
+def add_step_floor(z: PhaseFigures, count: PhaseCount, rates: Rates, d_model: int, d_ff: int,
+                   largest: int, seconds: float = 3.0) -> None:
+    """Put z beside its floor at the rows one of its steps has too, when they are fewer than the
+    `largest` rows the rates were measured at (z's pack budget); the product rate at that many
+    rows is measured now, in z's precision."""
+    tokens = count.detail.get("step_tokens")
+    layers = [w for w in count.work if w.name == "layers"]
+    if not tokens or not layers or tokens >= largest or not z.seconds:
+        return
+    rate = step_rate(d_model, d_ff, tokens, seconds, layers[0].precision)
+    floor = step_limited_floor(count, rates, rate)
+    if floor is None:
+        return
+    z.step_tokens, z.step_rate_gflops = tokens, round(rate, 1)
+    z.step_floor_seconds = round(floor, 4)
+    z.step_ratio = round(z.seconds / floor, 2) if floor > 0 else None
 
 
 def phase_figures(timings: Mapping[str, float], wall: float, counts: CaseCounts | None,

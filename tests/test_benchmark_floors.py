@@ -119,6 +119,33 @@ def test_method_forms():
     assert fl.method_form("someone-elses") is None
 
 
+def test_z_step_tokens_are_every_pack_at_its_width():
+    rows = fl.ZGeometry(lengths=[5, 3, 7, 4], subject_pos=[2, 1, 1, 0], request=[0, 0, 1, 1],
+                        packs=[[0, 1], [2, 3]], reads=[2, 2])
+    # widths max(3, 2) = 3 and max(6, 4) = 6: 2·3 + 2·6 rows a step's products carry
+    assert fl.z_step_tokens(rows) == 18
+    assert fl.z_count(SHAPE, rows, steps=[1, 1], top_layer=0).detail["step_tokens"] == 18
+
+
+def test_step_limited_floor_slows_the_layers_alone():
+    c = fl.PhaseCount("z", [fl.Work("layers", 4e9), fl.Work("unembedding", 2e9)])
+    assert c.floor_seconds(RATES) == pytest.approx(3.0)  # both at 2 GFLOP/s
+    assert fl.step_limited_floor(c, RATES, layer_rate=0.5) == pytest.approx(8.0 + 1.0)
+
+
+def test_step_floor_only_below_the_measured_rows(monkeypatch):
+    monkeypatch.setattr(fl, "step_rate", lambda *a, **k: 0.5)
+    c = fl.PhaseCount("z", [fl.Work("layers", 4e9)], detail={"step_tokens": 42})
+    z = fl.figures(9.0, c, RATES)
+    fl.add_step_floor(z, c, RATES, 4, 8, largest=256)
+    assert (z.step_tokens, z.step_rate_gflops) == (42, 0.5)
+    assert z.step_floor_seconds == pytest.approx(8.0) and z.step_ratio == pytest.approx(1.12)
+    assert z.ratio == pytest.approx(4.5)  # the floor at the best rate stands beside it
+    wide = fl.figures(9.0, c, RATES)
+    fl.add_step_floor(wide, c, RATES, 4, 8, largest=42)  # a step as large as the rates' rows: nothing added
+    assert wide.step_ratio is None and "step_ratio" not in wide.to_json()
+
+
 def test_floor_is_each_precision_at_its_rate_plus_exponentials():
     c = fl.PhaseCount("x")
     c.add("a", 4e9)  # float32 at 2 GFLOP/s: 2 s
@@ -196,3 +223,12 @@ def test_editing_phase_table_marks_keys_inside_update(tmp_path):
     assert "3.00 / 1.50 (2.0×)*" in lines[2] and "in update" in lines[2]
     assert "1.00 / 0.50 (2.0×)" in lines[3] and "2.00 / 1.00 (2.0×)" in lines[3]
     assert "timed inside the update" in text
+
+
+def test_editing_phase_table_shows_z_at_its_step_rows(tmp_path):
+    ed = _bench("editing")
+    ph = fl.phase_figures({"z": 4.0, "keys": 1.0, "update": 2.0}, 10.0, _counts(), RATES)
+    ph["z"].step_tokens, ph["z"].step_ratio = 42, 1.6
+    path = tmp_path / "editing.json"
+    path.write_text(json.dumps({"rows": [_row(ph, timings={"z": 4.0, "keys": 1.0, "update": 2.0})]}))
+    assert "4.00 / 1.00 (4.0×; 1.6× at 42-row products)" in ed.markdown(path)
