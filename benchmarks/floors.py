@@ -159,15 +159,17 @@ class PhaseCount:
             out[w.precision] = out.get(w.precision, 0.0) + w.flops
         return out
 
-    def floor_seconds(self, rates: Rates) -> float | None:
-        """Each precision's FLOPs at its best measured rate, plus the exponentials at the best exp
-        rate; None when a rate this phase needs was not measured."""
+    def floor_seconds(self, rates: Rates, part_rates: Mapping[str, float] | None = None) -> float | None:
+        """Each part's FLOPs at the best rate measured in its precision (or at `part_rates[name]`,
+        GFLOP/s, for the parts named there), plus the exponentials at the best exp rate; None when
+        a rate this phase needs was not measured."""
+        part_rates = part_rates or {}
         total = 0.0
-        for precision, flops in self.by_precision().items():
-            rate = rates.best(precision)
+        for w in self.work:
+            rate = part_rates.get(w.name) or rates.best(w.precision)
             if rate is None:
                 return None
-            total += flops / (rate * 1e9)
+            total += w.flops / (rate * 1e9)
         if self.exps:
             total += self.exps / (rates.best_exp() * 1e9)
         return total
@@ -217,22 +219,6 @@ def z_step_tokens(rows: ZGeometry) -> int:
     last step's δ, so no two steps share a product)."""
     tail = [n - s for n, s in zip(rows.lengths, rows.subject_pos)]
     return sum(max(tail[r] for r in pack) * len(pack) for pack in rows.packs)
-
-
-def step_limited_floor(count: PhaseCount, rates: Rates, layer_rate: float) -> float | None:
-    """z's floor with its layers' products at `layer_rate` GFLOP/s (the best rate this machine
-    reaches with one step's rows, `z_step_tokens`) and every other part as `floor_seconds` has it.
-    Why: the floor at the best rate assumes products as large as a pack's budget; one fact's
-    step has a few dozen rows, and a product that small runs far below that rate."""
-    total = 0.0
-    for w in count.work:
-        rate = layer_rate if w.name == "layers" else rates.best(w.precision)
-        if rate is None:
-            return None
-        total += w.flops / (rate * 1e9)
-    if count.exps:
-        total += count.exps / (rates.best_exp() * 1e9)
-    return total
 
 
 def _cut(prompts: PromptGeometry, rows: Sequence[int]) -> tuple[int, int]:
@@ -534,7 +520,7 @@ class PhaseFigures:
     #: phases whose time and work this one carries besides its own
     includes: list[str] = field(default_factory=list)
     #: z only: one step's re-run tokens, the best product rate at that many rows, and the floor
-    #: and ratio with the layers' products at that rate (`step_limited_floor`)
+    #: and ratio with the layers' products at that rate (`floor_seconds` with the layers at that rate)
     step_tokens: int | None = None
     step_rate_gflops: float | None = None
     step_floor_seconds: float | None = None
@@ -580,7 +566,9 @@ def add_step_floor(z: PhaseFigures, count: PhaseCount, rates: Rates, d_model: in
     if not tokens or not layers or tokens >= largest or not z.seconds:
         return
     rate = step_rate(d_model, d_ff, tokens, seconds, layers[0].precision)
-    floor = step_limited_floor(count, rates, rate)
+    # a step's products cannot be larger than its rows, however they are packed: the layers'
+    # products at the rate of that many rows, the rest (unembedding, attention) as before
+    floor = count.floor_seconds(rates, {"layers": rate})
     if floor is None:
         return
     z.step_tokens, z.step_rate_gflops = tokens, round(rate, 1)

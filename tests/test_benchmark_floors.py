@@ -127,10 +127,10 @@ def test_z_step_tokens_are_every_pack_at_its_width():
     assert fl.z_count(SHAPE, rows, steps=[1, 1], top_layer=0).detail["step_tokens"] == 18
 
 
-def test_step_limited_floor_slows_the_layers_alone():
+def test_floor_with_a_part_at_its_own_rate():
     c = fl.PhaseCount("z", [fl.Work("layers", 4e9), fl.Work("unembedding", 2e9)])
     assert c.floor_seconds(RATES) == pytest.approx(3.0)  # both at 2 GFLOP/s
-    assert fl.step_limited_floor(c, RATES, layer_rate=0.5) == pytest.approx(8.0 + 1.0)
+    assert c.floor_seconds(RATES, {"layers": 0.5}) == pytest.approx(8.0 + 1.0)
 
 
 def test_step_floor_only_below_the_measured_rows(monkeypatch):
