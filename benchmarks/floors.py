@@ -520,7 +520,7 @@ class PhaseFigures:
     #: phases whose time and work this one carries besides its own
     includes: list[str] = field(default_factory=list)
     #: z only: one step's re-run tokens, the best product rate at that many rows, and the floor
-    #: and ratio with the layers' products at that rate (`floor_seconds` with the layers at that rate)
+    #: and ratio with the layers' products at that rate (`add_step_floor`)
     step_tokens: int | None = None
     step_rate_gflops: float | None = None
     step_floor_seconds: float | None = None
