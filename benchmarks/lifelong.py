@@ -115,9 +115,7 @@ def command(args: argparse.Namespace) -> str:
 def is_default_results(args: argparse.Namespace) -> bool:
     """Whether --results names the run's default folder, in this checkout or in another one (a run
     started from a scratch copy of the code writing into the checkout's docs/results)."""
-    default = default_results(args)
-    return args.results.resolve() == default.resolve() or \
-        args.results.resolve().parts[-3:] == default.parts[-3:]
+    return args.results.resolve().parts[-3:] == default_results(args).resolve().parts[-3:]
 
 
 #: the run whose block is docs/results.md's headline (its plain markers); every other run's block,
