@@ -208,6 +208,47 @@ def least_energy(y, keys, solved) -> float:
     return float(((y @ torch.linalg.pinv(g, hermitian=True)) * y).sum())
 
 
+def hidden_growth(repo, infos: list) -> list[float | None]:
+    """Per batch, how far the edits before it had moved h (the last edited layer's output at the
+    subject's last token of each of its rewrite prompts) from the base model's: the mean over its
+    requests of ‖h‖ on the state it was edited from over ‖h‖ on the base (1 for the first batch).
+    This is NAS's feedback loop (arXiv 2602.02543): an inflated h is z's start and the clamp's
+    scale, so targets and edited weights grow each other's norms; `z_norm_anchor` caps z at the
+    base's ‖h‖ to break it. One forward pass per batch, through the last edited layer only."""
+    import torch
+
+    from nmkevc.editing.hooks import hidden_of, hooks, run_until, stop_after
+    from nmkevc.editing.tokens import templated
+    from nmkevc.facts import EditRequest
+    from nmkevc.models.tokens import encode
+
+    def norms(rev: str, info) -> torch.Tensor:
+        state = repo.load_model(rev)
+        model, tok = state.model, state.tokenizer
+        layer = info.info["editor"]["layers"][-1]
+        start = ((info.method or {}).get("hparams") or {}).get("prompt_start", "document")
+        reqs = [EditRequest(r["subject"], r["prompt"], r["target_new"]) for r in info.requests]
+        batch = encode(tok, *templated(reqs, ["{}"]), start=start).through_subject()
+        got = {}
+
+        def grab(_m, _a, out):
+            got["h"] = hidden_of(out)[batch.rows, batch.subject_pos].float()
+
+        module = repo.workbench.adapter(info.base).layer(model, layer)
+        with torch.no_grad(), hooks(post={module: grab}), stop_after(module):
+            run_until(model, batch)
+        return got["h"].norm(dim=1)
+
+    out: list[float | None] = []
+    if not infos or not all(len(i.parents) == 1 and (i.info.get("editor") or {}).get("layers") for i in infos):
+        return [None] * len(infos)
+    base_rev = infos[0].parents[0]
+    base = [norms(base_rev, i) for i in infos]  # the base first: each later state moves the shared model once
+    for i, b in zip(infos, base, strict=True):
+        out.append(round(float((norms(i.parents[0], i) / b.clamp_min(1e-12)).mean()), 4))
+    return out
+
+
 def diagnose(repo, results: dict) -> dict:
     """{method: {"batches": [...], "totals": {...}}} for the methods whose commits `repo` holds."""
     out = {}
@@ -215,7 +256,7 @@ def diagnose(repo, results: dict) -> dict:
     for p in results["points"]:
         by_method.setdefault(p["method"], []).append(p)
     for method, points in by_method.items():
-        batches = []
+        batches, infos = [], []
         meter = None
         for p in points:
             try:
@@ -228,8 +269,11 @@ def diagnose(repo, results: dict) -> dict:
                 meter = meter or Disturbance(repo, repo.commit(p["commit"]))
                 record.update(meter.add(repo.plumbing.delta(info.delta)))
             batches.append(record)
+            infos.append(info)
         if not batches:
             continue
+        for record, growth in zip(batches, hidden_growth(repo, infos), strict=True):
+            record["h_growth"] = growth
         projected = (info.info.get("editor") or {}).get("projector") == "given"  # MEMIT has none
         nullspace = meter.nullspace if meter is not None and projected else None
         keys = ("failed_at_commit", "failed_z_missed", "failed_unwritten", "failed_other", "requests")
@@ -295,11 +339,14 @@ def markdown(data: dict, results: dict | None, link_dir: str) -> str:
               "corpus, mean over the layers, for the batch's delta and for all deltas so far; its floor = the "
               "least disturbance of any update that gives the edited keys the same outputs, "
               "tr(Y (KᵀΣ⁻¹K)⁺ Yᵀ) for keys K and outputs Y: the batch's keys and what its delta writes "
-              "there, and every batch's keys so far and what all deltas together write there):", "",
+              "there, and every batch's keys so far and what all deltas together write there; h growth = the "
+              "mean over the batch's facts of ‖h‖ at the last edited layer (the subject's last token of the "
+              "rewrite prompt) on the state the batch was edited from, over ‖h‖ on the base: how far earlier "
+              "edits had inflated z's starting point, the loop the norm anchor breaks):", "",
               "| method | T | efficacy at commit | failed: z missed / not written / neither | z reached | "
               "δ left > 50% | written fraction | mask fraction | disturbance: batch / cumulative | "
-              "floor: batch / cumulative | z s | attribution s | update s |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "floor: batch / cumulative | h growth | z s | attribution s | update s |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for method, entry in data["methods"].items():
         for b in entry["batches"]:
             tm = b.get("timings") or {}
@@ -309,7 +356,8 @@ def markdown(data: dict, results: dict | None, link_dir: str) -> str:
                 f"{_f(b['residual_unwritten'])} | {_f(b['written_fraction_mean'])} | {_f(b['mask_fraction_mean'])} | "
                 f"{_f(b.get('disturbance'), '.4f')} / {_f(b.get('disturbance_cumulative'), '.4f')} | "
                 f"{_f(b.get('disturbance_floor'), '.4f')} / {_f(b.get('disturbance_floor_cumulative'), '.4f')} | "
-                f"{_f(tm.get('z'), '.0f')} | {_f(tm.get('attribution'), '.0f')} | {_f(tm.get('update'), '.0f')} |")
+                f"{_f(b.get('h_growth'), '.3f')} | {_f(tm.get('z'), '.0f')} | {_f(tm.get('attribution'), '.0f')} | "
+                f"{_f(tm.get('update'), '.0f')} |")
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
 """Step-4 sweeps on the embedded SmolLM2-135M-Instruct: the shared measurement of
 benchmarks/ridge.py (λ, the masked-update form, MEMIT's λ0) and benchmarks/nullspace.py
-(which directions count as the preserved keys' null space).
+(which directions count as the preserved keys' null space); a configuration may set any Step-4
+option (the relation guard runs as `compute_edit` runs it).
 
 Step 1 (z) and Steps 2-3 (NMKE's masks) depend on none of these settings, so one batch of dev
 facts runs them once, and every configuration repeats only Step 4 from the same z and masks
@@ -66,7 +67,7 @@ def measure(n: int, seed: int, offset: int, configs: list[dict], command: str, c
     from nmkevc import Repository
     from nmkevc.editing import EditHparams
     from nmkevc.editing.covariance import nullspace_projector
-    from nmkevc.editing.engine import plan_edit, step1_targets, step2_3_masks, step4_update
+    from nmkevc.editing.engine import plan_edit, relation_guard, step1_targets, step2_3_masks, step4_update
     from nmkevc.editing.hooks import frozen_eval
     from nmkevc.editing.tokens import templated
     from nmkevc.evaluation.metrics import evaluate_requests
@@ -127,13 +128,14 @@ def measure(n: int, seed: int, offset: int, configs: list[dict], command: str, c
         for cfg in configs:
             hp = EditHparams(**cfg)
             cplan = plan_edit(model, requests, hp, templates)
-            projectors, kept = projectors_for(hp.nullspace)
+            projectors, kept = projectors_for(hp.nullspace) if cplan.method.uses_projector else (None, {})
             try:
                 with frozen_eval(model):
+                    guard = relation_guard(model, tok, cplan, hp)[0] if hp.relation_guard else None
                     steps, _, h_final, _ = step4_update(
                         model, cplan, batch, zres.z, hp, masks if cplan.method.masks_neurons else None,
                         projectors if cplan.method.uses_projector else None, None,
-                        sigmas if cplan.method.needs_second_moment(hp) else None, quiet)
+                        sigmas if cplan.method.needs_second_moment(hp) else None, quiet, guard)
                 scores = summary(evaluate_requests(model, tok, cases))
                 if figures is not None:
                     scores.update(figures({layer: (w.detach(), orig)

@@ -135,3 +135,42 @@ def test_spectrum_counts_the_singular_values_prune_would_shrink():
     got = meter.spectrum()["3"]
     assert got["above"] == 2 and got["of"] == 4 and got["top_ratio"] == pytest.approx(3.0, abs=1e-3)
     assert got["size"] == pytest.approx(float(sv.norm()) / meter.base_size[3][0], abs=1e-3)
+
+
+def test_hidden_growth_is_h_on_the_state_edited_from_over_h_on_the_base(repo):
+    """Per batch: ‖h‖ at the last edited layer (subject's last token, bare rewrite prompt) on the
+    state the batch was edited from over ‖h‖ on the base, from a plain forward of the whole model;
+    1 for the first batch."""
+    import torch
+
+    from nmkevc.editing.hooks import hidden_of, hooks
+    from nmkevc.facts import EditRequest
+    from nmkevc.models.adapters import adapter_for
+    from nmkevc.models.tokens import encode
+
+    mod = _module()
+    tiny = dict(z_lr=0.5, z_steps=5, z_clamp=4.0, z_weight_decay=0.0, ridge=1e-4, ridge_relative=False,
+                layers=[1, 2], stats_tokens=200)
+    second = [EditRequest("Toko Yasuda", "The instrument of {} is", "Madrid"),
+              EditRequest("Danielle Darrieux", "The mother tongue of {} is", "Paris")]
+    commits = [repo.edit(EditRequest("Danielle Darrieux", "The mother tongue of {} is", "Rome"), **tiny).commit,
+               repo.edit(second, **tiny).commit]
+    infos = [repo.show(c) for c in commits]
+    got = mod.hidden_growth(repo, infos)
+
+    @torch.no_grad()
+    def h(rev):
+        state = repo.load_model(rev)
+        batch = encode(state.tokenizer, [r.prompt.replace("{}", r.subject) for r in second],
+                       [r.prompt.index("{}") + len(r.subject) for r in second], start="document")
+        out = {}
+
+        def grab(_m, _a, o):
+            out["h"] = hidden_of(o)[batch.rows, batch.subject_pos].float()
+
+        with hooks(post={adapter_for(state.model).layer(state.model, 2): grab}):
+            state.model(**batch.model_inputs(), use_cache=False)
+        return out["h"].norm(dim=1)
+
+    expected = float((h(commits[0]) / h(infos[0].parents[0])).mean())
+    assert got[0] == 1.0 and got[1] == pytest.approx(expected, abs=2e-4) and got[1] != 1.0

@@ -19,6 +19,7 @@ from ..facts import EditRequest
 from ..models.adapters import ArchAdapter, adapter_for
 from ..models.tokens import encode
 from .attribution import attribution_scores
+from .guard import guard_covariance, guard_keys
 from .hooks import frozen_eval
 from .hparams import EditHparams
 from .masking import neuron_mask
@@ -103,10 +104,14 @@ def compute_edit(
             if plan.method.masks_neurons:
                 with _timed(timings, "attribution"):
                     masks, mask_info = step2_3_masks(model, plan, batch, hparams, report)
+            guard, guard_info = None, {}
+            if hparams.relation_guard:
+                with _timed(timings, "guard"):
+                    guard, guard_info = relation_guard(model, tokenizer, plan, hparams)
             with _timed(timings, "update"):
                 steps, final_keys, h_final, key_seconds = step4_update(
                     model, plan, batch, zres.z, hparams, masks, projectors, prior_keys_cov, key_second_moment,
-                    report)
+                    report, guard)
             # "keys": Step 4's forward passes; "update": its solves and writes
             timings["keys"] = key_seconds
             timings["update"] -= key_seconds
@@ -114,8 +119,9 @@ def compute_edit(
         with torch.no_grad():
             for w, orig in zip(weights, originals, strict=True):
                 w.copy_(orig)
-    return _result(plan, hparams, steps, final_keys, h_final, zres, mask_info, timings,
-                   projectors is not None)
+    result = _result(plan, hparams, steps, final_keys, h_final, zres, mask_info, timings, projectors is not None)
+    result.info.update(guard_info)
+    return result
 
 
 def plan_edit(model, requests: Sequence[EditRequest], hparams: EditHparams,
@@ -159,10 +165,18 @@ def step2_3_masks(model, plan: EditPlan, batch, hp: EditHparams, report) -> tupl
     return masks, info
 
 
+def relation_guard(model, tokenizer, plan: EditPlan, hp: EditHparams) -> tuple[dict, dict]:
+    """The relation guard's μ_g K_g K_gᵀ per edited layer (editing/guard.py) and what the commit
+    records of it: how many keys it kept."""
+    keys = guard_keys(model, tokenizer, plan.adapter, plan.requests, plan.templates, plan.layers, hp.prompt_start)
+    return guard_covariance(keys, hp.relation_guard), {"guard_keys": int(keys[plan.layers[0]].shape[1])}
+
+
 def step4_update(model, plan: EditPlan, batch, z: torch.Tensor, hp: EditHparams, masks, projectors,
-                 prior_keys_cov, key_second_moment, report):
+                 prior_keys_cov, key_second_moment, report, guard: dict | None = None):
     """Step 4: the layer-by-layer update (applied in place), then every layer's final keys and h at
-    the last edited layer, and the seconds of its forward passes."""
+    the last edited layer, and the seconds of its forward passes. `guard`: the relation guard's
+    term per layer, kept beside C."""
 
     def factor(layer: int, keys: torch.Tensor, mask: torch.Tensor | None) -> Factor:
         return plan.method.factor(FactorInputs(
@@ -171,6 +185,7 @@ def step4_update(model, plan: EditPlan, batch, z: torch.Tensor, hp: EditHparams,
             prior_cov=(prior_keys_cov or {}).get(layer),
             second_moment=(key_second_moment or {}).get(layer),
             mask=mask,
+            guard_cov=(guard or {}).get(layer),
         ), hp)
 
     m = len(plan.layers)

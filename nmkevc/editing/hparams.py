@@ -79,6 +79,11 @@ class EditHparams:
     #: each template group, then the two groups ("{}" alone; the prefixed ones) weigh 1/2 each (the
     #: reference code); "templates" = plain mean over all templates (the bare prompt weighs 1/T)
     key_average: str = "groups"
+    #: the relation guard (editing/guard.py): μ_g > 0 also keeps, with weight μ_g each, the keys at
+    #: every token after the subject in the edit's own prompts, which every subject asked the same
+    #: way shares, so the update writes through the subject's token alone; 0 = off. Beyond the
+    #: published methods: docs/method.md, "Lifelong mechanisms".
+    relation_guard: float = 0.0
     # -- context templates -------------------------------------------------------------------
     context_n_tokens: int = 10
     #: what context_n_tokens counts: "total" = the prefix word's tokens and the sampled ones
@@ -128,7 +133,7 @@ class EditHparams:
             if any(x < 0 for x in self.layers) or sorted(set(self.layers)) != list(self.layers):
                 bad(f"layers must be distinct, ascending and non-negative, got {self.layers}")
         positive(bad, self, "z_lr", "z_clamp")
-        non_negative(bad, self, "z_stop_loss", "z_kl_factor", "z_weight_decay")
+        non_negative(bad, self, "z_stop_loss", "z_kl_factor", "z_weight_decay", "relation_guard")
         for name in ("z_steps", "z_stop_top1", "context_n_tokens"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name in NON_NEGATIVE_INTS else 1):
@@ -248,7 +253,7 @@ class NullspaceHparams(EditHparams):
 #: settings its record has.
 PRESETS: dict[str, dict] = {
     "published": {"z_stop_top1": 0, "z_norm_anchor": None, "z_weights": "current", "memit_frobenius": 0.0,
-                  "memit_prior": 0.0, "ridge": RIDGE_RELATIVE_DEFAULT, "ridge_relative": True},
+                  "memit_prior": 0.0, "relation_guard": 0.0, "ridge": RIDGE_RELATIVE_DEFAULT, "ridge_relative": True},
 }
 
 
@@ -334,6 +339,7 @@ LEGACY = {
     "z_weights": "current",
     "memit_frobenius": 0.0,
     "memit_prior": 0.0,
+    "relation_guard": 0.0,
 }
 
 CHOICES = {

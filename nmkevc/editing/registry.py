@@ -33,6 +33,17 @@ class FactorInputs:
     prior_cov: torch.Tensor | None  # C_l = Σ K Kᵀ of earlier edits; None = zeros
     second_moment: torch.Tensor | None  # Σ_l (MEMIT; the projected masked update)
     mask: torch.Tensor | None = None  # bool (d_ff,): the neurons the update may touch; None = all
+    guard_cov: torch.Tensor | None = None  # μ_g K_g K_gᵀ of the relation guard (editing/guard.py); None = off
+
+    def kept_cov(self, prior_weight: float = 1.0) -> torch.Tensor | None:
+        """What the solve keeps besides the edit's own keys: `prior_weight` · C and the relation
+        guard's term (None: nothing). With the guard off this is C itself, bit for bit."""
+        prior = self.prior_cov if prior_weight else None
+        if prior is not None and prior_weight != 1.0:
+            prior = prior_weight * prior.double()
+        if self.guard_cov is None:
+            return prior
+        return self.guard_cov if prior is None else prior.double() + self.guard_cov
 
 
 @dataclass(frozen=True)

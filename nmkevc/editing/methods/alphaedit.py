@@ -40,7 +40,7 @@ def solve(inputs: FactorInputs, hp: NullspaceHparams) -> Factor:
     from ..update import Factor, nullspace_factor, zero_outside
 
     lam = ridge_of(inputs.keys, inputs.projector, hp)
-    u = nullspace_factor(inputs.keys, inputs.projector, inputs.prior_cov, lam)
+    u = nullspace_factor(inputs.keys, inputs.projector, inputs.kept_cov(), lam)
     return Factor(zero_outside(u, inputs.mask), {"ridge": lam})
 
 

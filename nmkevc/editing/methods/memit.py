@@ -53,7 +53,7 @@ def solve(inputs: FactorInputs, hp: MemitHparams) -> Factor:
         raise EditRequestError("MEMIT needs the key second moment of every edited layer")
     prior = inputs.prior_cov if hp.memit_prior else None
     u = memit_factor(inputs.keys, inputs.second_moment, hp.memit_lambda0, hp.memit_frobenius,
-                     None if prior is None else hp.memit_prior * prior.double())
+                     inputs.kept_cov(hp.memit_prior))
     info = {"lambda0": float(hp.memit_lambda0)}
     if hp.memit_frobenius:
         info["frobenius"] = float(hp.memit_frobenius)

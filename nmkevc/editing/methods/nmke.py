@@ -92,7 +92,7 @@ def _compensated(inputs: FactorInputs, hp) -> Factor:
     from ..update import Factor, masked_nullspace_factor
 
     lam = ridge_of(inputs.keys, inputs.projector, hp)
-    return Factor(masked_nullspace_factor(inputs.keys, inputs.projector, inputs.prior_cov, lam, inputs.mask),
+    return Factor(masked_nullspace_factor(inputs.keys, inputs.projector, inputs.kept_cov(), lam, inputs.mask),
                   {"ridge": lam})
 
 
@@ -101,7 +101,7 @@ def _projected(inputs: FactorInputs, hp) -> Factor:
 
     if inputs.second_moment is None:
         raise EditRequestError("the projected masked update needs the key second moment of every edited layer")
-    u, lam, kept = masked_projected_factor(inputs.keys, inputs.second_moment, inputs.prior_cov, inputs.mask,
+    u, lam, kept = masked_projected_factor(inputs.keys, inputs.second_moment, inputs.kept_cov(), inputs.mask,
                                            lambda k, p: ridge_of(k, p, hp), hp.nullspace)
     return Factor(u, {"ridge": lam, "mask_nullspace_kept": kept})
 
@@ -112,7 +112,8 @@ def _weighted(inputs: FactorInputs, hp) -> Factor:
     if inputs.second_moment is None:
         raise EditRequestError("the weighted masked update needs the key second moment of every edited layer")
     sel = inputs.mask.nonzero().squeeze(1)
-    prior = None if inputs.prior_cov is None else inputs.prior_cov.double()[sel][:, sel]
+    kept = inputs.kept_cov()
+    prior = None if kept is None else kept.double()[sel][:, sel]
     u = inputs.keys.double().new_zeros(inputs.keys.shape)
     u[sel] = memit_factor(inputs.keys[sel], inputs.second_moment.double()[sel][:, sel], hp.weighted_lambda0,
                           prior=prior)
