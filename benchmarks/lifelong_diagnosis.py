@@ -214,39 +214,28 @@ def hidden_growth(repo, infos: list) -> list[float | None]:
     requests of ‖h‖ on the state it was edited from over ‖h‖ on the base (1 for the first batch).
     This is NAS's feedback loop (arXiv 2602.02543): an inflated h is z's start and the clamp's
     scale, so targets and edited weights grow each other's norms; `z_norm_anchor` caps z at the
-    base's ‖h‖ to break it. One forward pass per batch, through the last edited layer only."""
-    import torch
-
-    from nmkevc.editing.hooks import hidden_of, hooks, run_until, stop_after
-    from nmkevc.editing.tokens import templated
+    base's ‖h‖ to break it. h is read as the anchor reads it (`zopt.layer_output`): one forward
+    pass per batch and state, through the last edited layer only."""
+    from nmkevc.editing.hparams import EditHparams
+    from nmkevc.editing.zopt import build_rows, layer_output
     from nmkevc.facts import EditRequest
-    from nmkevc.models.tokens import encode
 
-    def norms(rev: str, info) -> torch.Tensor:
+    def norms(rev: str, info):
         state = repo.load_model(rev)
-        model, tok = state.model, state.tokenizer
-        layer = info.info["editor"]["layers"][-1]
-        start = ((info.method or {}).get("hparams") or {}).get("prompt_start", "document")
+        hp = EditHparams.from_json((info.method or {}).get("hparams") or {})
         reqs = [EditRequest(r["subject"], r["prompt"], r["target_new"]) for r in info.requests]
-        batch = encode(tok, *templated(reqs, ["{}"]), start=start).through_subject()
-        got = {}
+        rows = build_rows(state.tokenizer, reqs, ["{}"], hp)
+        layer = info.info["editor"]["layers"][-1]
+        return layer_output(state.model, repo.workbench.adapter(info.base), rows, layer).norm(dim=-1)
 
-        def grab(_m, _a, out):
-            got["h"] = hidden_of(out)[batch.rows, batch.subject_pos].float()
-
-        module = repo.workbench.adapter(info.base).layer(model, layer)
-        with torch.no_grad(), hooks(post={module: grab}), stop_after(module):
-            run_until(model, batch)
-        return got["h"].norm(dim=1)
-
-    out: list[float | None] = []
     if not infos or not all(len(i.parents) == 1 and (i.info.get("editor") or {}).get("layers") for i in infos):
         return [None] * len(infos)
     base_rev = infos[0].parents[0]
-    base = [norms(base_rev, i) for i in infos]  # the base first: each later state moves the shared model once
-    for i, b in zip(infos, base, strict=True):
-        out.append(round(float((norms(i.parents[0], i) / b.clamp_min(1e-12)).mean()), 4))
-    return out
+    edited = [i for i in infos if i.parents[0] != base_rev]
+    base = [norms(base_rev, i) for i in edited]  # the base first: each later state moves the shared model once
+    growth = {i.id: round(float((norms(i.parents[0], i) / b.clamp_min(1e-12)).mean()), 4)
+              for i, b in zip(edited, base, strict=True)}
+    return [growth.get(i.id, 1.0) for i in infos]
 
 
 def diagnose(repo, results: dict) -> dict:

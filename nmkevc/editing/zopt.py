@@ -124,14 +124,14 @@ def optimise_z(
     on = base_model if hp.z_weights == "base" else model
     fast, dtype = replay_model(on, adapter, hp.z_precision)
     # z = h + δ with the model's own h: the replay's precision stays in δ
-    h = None if fast is on else _layer_output(on, adapter, rows, layer)
+    h = None if fast is on else layer_output(on, adapter, rows, layer)
     # the anchor's reference: the base model's h at each request's own subject token (per request,
     # not a batch mean, so a request's z stays independent of its batch; docs/method.md). When the
     # loop runs on the base model that is its own h, read in the loop.
     ref = None
     if hp.z_norm_anchor is not None and on is not base_model:
-        ref = _layer_output(base_model, adapter, rows, layer).norm(dim=-1)
-    start = None if on is model else _layer_output(model, adapter, rows, layer)
+        ref = layer_output(base_model, adapter, rows, layer).norm(dim=-1)
+    start = None if on is model else layer_output(model, adapter, rows, layer)
     autocast = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
     with attention_kernel(fast, dtype), autocast:
         res = _optimise(fast, adapter, rows, layer, hp, progress, pack_tokens, h, ref)
@@ -494,9 +494,10 @@ def _rewrite_hidden(packs: list[Pack], rows: ZRows) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _layer_output(model, adapter: ArchAdapter, rows: ZRows, layer: int) -> torch.Tensor:
+def layer_output(model, adapter: ArchAdapter, rows: ZRows, layer: int) -> torch.Tensor:
     """h (n × d_model) as `_rewrite_hidden` reads it, from one forward of the rewrite rows cut
-    short after l_m (for a replay that runs at another precision than the model)."""
+    short after l_m (for a replay that runs at another precision than the model, the norm
+    anchor's ‖h_base‖, and the lifelong diagnosis's growth of h)."""
     sub = rows.batch.select(rows.rewrite)
     got = {}
 
