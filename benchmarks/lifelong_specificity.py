@@ -7,7 +7,12 @@ own commit) and later edits eroding the neighbours of earlier ones (read at late
 This reads the run's repository (the branch of each method, one commit per batch) and splits
 them, per batch. The figures go to specificity_by_batch.json beside results.json.
 
-    python benchmarks/lifelong_specificity.py --repo OUT/repo --results DIR [--methods a,b]
+With --by-neighbour it splits the other way, at each method's last evaluated T: the neighbourhood
+prompts of all T facts, scored on the unedited model and on the state after T edits, by what the
+history did to each neighbour's own subject (`nmkevc.evaluation.neighbours`: untouched, edited
+under another relation, or its very fact edited), into specificity_by_neighbour.json.
+
+    python benchmarks/lifelong_specificity.py --repo OUT/repo --results DIR [--methods a,b] [--by-neighbour]
 """
 
 from __future__ import annotations
@@ -50,6 +55,38 @@ def specificity_by_batch(repo, cases: list, batch: int, commits: list[str]) -> l
     return out
 
 
+def neighbours_only(cases: list) -> list:
+    """The cases with their paraphrases dropped: only the neighbourhood prompts (and the rewrite
+    prompt, which the evaluation always scores) are read."""
+    from dataclasses import replace
+
+    return [replace(c, request=replace(c.request, paraphrases=())) for c in cases]
+
+
+def specificity_by_neighbour(repo, cases: list, states: dict[str, tuple[str, int]], base: str) -> dict:
+    """Per method (its final commit and edits T), the specificity of the first T facts'
+    neighbourhood prompts by kind, on that state and on the unedited one (`base`)."""
+    from nmkevc.evaluation.metrics import EvalReport, evaluate_requests
+    from nmkevc.evaluation.neighbours import neighbour_kinds, specificity_by_kind
+
+    probes = neighbours_only(cases[:max(t for _, t in states.values())])
+
+    def score(cid: str) -> EvalReport:
+        state = repo.load_model(cid)
+        return evaluate_requests(state.model, state.tokenizer, probes)
+
+    unedited = score(base)
+    out = {}
+    for method, (cid, t) in states.items():
+        kinds = neighbour_kinds(cases[:t], cases[:t])
+        edited = score(cid)
+        out[method] = {"edits": t, "commit": cid,
+                       "unedited": specificity_by_kind(EvalReport(unedited.records[:t]), kinds),
+                       "edited": specificity_by_kind(EvalReport(edited.records[:t]), kinds)}
+        print(method, json.dumps(out[method]), flush=True)
+    return out
+
+
 def main() -> None:
     from nmkevc.threads import choose_wait
 
@@ -58,6 +95,8 @@ def main() -> None:
     ap.add_argument("--repo", required=True, help="The lifelong run's repository (OUT/repo).")
     ap.add_argument("--results", required=True, help="The results folder (results.json; the output goes there).")
     ap.add_argument("--methods", default=None, help="Comma-separated methods of results.json (default: all).")
+    ap.add_argument("--by-neighbour", action="store_true",
+                    help="Split each method's last T by what the history did to each neighbour's subject.")
     args = ap.parse_args()
     from nmkevc import Repository
     from nmkevc.porcelain.datasets import eval_cases
@@ -70,6 +109,28 @@ def main() -> None:
     repo = Repository.open(args.repo)
     branches = repo.plumbing.branches()
     methods = args.methods.split(",") if args.methods else list(res["methods"])
+    if args.by_neighbour:
+        states, base = {}, None
+        for method in methods:
+            branch = res["branches"].get(method)
+            if branch not in branches:
+                print(f"{method}: branch {branch} is not in {args.repo}; skipped")
+                continue
+            done = max(p["edits"] for p in res["points"] if p["method"] == method and p.get("specificity") is not None)
+            chain = [branches[branch]]  # the branch's first-parent chain down to the unedited commit
+            while repo.plumbing.commit(chain[-1]).parents:
+                chain.append(repo.plumbing.commit(chain[-1]).parents[0])
+            chain.reverse()
+            if len(chain) <= done // batch:
+                raise SystemExit(f"error: {method}'s branch has fewer than {done // batch} batch commits")
+            states[method], base = (chain[done // batch], done), chain[0]
+        if not states:
+            raise SystemExit("error: no method of results.json has its branch in the repository")
+        out_path = results_dir / "specificity_by_neighbour.json"
+        data = json.loads(out_path.read_text()) if out_path.exists() else {"methods": {}}
+        data["methods"].update(specificity_by_neighbour(repo, cases, states, base))
+        out_path.write_text(json.dumps(data, indent=1) + "\n")
+        return
     out_path = results_dir / "specificity_by_batch.json"
     data = json.loads(out_path.read_text()) if out_path.exists() else {"methods": {}}
     for method in methods:

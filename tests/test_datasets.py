@@ -262,6 +262,7 @@ def test_countryinfo_schema(country_records, tmp_path):
     loaded = load_counterfact_records(path)
     assert len(loaded) == len(country_records)
     assert loaded[0].neighborhood_answers == tuple(country_records[0]["neighborhood_answers"])
+    assert loaded[0].neighborhood_subjects == tuple(country_records[0]["neighborhood_subjects"])
 
 
 def test_countryinfo_prefers_neighbours_sharing_the_true_answer(country_records):
@@ -376,3 +377,16 @@ def test_docs_quote_the_builders_counts(country_records):
     split = re.search(r"\((\d+) dev / (\d+) test with seed 0\)", text)
     assert split and (int(split.group(1)), int(split.group(2))) == (
         sum(r["split"] == "dev" for r in country_records), sum(r["split"] == "test" for r in country_records))
+
+
+def test_eval_cases_say_each_neighbours_subject_and_the_relation():
+    from nmkevc.datasets.countryinfo_set import RELATIONS
+    from nmkevc.porcelain.datasets import eval_cases
+
+    cases = eval_cases("countryinfo", 30, seed=0, neighbours=3, split="dev")
+    assert len(cases) == 30
+    for c in cases:
+        assert c.relation in {r.relation_id for r in RELATIONS}
+        assert len(c.neighborhood_subjects) == len(c.request.neighborhood) == len(c.neighborhood_answers) <= 3
+        for s, p in zip(c.neighborhood_subjects, c.request.neighborhood, strict=True):
+            assert s in p and s != c.request.subject

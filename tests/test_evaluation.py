@@ -28,6 +28,13 @@ from nmkevc.evaluation import (
     zsre_accuracy,
     zsre_locality_reference,
 )
+from nmkevc.evaluation.neighbours import (
+    FACT_EDITED,
+    SUBJECT_EDITED,
+    UNTOUCHED,
+    neighbour_kinds,
+    specificity_by_kind,
+)
 from nmkevc.evaluation.scoring import evaluating
 from nmkevc.facts import EditRequest
 from nmkevc.models.tokens import encode_pairs, lead_ids
@@ -261,6 +268,45 @@ def test_counterfact_neighbourhood_answers(llama):
     assert r.specificity == 0.5
     with pytest.raises(EditRequestError):
         EvalCase(req, neighborhood_answers=("only one",))
+    with pytest.raises(EditRequestError):
+        EvalCase(req, neighborhood_subjects=("France",))
+
+
+def _case(subject: str, relation: str, neighbours: tuple[str, ...]) -> EvalCase:
+    req = EditRequest(subject=subject, prompt="The capital of {} is", target_new="Oslo", target_true="Paris",
+                      neighborhood=tuple(f"The capital of {s} is" for s in neighbours))
+    return EvalCase(req, relation=relation, neighborhood_subjects=neighbours)
+
+
+def test_neighbour_kinds_against_the_history():
+    cases = [_case("France", "capital", ("Spain", "Chile", "Peru")),
+             _case("Spain", "currency", ("France", "Chile")),
+             _case("Chile", "capital", ("Peru", "France"))]
+    # after the first two edits: Spain's capital is not edited (its currency is), France's capital is
+    assert neighbour_kinds(cases[:2], cases[:2]) == [(SUBJECT_EDITED, UNTOUCHED, UNTOUCHED),
+                                                     (SUBJECT_EDITED, UNTOUCHED)]
+    assert neighbour_kinds(cases, cases) == [(SUBJECT_EDITED, FACT_EDITED, UNTOUCHED),
+                                             (SUBJECT_EDITED, SUBJECT_EDITED),
+                                             (UNTOUCHED, FACT_EDITED)]
+    with pytest.raises(EditRequestError, match="relation"):
+        neighbour_kinds([EvalCase(cases[0].request)], cases)
+
+
+def test_specificity_by_kind_counts_prompts(llama):
+    model, tok = llama
+    prompt = "The capital of France is"
+    (best, *_, worst), _ = ranked_cities(model, tok, prompt)
+    req = EditRequest(subject="Spain", prompt="The capital of {} is", target_new=worst, target_true=best,
+                      neighborhood=(prompt, prompt, prompt))
+    case = EvalCase(req, neighborhood_answers=("Zzyzx qq", best, best), relation="capital",
+                    neighborhood_subjects=("France", "France", "France"))
+    report = evaluate_requests(model, tok, [case])
+    assert [p.success for p in report.records[0].neighborhood] == [False, True, True]
+    got = specificity_by_kind(report, [(FACT_EDITED, FACT_EDITED, UNTOUCHED)])
+    assert got == {UNTOUCHED: {"prompts": 1, "specificity": 1.0}, SUBJECT_EDITED: {"prompts": 0, "specificity": None},
+                   FACT_EDITED: {"prompts": 2, "specificity": 0.5}}
+    with pytest.raises(EditRequestError):
+        specificity_by_kind(report, [])
 
 
 # -- zsRE -----------------------------------------------------------------------------

@@ -34,6 +34,7 @@ def test_lifelong_short_run(model_dirs, tmp_path):
     base = run.info["base_cases"]
     assert len(base["specificity"]) == 3 and base["specificity"][1:] == [None, None]  # only France has neighbours
     assert all(p.base_specificity == base["specificity"][0] for p in run.points)
+    assert all(p.specificity_untouched is None for p in run.points)  # the cases do not say their neighbours
     assert run.info["base_fluency"] >= 0 and run.info["base_perplexity"] > 1
     assert run.info["fluency"]["prompts"] == ["The capital of France is", "The capital of Spain is"]
     assert {m: h["method"] for m, h in run.info["hparams"].items()} == {m: m for m in ("nmke", "alphaedit", "memit")}
@@ -185,6 +186,30 @@ def _cases_with_neighbours():
                                  neighborhood=(f"The capital of {facts[(i + 1) % 5][0]} is",)),
                      (facts[(i + 1) % 5][2],))
             for i, (s, t, tt) in enumerate(facts)]
+
+
+def test_lifelong_reads_specificity_on_the_untouched_neighbours(model_dirs, tmp_path):
+    """Cases that say their neighbours' subjects give the specificity of the neighbours no edit
+    touched: after edits 1-2, only Spain's neighbour (Italy) is untouched (France's is Spain, edited);
+    after 1-4, only Peru's (Chile). The unedited model's is read on the same prompts."""
+    from dataclasses import replace
+
+    from nmkevc import Repository
+    from nmkevc.evaluation.metrics import evaluate_requests
+
+    repo = Repository.init(tmp_path / "repo", base=str(model_dirs["llama"]))
+    subjects = [c.request.subject for c in _cases_with_neighbours()]
+    cases = [replace(c, relation="capital", neighborhood_subjects=(subjects[(i + 1) % 5],))
+             for i, c in enumerate(_cases_with_neighbours()[:4])]
+    run = run_lifelong(repo, cases, batch_size=2, methods=("alphaedit",), log=lambda _: None, perplexity_every=0,
+                       hparams_overrides={"layers": [1, 2]}, fluency_prompts=2, fluency_tokens=5)
+    base = run.info["base_cases"]["neighbours"]
+    assert len(base) == 4 and all(len(row) == 1 for row in base)
+    for point, untouched in zip(run.points, (1, 3), strict=True):
+        state = repo.load_model(point.commit)
+        rep = evaluate_requests(state.model, state.tokenizer, cases[: point.edits])
+        assert point.specificity_untouched == float(rep.records[untouched].neighborhood[0].success)
+        assert point.base_specificity_untouched == float(base[untouched][0])
 
 
 def test_lifelong_evaluates_all_edits_every_k_batches(model_dirs, tmp_path):

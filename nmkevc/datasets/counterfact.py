@@ -13,7 +13,9 @@ Paraphrase and neighbourhood prompts are full texts (the subject already written
 become `EditRequest.paraphrases` / `.neighborhood` unchanged. The attribute and generation
 prompts, which EditRequest has no place for, are kept on `CounterFactRecord`, as is the
 optional `neighborhood_answers` extension written by `countryinfo_set` (one true answer per
-neighbourhood prompt, for sets where neighbours do not all share the edited fact's answer).
+neighbourhood prompt, for sets where neighbours do not all share the edited fact's answer) and
+its `neighborhood_subjects` (whose fact each neighbourhood prompt asks: a lifelong evaluation
+tells apart the neighbours whose own fact the history edited).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class CounterFactRecord:
     generation_prompts: tuple[str, ...] = ()
     neighborhood_answers: tuple[str, ...] | None = None
     relation_id: str | None = None
+    neighborhood_subjects: tuple[str, ...] | None = None
 
 
 def is_counterfact(record: dict) -> bool:
@@ -60,14 +63,8 @@ def counterfact_record(loc: Located) -> CounterFactRecord:
         neighborhood=tuple(string_list(loc, "neighborhood_prompts")),
         case_id=None if case_id is None else str(case_id),
     )
-    answers = rec.get("neighborhood_answers")
-    if answers is not None:
-        answers = tuple(string_list(loc, "neighborhood_answers"))
-        if len(answers) != len(request.neighborhood):
-            raise loc.error(
-                f"'neighborhood_answers' has {len(answers)} entries for "
-                f"{len(request.neighborhood)} neighborhood prompts"
-            )
+    answers, subjects = (_per_neighbour(loc, name, len(request.neighborhood))
+                         for name in ("neighborhood_answers", "neighborhood_subjects"))
     relation = rw.get("relation_id")
     return CounterFactRecord(
         request=request,
@@ -75,7 +72,18 @@ def counterfact_record(loc: Located) -> CounterFactRecord:
         generation_prompts=tuple(string_list(loc, "generation_prompts")),
         neighborhood_answers=answers,
         relation_id=relation if isinstance(relation, str) else None,
+        neighborhood_subjects=subjects,
     )
+
+
+def _per_neighbour(loc: Located, name: str, count: int) -> tuple[str, ...] | None:
+    """An optional extension list with one entry per neighbourhood prompt."""
+    if loc.record.get(name) is None:
+        return None
+    values = tuple(string_list(loc, name))
+    if len(values) != count:
+        raise loc.error(f"'{name}' has {len(values)} entries for {count} neighborhood prompts")
+    return values
 
 
 def load_counterfact_records(path: str | Path) -> list[CounterFactRecord]:

@@ -39,6 +39,7 @@ from ..models.live import ModelState
 from ..storage.fsutil import atomic_write_text
 from .fluency import generation_entropy
 from .metrics import evaluate_requests
+from .neighbours import UNTOUCHED, neighbour_kinds, says_neighbours, share_by_kind
 
 
 class EditingRepository(Protocol):
@@ -88,6 +89,11 @@ class BatchPoint:
     base_specificity: float | None = None
     #: wall time of this batch's evaluation (metrics, perplexity, fluency)
     eval_seconds: float | None = None
+    #: specificity over the neighbourhood prompts whose subject no edit so far touched (per prompt:
+    #: `evaluation.neighbours`), and the unedited model's on the same prompts; None where the cases do
+    #: not say their neighbours' subjects, or the point was not fully evaluated
+    specificity_untouched: float | None = None
+    base_specificity_untouched: float | None = None
 
 
 @dataclass
@@ -274,18 +280,39 @@ def base_mean(run: LifelongRun, metric: str, edits: int) -> float | None:
     return _mean(values[:edits])
 
 
+#: what the checkpoint keeps of the unedited model per case ("neighbours": each neighbourhood
+#: prompt's outcome, for the specificity of the untouched neighbours)
+BASE_CASE_KEYS = ("efficacy", "generalization", "specificity", "neighbours")
+
+
 def _extend_base(repo: EditingRepository, root: str, run: LifelongRun, cases: list, upto: int) -> None:
-    """Score the unedited model on cases up to `upto` (once per case, kept in the checkpoint)."""
-    have = run.info.setdefault("base_cases", {"efficacy": [], "generalization": [], "specificity": []})
-    n = len(have["efficacy"])
+    """Score the unedited model on cases up to `upto` (once per case, kept in the checkpoint); a
+    checkpoint from before a key existed gets that key's values from its first case on."""
+    have = run.info.setdefault("base_cases", {})
+    for key in BASE_CASE_KEYS:
+        have.setdefault(key, [])
+    n = min(len(have[key]) for key in BASE_CASE_KEYS)
     if n >= upto:
         return
     state = repo.load_model(root)
     rep = evaluate_requests(state.model, state.tokenizer, cases[n:upto])
-    for r in rep.records:
-        have["efficacy"].append(r.efficacy)
-        have["generalization"].append(r.generalization)
-        have["specificity"].append(r.specificity)
+    for i, r in enumerate(rep.records, start=n):
+        values = (r.efficacy, r.generalization, r.specificity, [p.success for p in r.neighborhood])
+        for key, value in zip(BASE_CASE_KEYS, values, strict=True):
+            if len(have[key]) == i:
+                have[key].append(value)
+
+
+def untouched_specificity(run: LifelongRun, done: list, rep) -> tuple[float | None, float | None]:
+    """Specificity of the neighbours no edit of `done` touched, after the edits (`rep`, the
+    evaluation of `done`) and on the unedited model; (None, None) when the cases cannot say."""
+    base = (run.info.get("base_cases") or {}).get("neighbours") or []
+    if rep is None or len(base) < len(done) or not says_neighbours(done):
+        return None, None
+    kinds = neighbour_kinds(done, done)
+    after = share_by_kind([[p.success for p in r.neighborhood] for r in rep.records], kinds)[UNTOUCHED]
+    before = share_by_kind(base[: len(done)], kinds)[UNTOUCHED]
+    return after["specificity"], before["specificity"]
 
 
 def _eta_seconds(run: LifelongRun, n_batches: int) -> float | None:
@@ -454,6 +481,7 @@ def run_lifelong(
         if measure and perplexity_every and (b % perplexity_every == 0 or b == n_batches - 1):
             ppl = repo.perplexity(out.commit, base_ppl=base_ppl)
         fractions = [x["neurons"] / x["d_ff"] for x in out.layers]
+        untouched, base_untouched = untouched_specificity(run, done, rep)
         point = BatchPoint(
             method=method, edits=len(done), seconds=round(seconds, 3), stored_bytes=stored[method],
             efficacy=rep.efficacy if rep else None, generalization=rep.generalization if rep else None,
@@ -463,6 +491,7 @@ def run_lifelong(
             commit=out.commit, fluency=flu,
             base_specificity=base_mean(run, "specificity", len(done)) if rep else None,
             eval_seconds=round(time.time() - t1, 3),
+            specificity_untouched=untouched, base_specificity_untouched=base_untouched,
         )
         run.points.append(point)
         session["batches"] += 1
@@ -472,6 +501,8 @@ def run_lifelong(
         if on_batch:
             on_batch(run)
         spec = f"spec {_f(point.specificity)} (base {_f(point.base_specificity)})" if rep else "spec   -  "
+        if untouched is not None:
+            spec += f", untouched {_f(untouched)} (base {_f(base_untouched)})"
         left = sum(n_batches - len(run.points_of(m)) for m in methods)
         log(f"{method:>9} {point.edits:>5}/{len(cases)} edits  eff {_f(point.efficacy)}  "
             f"gen {_f(point.generalization)}  {spec}  ret {_f(point.retention)}  "

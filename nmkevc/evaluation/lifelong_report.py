@@ -175,6 +175,8 @@ def results_markdown(run: LifelongRun | None, link_dir: str, what: str = "lifelo
               and pts[-1].edits > points[m].edits}
     if same_t and (best := _best_line(points, retention_edits(run))):
         lines += ["", f"At this T, {best}."]
+    if untouched := _untouched_line(points):
+        lines += ["", untouched]
     if latest:
         lines += ["", "Further, each method's latest fully evaluated point (compare rows only at the same T):",
                   "", *header, *[_goal_row(m, p, base_flu) for m, p in latest.items()]]
@@ -189,6 +191,17 @@ def results_markdown(run: LifelongRun | None, link_dir: str, what: str = "lifelo
               f"data: [results.json]({link_dir}/results.json)."]
     lines += _provenance_lines(run)
     return "\n".join(lines)
+
+
+def _untouched_line(points: dict[str, BatchPoint]) -> str:
+    """The specificity of the untouched neighbours, for the points that measured it ('' if none)."""
+    measured = {m: p for m, p in points.items() if p.specificity_untouched is not None}
+    if not measured:
+        return ""
+    return ("Specificity on the neighbours whose subject no edit so far touched (per prompt; "
+            "[evaluation.md](evaluation.md#the-lifelong-benchmark)): "
+            + "; ".join(f"{m} {_f(p.specificity_untouched)} (unedited {_f(p.base_specificity_untouched)})"
+                        for m, p in measured.items()) + ".")
 
 
 def _best_line(points: dict[str, BatchPoint], first: int) -> str:

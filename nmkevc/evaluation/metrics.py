@@ -40,25 +40,31 @@ class EvalCase:
     Some datasets give every neighbourhood prompt its own correct answer (a neighbour
     subject's true object need not be the edited subject's); CounterFact's neighbours
     all share `target_true`. `neighborhood_answers[i]` answers `request.neighborhood[i]`.
+    `relation` and `neighborhood_subjects[i]` (whose fact that prompt asks), when the
+    dataset gives them, let a history of edits tell which neighbours it edited itself
+    (`evaluation.neighbours`).
     """
 
     request: EditRequest
     neighborhood_answers: tuple[str, ...] | None = None
+    relation: str | None = None
+    neighborhood_subjects: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        answers = self.neighborhood_answers
-        if answers is None:
-            return
-        answers = tuple(answers)
-        if len(answers) != len(self.request.neighborhood):
-            raise EditRequestError(
-                f"{len(answers)} neighbourhood answers for "
-                f"{len(self.request.neighborhood)} neighbourhood prompts "
-                f"(subject {self.request.subject!r})"
-            )
-        if any(not a or not a.strip() for a in answers):
-            raise EditRequestError(f"empty neighbourhood answer (subject {self.request.subject!r})")
-        object.__setattr__(self, "neighborhood_answers", answers)
+        for name, what in (("neighborhood_answers", "answer"), ("neighborhood_subjects", "subject")):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            values = tuple(values)
+            if len(values) != len(self.request.neighborhood):
+                raise EditRequestError(
+                    f"{len(values)} neighbourhood {what}s for "
+                    f"{len(self.request.neighborhood)} neighbourhood prompts "
+                    f"(subject {self.request.subject!r})"
+                )
+            if any(not isinstance(v, str) or not v.strip() for v in values):
+                raise EditRequestError(f"empty neighbourhood {what} (subject {self.request.subject!r})")
+            object.__setattr__(self, name, values)
 
     def neighbour_answer(self, i: int) -> str | None:
         if self.neighborhood_answers is not None:

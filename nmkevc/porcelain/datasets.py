@@ -51,11 +51,9 @@ def eval_cases(source: str | Path, n: int | None = None, seed: int = 0, neighbou
     from a built-in fact set by name (its `split` part, shuffled with `seed`) or from a
     CounterFact-schema file (in file order); `n` of them, each with `neighbours` neighbours."""
     import random
-    from dataclasses import replace
 
     from ..datasets.counterfact import counterfact_record
     from ..datasets.records import Located, read_records
-    from ..evaluation.metrics import EvalCase
 
     if n is not None and n < 1:
         raise UsageError("the number of edits must be at least 1")
@@ -73,10 +71,18 @@ def eval_cases(source: str | Path, n: int | None = None, seed: int = 0, neighbou
         if n > len(located):
             raise UsageError(f"asked for {n} edits but {source} has {len(located)} records")
         located = located[:n]
-    cases = []
-    for loc in located:
-        cf = counterfact_record(loc)
-        req = replace(cf.request, neighborhood=cf.request.neighborhood[:neighbours])
-        answers = cf.neighborhood_answers[:neighbours] if cf.neighborhood_answers else None
-        cases.append(EvalCase(req, answers))
-    return cases
+    return [eval_case(counterfact_record(loc), neighbours) for loc in located]
+
+
+def eval_case(cf, neighbours: int | None = None):
+    """A CounterFact record as an `EvalCase` (its first `neighbours` neighbours, or all), with
+    what the record says of each neighbour (its answer, its subject) and the relation."""
+    from dataclasses import replace
+
+    from ..evaluation.metrics import EvalCase
+
+    def cut(values):
+        return None if values is None else values[:neighbours]
+
+    req = cf.request if neighbours is None else replace(cf.request, neighborhood=cf.request.neighborhood[:neighbours])
+    return EvalCase(req, cut(cf.neighborhood_answers), cf.relation_id, cut(cf.neighborhood_subjects))

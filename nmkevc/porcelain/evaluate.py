@@ -76,7 +76,7 @@ def perplexity_change(bench: Workbench, base_id: str, commits: list[str], heldou
 
 def evaluate(bench: Workbench, rev: str = "HEAD", dataset: str | Path | None = None,
              perplexity: bool = True, records: bool = False) -> EvalResult:
-    from ..evaluation.metrics import EvalCase, evaluate_requests
+    from ..evaluation.metrics import evaluate_requests
 
     repo = bench.repo
     cid = repo.resolve(rev)
@@ -101,8 +101,9 @@ def evaluate(bench: Workbench, rev: str = "HEAD", dataset: str | Path | None = N
             cases: list = history_requests(repo, cid)
         elif kind == "counterfact":
             from ..datasets import load_counterfact_records
+            from .datasets import eval_case
 
-            cases = [EvalCase(r.request, r.neighborhood_answers) for r in load_counterfact_records(dataset)]
+            cases = [eval_case(r) for r in load_counterfact_records(dataset)]
         else:
             from ..datasets import read_edit_file
 
