@@ -91,5 +91,7 @@ def apply(model, upd, sign=1.0):
 
 
 def solve(model, tok, reqs, hp, proj, prior=None, sigma=None):
+    """compute_edit on `model` as it is; AlphaEdit's norm anchor (its default) reads its reference
+    from that same model, which these tests of Step 4 take as the base."""
     return compute_edit(model, tok, reqs, hp, context_templates=TEMPLATES, projectors=proj,
-                        prior_keys_cov=prior, key_second_moment=sigma)
+                        prior_keys_cov=prior, key_second_moment=sigma, base_model=model)

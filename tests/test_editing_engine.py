@@ -89,7 +89,7 @@ def test_edit_raises_target_probability_and_restores_weights(sharp, method):
     seen = []
     res = compute_edit(model, tok, [EDIT], EditHparams(method=method, layers=layers, **TINY),
                        context_templates=TEMPLATES, projectors=proj, prior_keys_cov=None,
-                       progress=lambda phase, a, b: seen.append((phase, a, b)))
+                       progress=lambda phase, a, b: seen.append((phase, a, b)), base_model=model)
     assert_same(model, before)
     assert model.training and grads == {n: p.requires_grad for n, p in model.named_parameters()}
     model.eval()

@@ -86,13 +86,16 @@ def published(method, **kw):
 
 def test_defaults_differ_from_published_only_by_the_chosen_mechanisms():
     """The defaults turn on what the dev split chose (docs/method.md): MPES (k = 2) for every method,
-    and for MEMIT ENCORE's C term (μ = 1) and Frobenius term (λ_F = 10); everything else is the
-    published form."""
+    for MEMIT ENCORE's C term (μ = 1) and Frobenius term (λ_F = 10), for AlphaEdit NAS's norm
+    anchor (a = 1); everything else is the published form."""
+    chosen = {"nmke": {"z_stop_top1"}, "alphaedit": {"z_stop_top1", "z_norm_anchor"},
+              "memit": {"z_stop_top1", "memit_prior", "memit_frobenius"}}
     for method in ("nmke", "alphaedit", "memit"):
         default, pub = hp_for(method).to_json(), published(method).to_json()
-        changed = {k for k in default if default[k] != pub[k]}
-        assert changed == ({"z_stop_top1"} if method != "memit" else {"z_stop_top1", "memit_prior", "memit_frobenius"})
+        assert {k for k in default if default[k] != pub[k]} == chosen[method]
     assert hp_for("nmke").z_stop_top1 == hp_for("alphaedit").z_stop_top1 == hp_for("memit").z_stop_top1 == 2
+    assert (hp_for("alphaedit").z_norm_anchor, hp_for("nmke").z_norm_anchor, hp_for("memit").z_norm_anchor) == \
+        (1.0, None, None)
     assert EditHparams(method="memit").memit_prior == 1.0 and EditHparams(method="memit").memit_frobenius == 10.0
     # AlphaEdit's norm control: its relative ridge at 0.3, the single-edit calibration 0.1 when published
     alphaedit = EditHparams(method="alphaedit")
@@ -440,8 +443,8 @@ def test_guard_keeps_the_keys_after_the_subject(setup, method):
     assert kept[first].shape == want.shape and want.shape[1] >= 3 * len(TEMPLATES)
     torch.testing.assert_close(kept[first], want, rtol=1e-4, atol=1e-5)
     assert guard_keys(model, tok, adapter_for(model), REQS, TEMPLATES, LAYERS, hp.prompt_start)[first].shape[1] == 0
-    plain = run(model, tok, hp, sigma, proj, reqs=reqs)
-    guarded = run(model, tok, hp_for(method, relation_guard=10.0), sigma, proj, reqs=reqs)
+    plain = run(model, tok, hp, sigma, proj, reqs=reqs, base_model=model)  # AlphaEdit's anchor reads it
+    guarded = run(model, tok, hp_for(method, relation_guard=10.0), sigma, proj, reqs=reqs, base_model=model)
     assert torch.equal(plain.z, guarded.z)
     assert guarded.info["guard_keys"] == want.shape[1] and "guard_keys" not in plain.info
     assert "guard" in guarded.info["timings"]

@@ -104,7 +104,9 @@ def test_prior_keys_cov_enters_the_formula(setup):
 def test_alphaedit_is_nmke_with_a_full_mask(setup):
     model, tok, _, proj = setup
     nm = solve(model, tok, REQS, EditHparams(layers=[2], **FAST), proj).updates[0]
-    ae = solve(model, tok, REQS, EditHparams(method="alphaedit", layers=[2], **FAST), proj).updates[0]
+    # the same z as NMKE's record: AlphaEdit's norm anchor off (NMKE has it off by default)
+    ae = solve(model, tok, REQS, EditHparams(method="alphaedit", layers=[2], z_norm_anchor=None, **FAST),
+               proj).updates[0]
     d_ff = adapter_for(model).dims(model)[1]
     assert ae.idx.tolist() == list(range(d_ff)) and ae.info["kept"] == d_ff
     torch.testing.assert_close(ae.V, nm.V)

@@ -21,12 +21,18 @@ if TYPE_CHECKING:
 #: drifts less and holds more than 0.1 (docs/method.md, "Lifelong mechanisms"); the published
 #: preset gives 0.1 back.
 ALPHAEDIT_RIDGE = 0.3
+#: NAS's norm anchor on AlphaEdit, ||z|| ≤ ||h_base||: it stops earlier edits inflating z's starting
+#: point (h at l_m grows 15% over 1000 edits without it). Level with the ridge alone on the dev
+#: split at T = 500, ahead of it at T = 1000 on the test split (docs/method.md, "Lifelong
+#: mechanisms"); the published preset turns it off.
+ALPHAEDIT_Z_NORM_ANCHOR = 1.0
 
 
 @dataclass
 class AlphaEditHparams(NullspaceHparams):
     method: str = "alphaedit"
     ridge: float = ALPHAEDIT_RIDGE
+    z_norm_anchor: float | None = ALPHAEDIT_Z_NORM_ANCHOR
 
 
 def ridge_of(keys, projector, hp: NullspaceHparams) -> float:

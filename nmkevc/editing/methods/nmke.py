@@ -28,6 +28,9 @@ class NmkeHparams(AlphaEditHparams):
     #: not AlphaEdit's lifelong 0.3: NMKE's mask already writes under half of δ, and a larger
     #: ridge cost it efficacy at the calibration (docs/figures/ridge.json: 0.80 against 0.90)
     ridge: float = RIDGE_RELATIVE_DEFAULT
+    #: not AlphaEdit's norm anchor either: NMKE's dev arm with it (T = 300) cost efficacy and
+    #: generalisation (0.893 / 0.726 against 0.910 / 0.747; docs/method.md); an option
+    z_norm_anchor: float | None = None
 
     # -- Step 2: neuron attribution ------------------------------------------------------
     amplification: float = 30.0  # s = logp(r + 30·v_i) − logp(r)
