@@ -5,7 +5,7 @@ their true answers. When those subjects are edited too, as a long history on a f
 few hundred countries does, the prompts stop being plain neighbours: one whose own fact (same
 relation, same subject) is in the history is *meant* to have lost its old answer, and one whose
 subject was edited under another relation measures whether an edit stays within its relation.
-Split by kind, the figure reads without that mixing (docs/method.md, "Where specificity goes").
+Split by kind, the figure reads without that mixing (docs/method.md, "Which neighbours lose").
 """
 
 from __future__ import annotations
