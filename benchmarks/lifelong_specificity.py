@@ -23,15 +23,15 @@ from pathlib import Path
 
 
 def batch_commits(plumbing, tip: str, n_batches: int) -> list[str]:
-    """The last `n_batches` commits of the branch's first-parent chain, oldest first, and the
-    commit they start from (the unedited state)."""
+    """The unedited commit the branch starts from (the root of its first-parent chain), then its
+    first `n_batches` commits, oldest first: the states after each batch, whatever came later."""
     chain = [tip]
-    while len(chain) <= n_batches:
-        parents = plumbing.commit(chain[-1]).parents
-        if not parents:
-            raise SystemExit(f"error: the branch has fewer than {n_batches} batch commits")
+    while parents := plumbing.commit(chain[-1]).parents:
         chain.append(parents[0])
-    return list(reversed(chain))
+    chain.reverse()
+    if len(chain) <= n_batches:
+        raise SystemExit(f"error: the branch has fewer than {n_batches} batch commits")
+    return chain[: n_batches + 1]
 
 
 def specificity_by_batch(repo, cases: list, batch: int, commits: list[str]) -> list[dict]:
@@ -109,37 +109,29 @@ def main() -> None:
     repo = Repository.open(args.repo)
     branches = repo.plumbing.branches()
     methods = args.methods.split(",") if args.methods else list(res["methods"])
-    if args.by_neighbour:
-        states, base = {}, None
-        for method in methods:
-            branch = res["branches"].get(method)
-            if branch not in branches:
-                print(f"{method}: branch {branch} is not in {args.repo}; skipped")
-                continue
-            done = max(p["edits"] for p in res["points"] if p["method"] == method and p.get("specificity") is not None)
-            chain = [branches[branch]]  # the branch's first-parent chain down to the unedited commit
-            while repo.plumbing.commit(chain[-1]).parents:
-                chain.append(repo.plumbing.commit(chain[-1]).parents[0])
-            chain.reverse()
-            if len(chain) <= done // batch:
-                raise SystemExit(f"error: {method}'s branch has fewer than {done // batch} batch commits")
-            states[method], base = (chain[done // batch], done), chain[0]
-        if not states:
-            raise SystemExit("error: no method of results.json has its branch in the repository")
-        out_path = results_dir / "specificity_by_neighbour.json"
-        data = json.loads(out_path.read_text()) if out_path.exists() else {"methods": {}}
-        data["methods"].update(specificity_by_neighbour(repo, cases, states, base))
-        out_path.write_text(json.dumps(data, indent=1) + "\n")
-        return
-    out_path = results_dir / "specificity_by_batch.json"
-    data = json.loads(out_path.read_text()) if out_path.exists() else {"methods": {}}
+    # each method's branch, and the edits it was last fully evaluated at
+    runs = {}
     for method in methods:
         branch = res["branches"].get(method)
         if branch not in branches:
             print(f"{method}: branch {branch} is not in {args.repo}; skipped")
             continue
-        done = max(p["edits"] for p in res["points"] if p["method"] == method)
-        commits = batch_commits(repo.plumbing, branches[branch], done // batch)
+        # --by-neighbour reads the last fully evaluated T; by batch, every batch done
+        done = max(p["edits"] for p in res["points"]
+                   if p["method"] == method and (p.get("specificity") is not None or not args.by_neighbour))
+        runs[method] = (batch_commits(repo.plumbing, branches[branch], done // batch), done)
+    if not runs:
+        raise SystemExit("error: no method of results.json has its branch in the repository")
+    name = "specificity_by_neighbour.json" if args.by_neighbour else "specificity_by_batch.json"
+    out_path = results_dir / name
+    data = json.loads(out_path.read_text()) if out_path.exists() else {"methods": {}}
+    if args.by_neighbour:
+        states = {m: (commits[-1], done) for m, (commits, done) in runs.items()}
+        base = next(iter(runs.values()))[0][0]
+        data["methods"].update(specificity_by_neighbour(repo, cases, states, base))
+        out_path.write_text(json.dumps(data, indent=1) + "\n")
+        return
+    for method, (commits, _) in runs.items():
         data["methods"][method] = {"batches": specificity_by_batch(repo, cases, batch, commits)}
         out_path.write_text(json.dumps(data, indent=1) + "\n")
         print(method, json.dumps(data["methods"][method]))

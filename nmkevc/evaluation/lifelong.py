@@ -39,7 +39,7 @@ from ..models.live import ModelState
 from ..storage.fsutil import atomic_write_text
 from .fluency import generation_entropy
 from .metrics import evaluate_requests
-from .neighbours import UNTOUCHED, neighbour_kinds, says_neighbours, share_by_kind
+from .neighbours import UNTOUCHED, neighbour_kinds, says_neighbours, share_by_kind, specificity_by_kind
 
 
 class EditingRepository(Protocol):
@@ -310,7 +310,7 @@ def untouched_specificity(run: LifelongRun, done: list, rep) -> tuple[float | No
     if rep is None or len(base) < len(done) or not says_neighbours(done):
         return None, None
     kinds = neighbour_kinds(done, done)
-    after = share_by_kind([[p.success for p in r.neighborhood] for r in rep.records], kinds)[UNTOUCHED]
+    after = specificity_by_kind(rep, kinds)[UNTOUCHED]
     before = share_by_kind(base[: len(done)], kinds)[UNTOUCHED]
     return after["specificity"], before["specificity"]
 

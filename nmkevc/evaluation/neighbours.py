@@ -27,10 +27,9 @@ KINDS = (UNTOUCHED, SUBJECT_EDITED, FACT_EDITED)
 def neighbour_kinds(cases: Sequence[EvalCase], history: Sequence[EvalCase]) -> list[tuple[str, ...]]:
     """Per case, the kind of each of its neighbourhood prompts against the facts edited in
     `history`; the cases must say their relation and their neighbours' subjects."""
-    for c in cases:
-        if c.relation is None or (c.neighborhood_subjects is None and c.request.neighborhood):
-            raise EditRequestError(f"case of subject {c.request.subject!r} does not say its relation and its "
-                                   f"neighbours' subjects (a countryinfo fact set does)")
+    if not says_neighbours(cases):
+        raise EditRequestError("the cases do not say their relation and their neighbours' subjects "
+                               "(a countryinfo fact set does)")
     facts = {(c.relation, c.request.subject) for c in history}
     subjects = {c.request.subject for c in history}
 

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 from ..facts import EditRequest
+
+if TYPE_CHECKING:  # annotations only: the verbs import the fact sets and evaluation when they run
+    from ..datasets.counterfact import CounterFactRecord
+    from ..evaluation.metrics import EvalCase
 
 #: the fact sets `build_dataset` can make (name → what it is built from)
 DATASETS = {"countryinfo": "7 relations of countries and their provinces, from PyPI countryinfo (MIT)"}
@@ -74,7 +79,7 @@ def eval_cases(source: str | Path, n: int | None = None, seed: int = 0, neighbou
     return [eval_case(counterfact_record(loc), neighbours) for loc in located]
 
 
-def eval_case(cf, neighbours: int | None = None):
+def eval_case(cf: CounterFactRecord, neighbours: int | None = None) -> EvalCase:
     """A CounterFact record as an `EvalCase` (its first `neighbours` neighbours, or all), with
     what the record says of each neighbour (its answer, its subject) and the relation."""
     from dataclasses import replace
