@@ -28,8 +28,8 @@ class NmkeHparams(AlphaEditHparams):
     #: not AlphaEdit's lifelong 0.3: NMKE's mask already writes under half of δ, and a larger
     #: ridge cost it efficacy at the calibration (docs/figures/ridge.json: 0.80 against 0.90)
     ridge: float = RIDGE_RELATIVE_DEFAULT
-    #: not AlphaEdit's norm anchor either: NMKE's dev arm with it (T = 300) cost efficacy and
-    #: generalisation (0.893 / 0.726 against 0.910 / 0.747; docs/method.md); an option
+    #: not AlphaEdit's norm anchor either: at T = 500 on the dev split it failed the rule AlphaEdit's
+    #: passed (retention 0.77 against 0.80, perplexity +9.12% against +11.27%; docs/method.md); an option
     z_norm_anchor: float | None = None
 
     # -- Step 2: neuron attribution ------------------------------------------------------
