@@ -125,6 +125,48 @@ def test_target_logprobs_independent_of_batching(lm, monkeypatch):
     )
 
 
+def test_shared_context_runs_once_for_multi_token_targets(lm):
+    """A prompt scored against two multi-token answers (its new and its true one) runs the prompt
+    once and both answers on its cache, padded contexts of several lengths in one batch: the
+    same scores as one unpadded pass per pair, with fewer tokens through the model."""
+    model, tok = lm
+    prompts = [p for p in PROMPTS for _ in range(2)] + [PROMPTS[1]]
+    targets = ["guitar piano", "Paris Rome Berlin", "Italy", "New York City", "French wine",
+               "Portuguese", "viola da gamba", "guitar", "Lisbon Oslo", "Tokyo Vienna", "Madrid"]
+    seen: list[int] = []
+
+    def count(_m, args, kwargs):
+        seen.append(int(kwargs["input_ids"].numel()))
+
+    handle = model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        for batch_size in (3, 32):
+            seen.clear()
+            scores = target_scores(model, tok, prompts, targets, batch_size=batch_size)
+            shared = sum(seen)
+            for s, p, t in zip(scores, prompts, targets, strict=True):
+                lps, argmax = naive_scores(model, tok, p, t)
+                assert list(s.token_logprobs) == pytest.approx(lps, abs=1e-4)
+                assert list(s.argmax_ids) == argmax
+            seen.clear()
+            monkeypatch = pytest.MonkeyPatch()
+            monkeypatch.setattr(scoring, "_reorders_cache", lambda m: False)
+            alone = target_scores(model, tok, prompts, targets, batch_size=batch_size)
+            monkeypatch.undo()
+            assert [a.token_logprobs for a in alone] == [
+                pytest.approx(s.token_logprobs, abs=1e-4) for s in scores]
+            assert shared < sum(seen)  # the padded token count; the contexts ran once
+    finally:
+        handle.remove()
+
+
+def test_batches_bound_rows_and_continuations():
+    tails = {"a": 5, "b": 1, "c": 1, "d": 0, "e": 3}
+    got = list(scoring._batches(list("abcde"), 2, tails.get))
+    # a row with more continuations than the bound still runs, alone; then 2 rows, ≤ 4 continuations
+    assert got == [["a"], ["b", "c"], ["d", "e"]]
+
+
 def test_leading_space_added_once(lm):
     model, tok = lm
     a, b = target_logprobs(model, tok, [PROMPTS[0]] * 2, ["Paris", " Paris"])

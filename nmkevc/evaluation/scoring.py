@@ -10,7 +10,8 @@ Conventions (shared by all metrics): prompts and targets are tokenized by
 default start token (`models.tokens.START_RULES`), a target is scored with one leading
 space as it follows the prompt. Sequences
 are right-padded with an attention mask, so real tokens keep positions 0..n-1 and never
-attend to padding: no position-id bookkeeping is needed.
+attend to padding; only the continuations run on a shared context's cache are given their
+positions (after the context's real tokens, its padding masked).
 """
 
 from __future__ import annotations
@@ -132,6 +133,9 @@ def score_spans(
     The building block of every metric: one padded forward pass per batch, with the
     unembedding and log-softmax only on the positions actually scored (where the model
     supports `logits_to_keep`): the vocabulary is large and most positions are prompt.
+    With `share_prefixes`, a context that several multi-token continuations follow (a
+    prompt scored against its new and its true answer) is run once and its key/value
+    cache serves every continuation (`_shared_contexts`).
     """
     if len(sequences) != len(starts):
         raise ValueError("one start per sequence")
@@ -143,44 +147,119 @@ def score_spans(
     by_seq: dict[int, list[int]] = {}
     for qi, j in enumerate(owner):
         by_seq.setdefault(j, []).append(qi)
-    results: list[tuple[list[float], list[int]]] = [([], [])] * len(sequences)
+    # the forward rows: (tokens, the forward sequences they serve); a shared context is one row
+    # for all its sequences, whose tails then run on its cache
+    cut = {j: min(starts[qi] for qi in by_seq[j]) for j in range(len(seqs))}
+    contexts = _shared_contexts(seqs, cut) if share_prefixes and _reorders_cache(model) else set()
+    rows: list[tuple[tuple[int, ...], list[int]]] = []
+    seen: dict[tuple[int, ...], int] = {}
+    for j, sq in enumerate(seqs):
+        key = sq[: cut[j]] if j in contexts else sq
+        if key not in seen:
+            seen[key] = len(rows)
+            rows.append((key, []))
+        rows[seen[key]][1].append(j)
+    rows.sort(key=lambda row: -len(row[0]))  # longest first: little padding in a batch
+    # per sequence, its scored columns' (log-prob of the next token, argmax), filled as rows run
+    scored: list[dict[int, tuple[float, int]]] = [{} for _ in sequences]
+
+    def take(js: Sequence[int], c: int, row: torch.Tensor) -> None:
+        lp = row.float().log_softmax(-1)
+        best = int(lp.argmax())
+        for qi in (qi for j in js for qi in by_seq[j]):
+            seq = sequences[qi]
+            if starts[qi] - 1 <= c < len(seq) - 1:
+                scored[qi][c] = (float(lp[seq[c + 1]]), best)
+
+    wanted_of = {j: {c for qi in by_seq[j] for c in range(starts[qi] - 1, len(sequences[qi]) - 1)}
+                 for j in range(len(seqs))}
     device = _model_device(model)
     keep = _accepts(model, "logits_to_keep")
     with evaluating(model):
-        for b0 in range(0, len(seqs), batch_size):
-            batch = seqs[b0 : b0 + batch_size]
-            width = max(len(s) for s in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, s in enumerate(batch):
-                ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
-                mask[r, : len(s)] = 1
-            wanted = sorted(
-                {
-                    c
-                    for r in range(len(batch))
-                    for qi in by_seq[b0 + r]
-                    for c in range(starts[qi] - 1, len(sequences[qi]) - 1)
-                }
-            )
+        for batch in _batches(rows, batch_size, lambda row: sum(j in contexts for j in row[1])):
+            tails = [(r, j) for r, (_, js) in enumerate(batch) for j in js if j in contexts]
+            ids, mask = _right_padded([t for t, _ in batch], pad)
+            want = [{c for j in js for c in wanted_of[j] if c < len(t)} for t, js in batch]
+            cols = sorted(set().union(*want))
             extra = {}
-            if keep and len(wanted) < width:
-                extra["logits_to_keep"] = torch.tensor(wanted, dtype=torch.long, device=device)
-                column = {c: k for k, c in enumerate(wanted)}
+            if keep and len(cols) < ids.shape[1]:
+                extra["logits_to_keep"] = torch.tensor(cols, dtype=torch.long, device=device)
+                column = {c: k for k, c in enumerate(cols)}
             else:
-                column = {c: c for c in range(width)}
-            logits = model(
-                input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, **extra
-            ).logits
-            for r in range(len(batch)):
-                for qi in by_seq[b0 + r]:
-                    seq, s = sequences[qi], starts[qi]
-                    cols = [column[c] for c in range(s - 1, len(seq) - 1)]
-                    rows = logits[r, cols].float().log_softmax(-1)
-                    tgt = torch.tensor(list(seq[s:]), dtype=torch.long, device=rows.device)
-                    lp = rows.gather(-1, tgt[:, None])[:, 0]
-                    results[qi] = (lp.tolist(), rows.argmax(-1).tolist())
+                column = {c: c for c in range(ids.shape[1])}
+            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=bool(tails), **extra)
+            for r, (_, js) in enumerate(batch):
+                for c in want[r]:
+                    take(js, c, out.logits[r, column[c]])
+            if tails:
+                _score_tails(model, _cache_of(out), mask, tails, seqs, cut, take, pad, device)
+    results: list[tuple[list[float], list[int]]] = []
+    for qi, seq in enumerate(sequences):
+        got = [scored[qi][c] for c in range(starts[qi] - 1, len(seq) - 1)]
+        results.append(([lp for lp, _ in got], [am for _, am in got]))
     return results
+
+
+def _batches(rows: list, size: int, tails_of) -> Iterator[list]:
+    """Consecutive rows, at most `size` of them and (beyond a batch's first row) at most
+    2 · `size` continuations to run on their cache (a prompt's new and true answers): bounds
+    the continuations' logits in memory."""
+    batch: list = []
+    tails = 0
+    for row in rows:
+        n = tails_of(row)
+        if batch and (len(batch) == size or tails + n > 2 * size):
+            yield batch
+            batch, tails = [], 0
+        batch.append(row)
+        tails += n
+    if batch:
+        yield batch
+
+
+def _shared_contexts(seqs: Sequence[tuple[int, ...]], cut: dict[int, int]) -> set[int]:
+    """The forward sequences whose context (their tokens before the first scored one) another
+    one with a continuation shares: those run as the context once plus their own tail."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for j, sq in enumerate(seqs):
+        if len(sq) > cut[j]:
+            groups.setdefault(sq[: cut[j]], []).append(j)
+    return {j for js in groups.values() if len(js) > 1 for j in js}
+
+
+def _reorders_cache(model: torch.nn.Module) -> bool:
+    """Whether the model returns a cache whose batch can be re-indexed (`reorder_cache`)."""
+    try:
+        from transformers import Cache
+    except ImportError:
+        return False
+    return hasattr(Cache, "reorder_cache") and _accepts(model, "position_ids")
+
+
+def _right_padded(batch: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in batch)
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for r, s in enumerate(batch):
+        ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[r, : len(s)] = 1
+    return ids, mask
+
+
+def _score_tails(model, cache, mask, tails, seqs, cut, take, pad, device) -> None:
+    """Run each shared context's continuations on its cache: the cache's rows repeated per
+    continuation, the context's padding masked, positions counted from the context's length."""
+    ctx_rows = torch.tensor([r for r, _ in tails], dtype=torch.long)
+    cache.reorder_cache(ctx_rows.to(device))
+    tail_ids, tail_mask = _right_padded([seqs[j][cut[j] :] for _, j in tails], pad)
+    lengths = mask.sum(1)[ctx_rows]
+    position = lengths[:, None] + torch.arange(tail_ids.shape[1])[None, :]
+    full_mask = torch.cat([mask[ctx_rows], tail_mask], dim=1)
+    out = model(input_ids=tail_ids.to(device), attention_mask=full_mask.to(device),
+                position_ids=position.to(device), use_cache=True, **{_cache_kwarg(model): cache})
+    for k, (_, j) in enumerate(tails):
+        for c in range(cut[j], len(seqs[j])):
+            take([j], c, out.logits[k, c - cut[j]])
 
 
 # -- public scoring API -------------------------------------------------------------
