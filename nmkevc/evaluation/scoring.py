@@ -163,13 +163,19 @@ def score_spans(
     # per sequence, its scored columns' (log-prob of the next token, argmax), filled as rows run
     scored: list[dict[int, tuple[float, int]]] = [{} for _ in sequences]
 
-    def take(js: Sequence[int], c: int, row: torch.Tensor) -> None:
-        lp = row.float().log_softmax(-1)
-        best = int(lp.argmax())
+    def take(js: Sequence[int], cs: Sequence[int], block: torch.Tensor) -> None:
+        """Score the sequences of forward rows `js` at their columns `cs`, whose logits are `block`."""
+        lp = block.float().log_softmax(-1)
+        best = lp.argmax(-1).tolist()
+        where = {c: k for k, c in enumerate(cs)}
         for qi in (qi for j in js for qi in by_seq[j]):
             seq = sequences[qi]
-            if starts[qi] - 1 <= c < len(seq) - 1:
-                scored[qi][c] = (float(lp[seq[c + 1]]), best)
+            mine = [c for c in cs if starts[qi] - 1 <= c < len(seq) - 1]
+            if mine:
+                at = torch.tensor([where[c] for c in mine], device=lp.device)
+                got = lp[at, torch.tensor([seq[c + 1] for c in mine], device=lp.device)].tolist()
+                for c, v in zip(mine, got, strict=True):
+                    scored[qi][c] = (v, best[where[c]])
 
     wanted_of = {j: {c for qi in by_seq[j] for c in range(starts[qi] - 1, len(sequences[qi]) - 1)}
                  for j in range(len(seqs))}
@@ -189,8 +195,8 @@ def score_spans(
                 column = {c: c for c in range(ids.shape[1])}
             out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=bool(tails), **extra)
             for r, (_, js) in enumerate(batch):
-                for c in want[r]:
-                    take(js, c, out.logits[r, column[c]])
+                cs = sorted(want[r])
+                take(js, cs, out.logits[r, [column[c] for c in cs]])
             if tails:
                 _score_tails(model, _cache_of(out), mask, tails, seqs, cut, take, pad, device)
     results: list[tuple[list[float], list[int]]] = []
@@ -258,8 +264,7 @@ def _score_tails(model, cache, mask, tails, seqs, cut, take, pad, device) -> Non
     out = model(input_ids=tail_ids.to(device), attention_mask=full_mask.to(device),
                 position_ids=position.to(device), use_cache=True, **{_cache_kwarg(model): cache})
     for k, (_, j) in enumerate(tails):
-        for c in range(cut[j], len(seqs[j])):
-            take([j], c, out.logits[k, c - cut[j]])
+        take([j], list(range(cut[j], len(seqs[j]))), out.logits[k, : len(seqs[j]) - cut[j]])
 
 
 # -- public scoring API -------------------------------------------------------------
