@@ -125,7 +125,7 @@ def test_target_logprobs_independent_of_batching(lm, monkeypatch):
     )
 
 
-def test_shared_context_runs_once_for_multi_token_targets(lm):
+def test_shared_context_runs_once_for_multi_token_targets(lm, monkeypatch):
     """A prompt scored against two multi-token answers (its new and its true one) runs the prompt
     once and both answers on its cache, padded contexts of several lengths in one batch: the
     same scores as one unpadded pass per pair, with fewer tokens through the model."""
@@ -149,7 +149,6 @@ def test_shared_context_runs_once_for_multi_token_targets(lm):
                 assert list(s.token_logprobs) == pytest.approx(lps, abs=1e-4)
                 assert list(s.argmax_ids) == argmax
             seen.clear()
-            monkeypatch = pytest.MonkeyPatch()
             monkeypatch.setattr(scoring, "_reorders_cache", lambda m: False)
             alone = target_scores(model, tok, prompts, targets, batch_size=batch_size)
             monkeypatch.undo()

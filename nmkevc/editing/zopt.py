@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from ..errors import EditRequestError, NmkevcError
 from ..facts import EditRequest
 from ..models.adapters import ArchAdapter
+from ..models.cache import new_dynamic_cache
 from ..models.tokens import Batch, encode, target_ids
 from .hooks import LayerCall, attention_kernel, hidden_of, hooks, recorded_calls, run_until, stop_after
 from .hparams import EditHparams
@@ -433,16 +434,7 @@ class UpperRunner:
                 for j, kv in enumerate(prefix)]
 
     def _new_cache(self):
-        if self.cache_kw is None:
-            return None
-        try:
-            from transformers import DynamicCache
-        except ImportError:
-            return None
-        try:
-            return DynamicCache(config=self.model.config)
-        except TypeError:
-            return DynamicCache()
+        return None if self.cache_kw is None else new_dynamic_cache(self.model.config)
 
 
 def _cache_state(cache) -> list | None:

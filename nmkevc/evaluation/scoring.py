@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.tokens import context_ids, encode_pairs, pad_id
+from ..models.cache import new_dynamic_cache
+from ..models.tokens import context_ids, encode_pairs, pad_id, right_pad
 
 DEFAULT_BATCH_SIZE = 32
 
@@ -184,7 +185,7 @@ def score_spans(
     with evaluating(model):
         for batch in _batches(rows, batch_size, lambda row: sum(j in contexts for j in row[1])):
             tails = [(r, j) for r, (_, js) in enumerate(batch) for j in js if j in contexts]
-            ids, mask = _right_padded([t for t, _ in batch], pad)
+            ids, mask = right_pad([t for t, _ in batch], pad)
             want = [{c for j in js for c in wanted_of[j] if c < len(t)} for t, js in batch]
             cols = sorted(set().union(*want))
             extra = {}
@@ -193,12 +194,14 @@ def score_spans(
                 column = {c: k for k, c in enumerate(cols)}
             else:
                 column = {c: c for c in range(ids.shape[1])}
+            if tails:  # a cache of ours: the one a forward makes may come back as a legacy tuple
+                extra[_cache_kwarg(model)] = cache = new_dynamic_cache(model.config)
             out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=bool(tails), **extra)
             for r, (_, js) in enumerate(batch):
                 cs = sorted(want[r])
                 take(js, cs, out.logits[r, [column[c] for c in cs]])
             if tails:
-                _score_tails(model, _cache_of(out), mask, tails, seqs, cut, take, pad, device)
+                _score_tails(model, cache, mask, tails, seqs, cut, take, pad, device)
     results: list[tuple[list[float], list[int]]] = []
     for qi, seq in enumerate(sequences):
         got = [scored[qi][c] for c in range(starts[qi] - 1, len(seq) - 1)]
@@ -234,22 +237,10 @@ def _shared_contexts(seqs: Sequence[tuple[int, ...]], cut: dict[int, int]) -> se
 
 
 def _reorders_cache(model: torch.nn.Module) -> bool:
-    """Whether the model returns a cache whose batch can be re-indexed (`reorder_cache`)."""
-    try:
-        from transformers import Cache
-    except ImportError:
-        return False
-    return hasattr(Cache, "reorder_cache") and _accepts(model, "position_ids")
-
-
-def _right_padded(batch: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in batch)
-    ids = torch.full((len(batch), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for r, s in enumerate(batch):
-        ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[r, : len(s)] = 1
-    return ids, mask
+    """Whether continuations can run on a shared context's cache: the forward takes position
+    ids and a cache of ours, and that cache's batch can be re-indexed (`reorder_cache`)."""
+    cache = new_dynamic_cache(getattr(model, "config", None))
+    return hasattr(cache, "reorder_cache") and _accepts(model, "position_ids")
 
 
 def _score_tails(model, cache, mask, tails, seqs, cut, take, pad, device) -> None:
@@ -257,7 +248,7 @@ def _score_tails(model, cache, mask, tails, seqs, cut, take, pad, device) -> Non
     continuation, the context's padding masked, positions counted from the context's length."""
     ctx_rows = torch.tensor([r for r, _ in tails], dtype=torch.long)
     cache.reorder_cache(ctx_rows.to(device))
-    tail_ids, tail_mask = _right_padded([seqs[j][cut[j] :] for _, j in tails], pad)
+    tail_ids, tail_mask = right_pad([seqs[j][cut[j] :] for _, j in tails], pad)
     lengths = mask.sum(1)[ctx_rows]
     position = lengths[:, None] + torch.arange(tail_ids.shape[1])[None, :]
     full_mask = torch.cat([mask[ctx_rows], tail_mask], dim=1)

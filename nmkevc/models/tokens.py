@@ -212,15 +212,21 @@ def encode(
     return pad_rows(tokenizer, rows, plen, spos)
 
 
-def pad_rows(tokenizer, rows: Sequence[Sequence[int]], prompt_lengths: Sequence[int] | None = None,
-             subject_pos: Sequence[int] | None = None) -> Batch:
-    """Right-pad id rows into a Batch (prompt length = row length, no subject, unless given)."""
+def right_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Id rows right-padded with `pad` to the longest: (input_ids, attention_mask)."""
     width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id(tokenizer), dtype=torch.long)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
         input_ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
         attention[i, : len(r)] = 1
+    return input_ids, attention
+
+
+def pad_rows(tokenizer, rows: Sequence[Sequence[int]], prompt_lengths: Sequence[int] | None = None,
+             subject_pos: Sequence[int] | None = None) -> Batch:
+    """Right-pad id rows into a Batch (prompt length = row length, no subject, unless given)."""
+    input_ids, attention = right_pad(rows, pad_id(tokenizer))
     lengths = [len(r) for r in rows]
     return Batch(
         input_ids=input_ids,
