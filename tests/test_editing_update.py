@@ -37,7 +37,7 @@ def test_single_layer_delta_equals_the_dense_formula(setup):
     # the mask is the Step-3 rule on the unedited model's attribution
     texts, ends = templated(REQS, TEMPLATES)
     scores, _ = attribution_scores(model, adapter_for(model), encode(tok, texts, ends), [2])
-    mask, info = neuron_mask(scores[2])
+    mask, info = neuron_mask(scores[2], hp.mask_bounds, hp.mask_exponents, hp.entropy_alpha)
     assert upd.idx.tolist() == torch.nonzero(mask)[:, 0].tolist()
     assert upd.info["kept"] == info["kept"] == upd.idx.numel() < adapter_for(model).dims(model)[1]
     assert upd.U.shape == (upd.idx.numel(), 2) and upd.V.shape[1] == 2
