@@ -157,6 +157,73 @@ def test_the_cached_prefix_path_is_the_one_taken(sharp):
     assert re_run < int(rows.batch.lengths.sum())  # fewer positions than the rows hold
 
 
+
+@pytest.mark.parametrize("cut", ["slice", "rebuild"])
+def test_a_frozen_request_leaves_its_packs_without_running_them_again(sharp, cut, monkeypatch):
+    """When a request freezes, the packs holding its rows are sliced down to the active rows: no
+    pack is prepared again, and every z is the reference's. With slicing refused, packs mostly
+    frozen are rebuilt by running them again, to the same z."""
+    from nmkevc.editing.zopt import UpperRunner, build_rows
+
+    model, tok = sharp
+    ad = adapter_for(model)
+    # the tiny models barely learn: a stop loss between the two highest NLLs at δ = 0 freezes two
+    # requests on the first pass while the third runs every step
+    probe = optimise_z(model, tok, ad, REQUESTS, TEMPLATES, 1, EditHparams(layers=[1], **{**HP, "z_steps": 0}))
+    low = sorted(probe.nll)
+    hp = EditHparams(layers=[1], **{**HP, "z_stop_loss": (low[1] + low[2]) / 2, "z_stop_on": "nll"})
+    ref = reference_z(model, tok, REQUESTS, TEMPLATES, 1, hp)
+    prepared, sliced = [], []
+    prepare, slice_ = UpperRunner.prepare, UpperRunner._sliced
+
+    def counted_prepare(self, batch, idx):
+        prepared.append(idx.numel())
+        return prepare(self, batch, idx)
+
+    def counted_slice(self, pack, rows, keep):
+        out = slice_(self, pack, rows, keep) if cut == "slice" else None
+        sliced.append(out is not None)
+        return out
+
+    monkeypatch.setattr(UpperRunner, "prepare", counted_prepare)
+    monkeypatch.setattr(UpperRunner, "_sliced", counted_slice)
+    fast = optimise_z(model, tok, ad, REQUESTS, TEMPLATES, 1, hp)
+    assert len(set(fast.steps)) > 1  # a request froze while others went on
+    assert [s for _, s, _, _ in ref] == fast.steps
+    for i, (z, *_rest) in enumerate(ref):
+        torch.testing.assert_close(fast.z[:, i], z, rtol=1e-4, atol=1e-5)
+    initial = len(plan_packs(build_rows(tok, REQUESTS, TEMPLATES, hp).batch))
+    if cut == "slice":
+        assert sliced and all(sliced) and len(prepared) == initial
+    else:
+        assert sliced and not any(sliced) and len(prepared) > initial
+
+
+def test_a_slice_that_does_not_give_back_the_pack_is_refused(sharp):
+    """The first slice is replayed without δ against the pack's own final states: a slice that
+    misses (here, stored states that no longer match) switches slicing off for the run and leaves
+    the pack as it was."""
+    from nmkevc.editing.zopt import UpperRunner, build_rows
+
+    model, tok = sharp
+    rows = build_rows(tok, REQUESTS, TEMPLATES, EditHparams(layers=[1], **HP))
+    runner = UpperRunner(model, adapter_for(model), 1)
+    pack = max((runner.prepare(rows.batch, idx) for idx in plan_packs(rows.batch)), key=lambda p: p.rows.numel())
+    assert pack.rows.numel() > 1
+    spos = rows.batch.subject_pos[pack.rows]
+    zeros = torch.zeros(pack.rows.numel(), pack.h.shape[-1])
+    with torch.no_grad():
+        before = runner.replay(pack, zeros, spos)
+    good = runner._sliced(pack, rows, torch.tensor([0]))
+    assert good is not None and runner.slicing is True
+    runner.slicing = None
+    pack.final = pack.final + 1.0
+    with torch.no_grad():
+        pack.h = pack.h.clone()
+    assert runner._sliced(pack, rows, torch.tensor([0])) is None and runner.slicing is False
+    with torch.no_grad():
+        torch.testing.assert_close(runner.replay(pack, zeros, spos), before)
+
 # -- the reference code's rules, each against the rule it replaced ------------------------------------
 def test_weight_decay_is_the_norm_over_the_squared_norm_of_h():
     delta = torch.tensor([[3.0, 4.0], [0.0, 0.0]])

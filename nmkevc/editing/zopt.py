@@ -13,8 +13,9 @@ because most of that pass does not depend on δ:
   the positions from the subject's last token on;
 - rows are packed by subject position and length (not all padded to the longest), so a
   pack's prefix is long and its padding short;
-- a request that has converged is frozen; packs whose rows are mostly frozen are rebuilt
-  with the active rows only, and dropped once none is left;
+- a request that has converged is frozen; a pack holding its rows is cut down to the active
+  rows (its stored states, cache and recorded layer arguments sliced, no layer re-run), and
+  dropped once none is left;
 - with `z_precision="bfloat16"` the loop's matrix products run in bfloat16 (autocast, over
   bfloat16 copies of the weight matrices; 2× faster on a CPU with bfloat16 instructions)
   while the residual stream, norms and losses stay float32; h, and so z = h + δ, is the
@@ -54,8 +55,12 @@ from .tokens import fill, templated
 PACK_TOKENS = 256
 #: a pack's fixed cost per step, in re-run tokens: rows join a pack unless that costs more
 PACK_OVERHEAD = 16
-#: rebuild a pack once fewer than this share of its rows belongs to active requests
+#: rebuild a pack once fewer than this share of its rows belongs to active requests (when it
+#: cannot be sliced: `UpperRunner.shrink`)
 REBUILD_BELOW = 0.5
+#: a sliced pack's first replay without δ must give back its stored final states within this
+#: relative (Frobenius) distance: the check that slicing described the recorded calls exactly
+SLICE_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -358,6 +363,8 @@ class UpperRunner:
 
     def __init__(self, model, adapter: ArchAdapter, layer: int):
         self.model, self.adapter, self.layer = model, adapter, layer
+        #: whether packs are cut down by slicing: None until the first slice is checked
+        self.slicing: bool | None = None
         self.block = adapter.layer(model, layer)
         self.upper = list(adapter.layer_modules(model))[layer + 1 :]
         self.norm = adapter.final_norm_module(model)
@@ -414,17 +421,70 @@ class UpperRunner:
         return self.norm(hidden)
 
     def shrink(self, packs: list[Pack], rows: ZRows, active: torch.Tensor) -> list[Pack]:
-        """Drop packs with no active request; rebuild those mostly made of frozen ones."""
+        """Drop packs with no active request and cut the others down to their active rows. A
+        cut is a slice of what the pack holds (no layer runs again); where the recorded calls
+        cannot be sliced, a pack mostly made of frozen rows is rebuilt by running them again."""
         out = []
         for pack in packs:
             live = active[rows.request[pack.rows]]
             if not bool(live.any()):
                 continue
-            if float(live.float().mean()) < REBUILD_BELOW:
+            if bool(live.all()):
+                out.append(pack)
+                continue
+            cut = self._sliced(pack, rows, torch.nonzero(live)[:, 0]) if self.slicing is not False else None
+            if cut is not None:
+                out.append(cut)
+            elif float(live.float().mean()) < REBUILD_BELOW:
                 for idx in plan_packs(rows.batch, rows=pack.rows[live].tolist()):
                     out.append(self.prepare(rows.batch, idx))
             else:
                 out.append(pack)
+        return out
+
+    @torch.no_grad()
+    def _sliced(self, pack: Pack, rows: ZRows, keep: torch.Tensor) -> Pack | None:
+        """The pack cut to its rows `keep` (local indices), or None if its recorded calls hold
+        something this cannot slice. The batch dimension is the only one cut: a tensor argument
+        whose first dimension is the pack's row count is indexed, one broadcast over rows (first
+        dimension 1) or without rows (1-D: cache positions) is kept; the cache is rewound to the
+        kept rows' prefix. The first slice of a run is checked by replaying it without δ."""
+        b = pack.rows.numel()
+
+        def cut(x):
+            if isinstance(x, torch.Tensor):
+                if x.dim() >= 2 and x.shape[0] == b:
+                    return x[keep]
+                if x.dim() >= 2 and x.shape[0] != 1:
+                    raise _Unsliceable
+                return x
+            if isinstance(x, tuple | list):
+                return type(x)(cut(y) for y in x)
+            if isinstance(x, dict):
+                return {k: cut(v) for k, v in x.items()}
+            if x is None or x is pack.cache or isinstance(x, bool | int | float | str):
+                return x
+            raise _Unsliceable
+
+        try:
+            calls = [LayerCall(c.module, cut(c.args), cut(c.kwargs)) for c in pack.calls]
+        except _Unsliceable:
+            self.slicing = False
+            return None
+        prefix = None if pack.prefix is None else [(k[keep], v[keep]) for k, v in pack.prefix]
+        if pack.cache is not None:
+            _restore(pack.cache, prefix)
+        out = Pack(rows=pack.rows[keep], offset=pack.offset[keep], h=pack.h[keep], final=pack.final[keep],
+                   calls=calls, cache=pack.cache, prefix=prefix)
+        if self.slicing is None:
+            spos = rows.batch.subject_pos[out.rows]
+            again = self.replay(out, torch.zeros(keep.numel(), out.h.shape[-1]), spos).float()
+            want = out.final.float()
+            self.slicing = bool((again - want).norm() <= SLICE_TOLERANCE * want.norm())
+            if not self.slicing:  # the pack stays as it was
+                if pack.cache is not None:
+                    _restore(pack.cache, pack.prefix)
+                return None
         return out
 
     def _upper_only(self, prefix: list) -> list:
@@ -435,6 +495,10 @@ class UpperRunner:
 
     def _new_cache(self):
         return None if self.cache_kw is None else new_dynamic_cache(self.model.config)
+
+
+class _Unsliceable(Exception):
+    """A recorded layer argument whose rows `UpperRunner._sliced` cannot tell apart."""
 
 
 def _cache_state(cache) -> list | None:
