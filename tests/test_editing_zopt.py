@@ -158,10 +158,11 @@ def test_the_cached_prefix_path_is_the_one_taken(sharp):
 
 
 
-@pytest.mark.parametrize("cut", ["slice", "rebuild"])
-def test_a_frozen_request_leaves_its_packs_without_running_them_again(sharp, cut, monkeypatch):
+@pytest.mark.parametrize(("cut", "budget"), [("slice", 1024), ("slice", 40), ("rebuild", 1024)])
+def test_a_frozen_request_leaves_its_packs_without_running_them_again(sharp, cut, budget, monkeypatch):
     """When a request freezes, the packs holding its rows are sliced down to the active rows: no
-    pack is prepared again, and every z is the reference's. With slicing refused, packs mostly
+    pack is prepared again, and every z is the reference's (in one pack, the slice that decides
+    which arguments to cut; in small packs, later slices too). With slicing refused, packs mostly
     frozen are rebuilt by running them again, to the same z."""
     from nmkevc.editing.zopt import UpperRunner, build_rows
 
@@ -187,39 +188,46 @@ def test_a_frozen_request_leaves_its_packs_without_running_them_again(sharp, cut
 
     monkeypatch.setattr(UpperRunner, "prepare", counted_prepare)
     monkeypatch.setattr(UpperRunner, "_sliced", counted_slice)
-    fast = optimise_z(model, tok, ad, REQUESTS, TEMPLATES, 1, hp)
+    fast = optimise_z(model, tok, ad, REQUESTS, TEMPLATES, 1, hp, pack_tokens=budget)
     assert len(set(fast.steps)) > 1  # a request froze while others went on
     assert [s for _, s, _, _ in ref] == fast.steps
     for i, (z, *_rest) in enumerate(ref):
         torch.testing.assert_close(fast.z[:, i], z, rtol=1e-4, atol=1e-5)
-    initial = len(plan_packs(build_rows(tok, REQUESTS, TEMPLATES, hp).batch))
+    initial = len(plan_packs(build_rows(tok, REQUESTS, TEMPLATES, hp).batch, budget))
     if cut == "slice":
         assert sliced and all(sliced) and len(prepared) == initial
     else:
         assert sliced and not any(sliced) and len(prepared) > initial
 
 
-def test_a_slice_that_does_not_give_back_the_pack_is_refused(sharp):
-    """The first slice is replayed without δ against the pack's own final states: a slice that
-    misses (here, stored states that no longer match) switches slicing off for the run and leaves
-    the pack as it was."""
+def test_slices_give_back_their_packs_and_a_slice_that_does_not_is_refused(sharp):
+    """Every slice, the first (which decides the arguments to cut, and is checked) and the later
+    ones (which cut the same arguments), replays without δ to the kept rows' stored final states.
+    A first slice that misses (here, stored states that no longer match) switches slicing off for
+    the run and leaves the pack as it was."""
     from nmkevc.editing.zopt import UpperRunner, build_rows
 
     model, tok = sharp
     rows = build_rows(tok, REQUESTS, TEMPLATES, EditHparams(layers=[1], **HP))
     runner = UpperRunner(model, adapter_for(model), 1)
-    pack = max((runner.prepare(rows.batch, idx) for idx in plan_packs(rows.batch)), key=lambda p: p.rows.numel())
-    assert pack.rows.numel() > 1
+    packs = [p for p in (runner.prepare(rows.batch, idx) for idx in plan_packs(rows.batch, 40)) if p.rows.numel() > 1]
+    assert len(packs) >= 2
+    for pack in packs:
+        keep = torch.tensor([0, pack.rows.numel() - 1])
+        out = runner._sliced(pack, rows, keep)
+        assert out is not None and runner.slicing is True and runner.batch_args
+        with torch.no_grad():
+            again = runner.replay(out, torch.zeros(2, out.h.shape[-1]), rows.batch.subject_pos[out.rows])
+        torch.testing.assert_close(again, out.final, rtol=1e-4, atol=1e-5)
+        assert torch.equal(out.final, pack.final[keep])
+
+    runner.slicing = runner.batch_args = None  # a new run's first slice
+    pack = runner.prepare(rows.batch, packs[0].rows)
     spos = rows.batch.subject_pos[pack.rows]
     zeros = torch.zeros(pack.rows.numel(), pack.h.shape[-1])
     with torch.no_grad():
         before = runner.replay(pack, zeros, spos)
-    good = runner._sliced(pack, rows, torch.tensor([0]))
-    assert good is not None and runner.slicing is True
-    runner.slicing = None
     pack.final = pack.final + 1.0
-    with torch.no_grad():
-        pack.h = pack.h.clone()
     assert runner._sliced(pack, rows, torch.tensor([0])) is None and runner.slicing is False
     with torch.no_grad():
         torch.testing.assert_close(runner.replay(pack, zeros, spos), before)

@@ -363,8 +363,10 @@ class UpperRunner:
 
     def __init__(self, model, adapter: ArchAdapter, layer: int):
         self.model, self.adapter, self.layer = model, adapter, layer
-        #: whether packs are cut down by slicing: None until the first slice is checked
+        #: whether packs are cut down by slicing (None until the first slice is checked), and
+        #: which recorded layer arguments (call, args/kwargs, position...) have the rows' dimension
         self.slicing: bool | None = None
+        self.batch_args: frozenset | None = None
         self.block = adapter.layer(model, layer)
         self.upper = list(adapter.layer_modules(model))[layer + 1 :]
         self.norm = adapter.final_norm_module(model)
@@ -445,38 +447,50 @@ class UpperRunner:
     @torch.no_grad()
     def _sliced(self, pack: Pack, rows: ZRows, keep: torch.Tensor) -> Pack | None:
         """The pack cut to its rows `keep` (local indices), or None if its recorded calls hold
-        something this cannot slice. The batch dimension is the only one cut: a tensor argument
-        whose first dimension is the pack's row count is indexed, one broadcast over rows (first
-        dimension 1) or without rows (1-D: cache positions) is kept; the cache is rewound to the
-        kept rows' prefix. The first slice of a run is checked by replaying it without δ."""
+        something this cannot slice. Only the batch dimension is cut, and the cache is rewound to
+        the kept rows' prefix. Which arguments have one is decided on the first slice of a run: a
+        tensor whose first dimension is the pack's row count is cut, one broadcast over rows (first
+        dimension 1) or without rows (1-D: cache positions) is kept, anything else stops slicing;
+        that slice is checked by a replay without δ, and later ones cut the same arguments."""
         b = pack.rows.numel()
+        deciding = self.batch_args is None
+        found: set = set()
 
-        def cut(x):
+        def cut(x, path: tuple):
             if isinstance(x, torch.Tensor):
-                if x.dim() >= 2 and x.shape[0] == b:
-                    return x[keep]
-                if x.dim() >= 2 and x.shape[0] != 1:
+                if deciding:
+                    if x.dim() >= 2 and x.shape[0] == b:
+                        found.add(path)
+                        return x[keep]
+                    if x.dim() >= 2 and x.shape[0] != 1:
+                        raise _Unsliceable
+                    return x
+                if path not in self.batch_args:
+                    return x
+                if x.shape[0] != b:
                     raise _Unsliceable
-                return x
+                return x[keep]
             if isinstance(x, tuple | list):
-                return type(x)(cut(y) for y in x)
+                return type(x)(cut(y, (*path, i)) for i, y in enumerate(x))
             if isinstance(x, dict):
-                return {k: cut(v) for k, v in x.items()}
+                return {k: cut(v, (*path, k)) for k, v in x.items()}
             if x is None or x is pack.cache or isinstance(x, bool | int | float | str):
                 return x
             raise _Unsliceable
 
         try:
-            calls = [LayerCall(c.module, cut(c.args), cut(c.kwargs)) for c in pack.calls]
+            calls = [LayerCall(c.module, cut(c.args, (j, "args")), cut(c.kwargs, (j, "kwargs")))
+                     for j, c in enumerate(pack.calls)]
         except _Unsliceable:
-            self.slicing = False
+            if deciding:
+                self.slicing = False
             return None
         prefix = None if pack.prefix is None else [(k[keep], v[keep]) for k, v in pack.prefix]
         if pack.cache is not None:
             _restore(pack.cache, prefix)
         out = Pack(rows=pack.rows[keep], offset=pack.offset[keep], h=pack.h[keep], final=pack.final[keep],
                    calls=calls, cache=pack.cache, prefix=prefix)
-        if self.slicing is None:
+        if deciding:
             spos = rows.batch.subject_pos[out.rows]
             again = self.replay(out, torch.zeros(keep.numel(), out.h.shape[-1]), spos).float()
             want = out.final.float()
@@ -485,6 +499,7 @@ class UpperRunner:
                 if pack.cache is not None:
                     _restore(pack.cache, pack.prefix)
                 return None
+            self.batch_args = frozenset(found)
         return out
 
     def _upper_only(self, prefix: list) -> list:
