@@ -87,8 +87,8 @@ def published(method, **kw):
 def test_defaults_differ_from_published_only_by_the_chosen_mechanisms():
     """The defaults turn on what the dev split chose (docs/method.md): MPES (k = 2) for every method,
     for MEMIT ENCORE's C term (μ = 1) and Frobenius term (λ_F = 10), for AlphaEdit NAS's norm
-    anchor (a = 1), for NMKE a wider mask; everything else is the published form."""
-    chosen = {"nmke": {"z_stop_top1", "mask_bounds"}, "alphaedit": {"z_stop_top1", "z_norm_anchor"},
+    anchor (a = 1); everything else is the published form."""
+    chosen = {"nmke": {"z_stop_top1"}, "alphaedit": {"z_stop_top1", "z_norm_anchor"},
               "memit": {"z_stop_top1", "memit_prior", "memit_frobenius"}}
     for method in ("nmke", "alphaedit", "memit"):
         default, pub = hp_for(method).to_json(), published(method).to_json()
@@ -175,9 +175,8 @@ def test_options_off_are_the_engine_as_it_was(setup, method):
     and a base model given but not asked for: the same tensors and the same info, bit for bit."""
     _, model, tok, _, sigma, proj = setup
     ref = run(model, tok, published(method, z_stop_loss=0.5), sigma, proj)
-    paper_mask = {"mask_bounds": (0.3, 0.4)} if method == "nmke" else {}  # a setting, not an option
-    named = run(model, tok, hp_for(method, z_stop_loss=0.5, **paper_mask, **off_for(method)), sigma, proj)
-    old = {k: v for k, v in hp_for(method, z_stop_loss=0.5, **paper_mask).to_json().items() if k not in OFF}
+    named = run(model, tok, hp_for(method, z_stop_loss=0.5, **off_for(method)), sigma, proj)
+    old = {k: v for k, v in hp_for(method, z_stop_loss=0.5).to_json().items() if k not in OFF}
     stored = run(model, tok, EditHparams.from_json(old), sigma, proj)
     other_base = run(model, tok, published(method, z_stop_loss=0.5), sigma, proj,
                      base_model=perturbed(model, [0, 3]))

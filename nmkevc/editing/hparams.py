@@ -249,8 +249,8 @@ class NullspaceHparams(EditHparams):
 #: Named sets of settings, one option away (`--preset NAME`, `preset=NAME`). "published": the
 #: methods as their papers and reference code run them, none of the lifelong mechanisms
 #: (docs/method.md, "Lifelong mechanisms"; for the null-space methods the ridge at its single-edit
-#: calibration, relative 0.1, where AlphaEdit's default adds a norm control; NMKE's paper mask
-#: bounds, where NMKE's default widens them); a method takes the settings its record has.
+#: calibration, relative 0.1, where AlphaEdit's default adds a norm control; NMKE's mask at the
+#: paper's bounds, whatever a record was given); a method takes the settings its record has.
 PRESETS: dict[str, dict] = {
     "published": {"z_stop_top1": 0, "z_norm_anchor": None, "z_weights": "current", "memit_frobenius": 0.0,
                   "memit_prior": 0.0, "relation_guard": 0.0, "ridge": RIDGE_RELATIVE_DEFAULT, "ridge_relative": True,

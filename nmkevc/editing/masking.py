@@ -54,8 +54,7 @@ def neuron_mask(
     alpha: float = 30.0,
 ) -> tuple[torch.Tensor, dict]:
     """The boolean neuron mask (D,) of one layer and its info dict
-    (kept, d_ff, rho_r, rho_b, H_r, H_b, n_general, n_specific, zero_mass). The defaults are the
-    paper's; an edit passes its record's (NMKE's default mask is wider)."""
+    (kept, d_ff, rho_r, rho_b, H_r, H_b, n_general, n_specific, zero_mass)."""
     if scores.dim() != 2 or scores.shape[0] < 1 or scores.shape[1] < 1:
         raise ValueError(f"score matrix must be prompts × neurons, got shape {tuple(scores.shape)}")
     s = scores.double()
