@@ -54,6 +54,37 @@ def test_lifelong_short_run(model_dirs, tmp_path):
     assert len(markdown_table(run).splitlines()) == 2 + 6
 
 
+def test_a_long_comparison_gets_lines_that_tell_apart_and_a_legend_beside_the_axes(tmp_path):
+    """Twenty-six arms (the dev split's table): no two share colour and dash, and the legend goes
+    beside the axes (the saved figure is wider than the axes alone) instead of over the curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from nmkevc.evaluation.lifelong import BatchPoint
+    from nmkevc.evaluation.lifelong_report import LEGEND_INSIDE, _line_style
+
+    styles = [_line_style(i, 26, plt) for i in range(26)]
+    assert len({(tuple(c), ls) for c, ls in styles}) == 26
+    assert [_line_style(i, 3, plt) for i in range(3)] == [("C0", "-"), ("C1", "-"), ("C2", "-")]
+
+    def run(n):
+        methods = [f"nmke:ridge=0.{i}" for i in range(n)]
+        pts = [BatchPoint(m, e, seconds=1.0, stored_bytes=1, efficacy=0.9, generalization=0.8, specificity=0.7,
+                          retention=0.9, perplexity=10.0, perplexity_change=0.01 * e / 100, mean_mask_fraction=0.5,
+                          commit="c") for m in methods for e in (100, 200)]
+        return LifelongRun(200, 100, methods, points=pts)
+
+    widths = {}
+    for n in (LEGEND_INSIDE, 26):
+        out = tmp_path / f"{n}"
+        write_outputs(run(n), out)
+        widths[n] = Image.open(out / "perplexity_change.png").size[0]
+    assert widths[26] > widths[LEGEND_INSIDE] + 100  # pixels: the legend column
+
+
 class _Interrupting:
     """The facade, but the process "dies" at the n-th edit: before it commits, or just after."""
 

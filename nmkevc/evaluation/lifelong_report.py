@@ -95,12 +95,13 @@ def write_outputs(run: LifelongRun, out_dir: Path) -> list[Path]:
         import matplotlib.pyplot as plt
     except ImportError:
         return paths
+    many = len(run.methods) > LEGEND_INSIDE
     for stem, metric, ylabel in PLOTS:
         fig, ax = plt.subplots(figsize=(5, 3.4))
         for i, method in enumerate(run.methods):
-            color = f"C{i}"
+            color, style = _line_style(i, len(run.methods), plt)
             pts = [p for p in run.points_of(method) if getattr(p, metric) is not None]
-            ax.plot([p.edits for p in pts], [getattr(p, metric) for p in pts], marker="o", color=color,
+            ax.plot([p.edits for p in pts], [getattr(p, metric) for p in pts], marker="o", color=color, ls=style,
                     label=method if metric != "seconds" else f"{method} edit")
             if metric == "specificity":
                 ref = [p for p in pts if p.base_specificity is not None]
@@ -118,13 +119,27 @@ def write_outputs(run: LifelongRun, out_dir: Path) -> list[Path]:
         ax.set_xlabel("edits")
         ax.set_ylabel(ylabel.format(n=retention_edits(run)))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-        fig.tight_layout()
+        if many:  # beside the axes, which it would otherwise cover; the saved figure grows to hold it
+            ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+        else:
+            ax.legend(fontsize="small")
         p = out_dir / f"{stem}.png"
-        fig.savefig(p, dpi=110)
+        fig.savefig(p, dpi=110, bbox_inches="tight")
         plt.close(fig)
         paths.append(p)
     return paths
+
+
+#: up to this many methods the legend sits inside the axes; more, and it goes beside them
+LEGEND_INSIDE = 4
+
+
+def _line_style(i: int, n: int, plt) -> tuple:
+    """Colour and line style of method i of n: matplotlib's ten colours while they suffice, else
+    twenty colours and then a new dash pattern, so no two of a long comparison look alike."""
+    if n <= 10:
+        return f"C{i}", "-"
+    return plt.get_cmap("tab20")(i % 20), ("-", "--", "-.", ":")[i // 20 % 4]
 
 
 def compared_points(run: LifelongRun) -> tuple[dict[str, BatchPoint], bool]:
