@@ -24,6 +24,9 @@ PLOTS = (
 )
 
 
+#: up to this many methods the legend sits inside the axes; more, and it goes beside them
+LEGEND_INSIDE = 4
+
 #: The lifelong goals at T = 1000 (issue #21): efficacy, generalisation and retention of the first
 #: 100 edits at least these, specificity within SPEC_DROP of the unedited model, perplexity at most
 #: +PPL, fluency within FLUENCY_DROP of the unedited model.
@@ -128,10 +131,6 @@ def write_outputs(run: LifelongRun, out_dir: Path) -> list[Path]:
         plt.close(fig)
         paths.append(p)
     return paths
-
-
-#: up to this many methods the legend sits inside the axes; more, and it goes beside them
-LEGEND_INSIDE = 4
 
 
 def _line_style(i: int, n: int, plt) -> tuple:
